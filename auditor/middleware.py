@@ -1,0 +1,128 @@
+"""RedirectRecorder: the pure ASGI middleware. The hot path, and nothing else.
+
+On the event loop it only captures references (the scope, status, response
+headers, byte counts, two timestamps) and appends them to the writer's bounded
+queue. Decoding, URL resolution, hashing, redaction and SQLite happen in the
+writer thread (``writer.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from time import time
+from typing import Literal
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from auditor.writer import RecorderOptions, Writer, writer_for
+
+
+class Exchange:
+    """Per-request capture; its bound ``send`` wraps the server's send."""
+
+    __slots__ = (
+        "_send",
+        "body_size",
+        "complete",
+        "ended_at",
+        "error",
+        "headers",
+        "scope",
+        "started_at",
+        "status",
+    )
+
+    def __init__(self, scope: Scope, send: Send) -> None:
+        self.scope = scope
+        self.started_at = time()
+        self.ended_at = 0.0
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] | None = None
+        self.body_size = 0
+        self.complete = False
+        self.error: BaseException | None = None
+        self._send = send
+
+    async def send(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.body":
+            self.body_size += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                self.ended_at = time()
+                self.complete = True
+        elif kind == "http.response.start":
+            self.status = message["status"]
+            headers = message.get("headers", ())
+            if type(headers) is not list:  # an iterator would be consumed by the server
+                headers = list(headers)
+                message = {**message, "headers": headers}
+            self.headers = headers
+        await self._send(message)
+
+
+class RedirectRecorder:
+    """Record every HTTP request of an ASGI app into a SQLite traffic database.
+
+    Works with ``app.add_middleware(RedirectRecorder, db_path=...)`` and by
+    wrapping: ``app = RedirectRecorder(app, db_path=...)``. ``record`` is
+    ``"all"`` or ``"redirects"`` (3xx responses and their follow-up requests,
+    plus a ``sample_rate`` fraction of the rest). Forwarded headers are
+    recorded as seen and trusted for scheme/host only from ``trusted_proxies``
+    (IP addresses or CIDR networks, ``"*"`` for any). The recorder never raises
+    into the app: rows it cannot write are counted in ``recorder_stats``.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        db_path: str | Path = "traffic.db",
+        *,
+        record: Literal["all", "redirects"] = "all",
+        sample_rate: float = 0.0,
+        trusted_proxies: str | Iterable[str] = (),
+        store_client_ip: bool = False,
+        queue_size: int = 20_000,
+        flush_interval: float = 0.05,
+        follow_up_delay: float = 2.0,
+        follow_up_window: float = 30.0,
+    ) -> None:
+        self.app = app
+        options = RecorderOptions.build(
+            record=record,
+            sample_rate=sample_rate,
+            trusted_proxies=trusted_proxies,
+            store_client_ip=store_client_ip,
+            queue_size=queue_size,
+            flush_interval=flush_interval,
+            follow_up_delay=follow_up_delay,
+            follow_up_window=follow_up_window,
+        )
+        self.writer: Writer = writer_for(db_path, options)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                send = self._flush_on_shutdown(send)
+            await self.app(scope, receive, send)
+            return
+        exchange = Exchange(scope, send)
+        try:
+            await self.app(scope, receive, exchange.send)
+        except BaseException as exc:
+            exchange.error = exc
+            raise
+        finally:
+            if not exchange.ended_at:
+                exchange.ended_at = time()
+            self.writer.submit(exchange)
+
+    def _flush_on_shutdown(self, send: Send) -> Send:
+        writer = self.writer
+
+        async def lifespan_send(message: Message) -> None:
+            if message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+                await writer.flush_async()
+            await send(message)
+
+        return lifespan_send

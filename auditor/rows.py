@@ -1,0 +1,234 @@
+"""Turn a captured exchange into a ``requests`` row. Runs in the writer thread.
+
+Everything slow the hot path skipped happens here: header decoding, effective
+scheme/host behind trusted proxies, Location resolution, redaction, keyed
+client hashes and the route template.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Iterable
+from hashlib import blake2b
+from typing import Any, Protocol
+from urllib.parse import quote
+
+from auditor.schema import REQUEST_COLUMNS
+from auditor.urls import build_url, redact_query, resolve_location
+
+MAX_VALUE_CHARS = 8192  # longer header values are cut; the row is still written
+MAX_CACHE_ENTRIES = 65536
+
+# Columns the writer inserts: every requests column but the rowid and linking's.
+ROW_COLUMNS = tuple(c for c in REQUEST_COLUMNS if c not in ("id", "follow_up_of"))
+INSERT_SQL = (
+    f"insert into requests ({', '.join(ROW_COLUMNS)}) "
+    f"values ({', '.join('?' for _ in ROW_COLUMNS)})"
+)
+
+_REQUEST_HEADERS = {
+    b"host": "host",
+    b"user-agent": "user_agent",
+    b"content-length": "content_length",
+    b"transfer-encoding": "transfer_encoding",
+    b"content-type": "content_type",
+    b"x-forwarded-proto": "x_forwarded_proto",
+    b"x-forwarded-host": "x_forwarded_host",
+    b"x-forwarded-for": "x_forwarded_for",
+    b"forwarded": "forwarded",
+    b"x-request-id": "request_id",
+    b"x-correlation-id": "request_id",
+    b"request-id": "request_id",
+}
+
+
+class CapturedExchange(Protocol):
+    """What the middleware hands to the writer (see ``middleware.Exchange``)."""
+
+    scope: Any
+    started_at: float
+    ended_at: float
+    status: int
+    headers: list[tuple[bytes, bytes]] | None
+    body_size: int
+    complete: bool
+    error: BaseException | None
+
+
+def _text(value: bytes, limit: int = MAX_VALUE_CHARS) -> str:
+    # latin-1 maps every byte, so hostile bytes never fail to decode.
+    text = value.decode("latin-1")
+    return text if len(text) <= limit else text[:limit] + f"…[{len(text) - limit} more]"
+
+
+def _first(value: str) -> str:
+    return value.split(",", 1)[0].strip()
+
+
+def parse_forwarded(value: str) -> dict[str, str]:
+    """The first element of an RFC 7239 ``Forwarded`` header as a dict."""
+    result: dict[str, str] = {}
+    for pair in _first(value).split(";"):
+        name, _, val = pair.partition("=")
+        if val:
+            result[name.strip().lower()] = val.strip().strip('"')
+    return result
+
+
+class TrustedProxies:
+    """Which peers may set the request's effective scheme, host and client."""
+
+    def __init__(self, proxies: str | Iterable[str]) -> None:
+        items = [proxies] if isinstance(proxies, str) else list(proxies)
+        self.any = "*" in items
+        self.networks = [ipaddress.ip_network(p, strict=False) for p in items if p != "*"]
+
+    def __contains__(self, address: str | None) -> bool:
+        if self.any:
+            return True
+        if not address or not self.networks:
+            return False
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in net for net in self.networks)
+
+
+def route_template(scope: Any) -> str | None:
+    """The matched route's path template (Starlette/FastAPI), with any Mount prefix."""
+    route = scope.get("route")
+    template = getattr(route, "path", None) if route is not None else None
+    if not isinstance(template, str):
+        return None
+    root_path = scope.get("root_path", "")
+    app_root = scope.get("app_root_path", root_path)
+    prefix = root_path[len(app_root) :] if root_path.startswith(app_root) else ""
+    return prefix + template
+
+
+class RowBuilder:
+    """Builds ``requests`` rows for one writer: its secret, worker id and options."""
+
+    def __init__(
+        self,
+        secret: bytes,
+        worker_id: str,
+        trusted: TrustedProxies,
+        store_client_ip: bool,
+    ) -> None:
+        self.secret = secret
+        self.worker_id = worker_id
+        self.trusted = trusted
+        self.store_client_ip = store_client_ip
+        self._keys: dict[str, str] = {}
+
+    def keyed_hash(self, value: str) -> str:
+        """A short keyed hash: stable for one secret, irreversible without it."""
+        cached = self._keys.get(value)
+        if cached is None:
+            if len(self._keys) >= MAX_CACHE_ENTRIES:
+                self._keys.clear()
+            digest = blake2b(value.encode("utf-8", "surrogatepass"), key=self.secret, digest_size=8)
+            cached = self._keys[value] = digest.hexdigest()
+        return cached
+
+    def build(self, exchange: CapturedExchange) -> tuple[Any, ...]:
+        """One row, values in ``ROW_COLUMNS`` order."""
+        scope = exchange.scope
+        req: dict[str, str] = {}
+        for name, value in scope.get("headers") or ():
+            field = _REQUEST_HEADERS.get(name.lower())
+            if field is not None and field not in req:
+                req[field] = _text(value)
+
+        status = exchange.status or 500
+        locations: list[str] = []
+        cache_control = expires = None
+        for name, value in exchange.headers or ():
+            lname = name.lower()
+            if lname == b"location":
+                locations.append(_text(value))
+            elif 300 <= status < 400 and lname == b"cache-control":
+                cache_control = _text(value)
+            elif 300 <= status < 400 and lname == b"expires":
+                expires = _text(value)
+
+        client = scope.get("client") or (None, None)
+        client_ip = client[0]
+        server = scope.get("server") or (None, None)
+        server_scheme = scope.get("scheme") or "http"
+        server_host = req.get("host") or (
+            f"{server[0]}:{server[1]}" if server[0] and server[1] else (server[0] or "")
+        )
+        scheme, host = server_scheme, server_host
+        if client_ip in self.trusted:
+            forwarded = parse_forwarded(req["forwarded"]) if "forwarded" in req else {}
+            scheme = _first(req.get("x_forwarded_proto", "")) or forwarded.get("proto") or scheme
+            host = _first(req.get("x_forwarded_host", "")) or forwarded.get("host") or host
+            client_ip = _first(req.get("x_forwarded_for", "")) or forwarded.get("for") or client_ip
+        scheme = scheme.lower()
+
+        raw_path = scope.get("raw_path")
+        path = scope.get("path") or "/"
+        raw = _text(raw_path) if raw_path else quote(path, safe="/:@!$&'()*+,;=-._~%")
+        query = redact_query(_text(scope.get("query_string") or b""))
+        url = build_url(scheme, host, raw, query)
+
+        location = location_url = None
+        if locations:
+            location = redact_location(locations[0])
+            location_url = resolve_location(url, locations[0])
+
+        content_length = req.get("content_length")
+        body_size = int(content_length) if content_length and content_length.isdigit() else None
+        error = exchange.error
+        values: dict[str, Any] = {
+            "started_at": exchange.started_at,
+            "duration_ms": round((exchange.ended_at - exchange.started_at) * 1000, 3),
+            "method": scope.get("method", ""),
+            "scheme": scheme,
+            "host": host.lower(),
+            "path": path,
+            "query": query,
+            "url": url,
+            "route": route_template(scope),
+            "status": status,
+            "location": location,
+            "location_url": location_url,
+            "locations": json.dumps([redact_location(v) for v in locations])
+            if len(locations) > 1
+            else None,
+            "request_body_size": body_size,
+            "request_body_chunked": int("chunked" in req.get("transfer_encoding", "").lower()),
+            "request_content_type": req.get("content_type"),
+            "response_body_size": exchange.body_size,
+            "response_complete": int(exchange.complete),
+            "cache_control": cache_control,
+            "expires": expires,
+            "x_forwarded_proto": req.get("x_forwarded_proto"),
+            "x_forwarded_host": req.get("x_forwarded_host"),
+            "forwarded": req.get("forwarded"),
+            "server_scheme": server_scheme,
+            "server_host": server_host,
+            "server_addr": f"{server[0]}:{server[1]}" if server[1] else server[0],
+            "client_key": self.keyed_hash(client_ip) if client_ip else None,
+            "connection_key": self.keyed_hash(f"{client[0]}:{client[1]}") if client[0] else None,
+            "client_ip": client_ip if self.store_client_ip else None,
+            "user_agent": req.get("user_agent"),
+            "request_id": req.get("request_id"),
+            "http_version": scope.get("http_version"),
+            "error": type(error).__name__ if error is not None else None,
+            "worker_id": self.worker_id,
+        }
+        return tuple(values[c] for c in ROW_COLUMNS)
+
+
+def redact_location(location: str) -> str:
+    """A raw Location with the values of secret-looking query parameters redacted."""
+    base, sep, rest = location.partition("?")
+    if not sep:
+        return location
+    query, hash_sep, fragment = rest.partition("#")
+    return f"{base}?{redact_query(query)}{hash_sep}{fragment}"

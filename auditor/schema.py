@@ -1,0 +1,285 @@
+"""Tables, indexes, views and migrations of a traffic database.
+
+One SQLite file holds what the recorder writes (``requests``, ``recorder_stats``)
+and what ``audit`` derives from it (``chains``, ``findings``, ``audit_runs``).
+The schema version lives in ``auditor_meta`` so a later release can migrate an
+existing database in place without losing rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+SCHEMA_VERSION = 1
+META_TABLE = "auditor_meta"
+BUSY_TIMEOUT_MS = 5000
+
+# Column order is the order Datasette shows; types are SQLite affinities.
+REQUEST_COLUMNS: dict[str, Any] = {
+    "id": int,
+    "started_at": float,  # unix epoch seconds
+    "duration_ms": float,  # to the last response body message
+    "method": str,
+    "scheme": str,  # effective scheme (forwarded headers only when trusted)
+    "host": str,  # effective host[:port]
+    "path": str,
+    "query": str,  # secret-looking parameter values redacted
+    "url": str,  # effective absolute URL, normalized for hop linking
+    "route": str,  # route template where the framework exposes it
+    "status": int,
+    "location": str,  # raw first Location header
+    "location_url": str,  # Location resolved against the request URL
+    "locations": str,  # JSON list of every Location value when sent more than once
+    "request_body_size": int,  # declared Content-Length
+    "request_body_chunked": int,  # 1 when Transfer-Encoding: chunked (size unknown)
+    "request_content_type": str,
+    "response_body_size": int,
+    "response_complete": int,  # 1 when the final body message was sent
+    "cache_control": str,  # response Cache-Control on redirects
+    "expires": str,  # response Expires on redirects
+    "x_forwarded_proto": str,
+    "x_forwarded_host": str,
+    "forwarded": str,
+    "server_scheme": str,  # scheme the ASGI server saw
+    "server_host": str,  # Host header the server saw
+    "server_addr": str,  # address the server listens on (ASGI scope "server")
+    "client_key": str,  # keyed hash of the client address
+    "connection_key": str,  # keyed hash of address and port: one TCP connection
+    "client_ip": str,  # only with store_client_ip=True
+    "user_agent": str,
+    "request_id": str,  # X-Request-ID / X-Correlation-ID when present
+    "http_version": str,
+    "error": str,  # exception class raised by the app, if any
+    "worker_id": str,
+    "follow_up_of": int,  # id of the redirect this request followed (linking)
+}
+
+CHAIN_COLUMNS: dict[str, Any] = {
+    "id": int,
+    "first_request_id": int,
+    "last_request_id": int,
+    "length": int,  # number of redirect responses in the chain
+    "path_text": str,  # "POST /a -301-> GET /b -200"
+    "hops": str,  # JSON list of {request_id, method, url, status}
+    "start_url": str,
+    "final_url": str,
+    "final_status": int,
+    "outcome": str,  # completed | loop | unfollowed | external | error
+    "client_key": str,
+    "started_at": float,
+}
+
+FINDING_COLUMNS: dict[str, Any] = {
+    "id": int,
+    "rule": str,
+    "severity": str,  # error | warning | info
+    "severity_rank": int,  # 0 error, 1 warning, 2 info: for sorting
+    "title": str,
+    "message": str,
+    "recommendation": str,
+    "spec": str,
+    "method": str,
+    "status": int,
+    "source": str,  # route template when known, else URL
+    "target": str,
+    "hits": int,
+    "first_seen": float,
+    "last_seen": float,
+    "example_request_id": int,
+    "example_chain_id": int,
+    "audit_run_id": int,
+}
+
+AUDIT_RUN_COLUMNS: dict[str, Any] = {
+    "id": int,
+    "started_at": float,
+    "duration_s": float,
+    "options": str,  # JSON
+    "databases": str,  # JSON list of files audited together
+    "rows_scanned": int,
+    "redirects_scanned": int,
+    "chains": int,
+    "errors": int,
+    "warnings": int,
+    "infos": int,
+    "rows_dropped": int,  # recorder drops known at audit time
+    "version": str,
+}
+
+RECORDER_STATS_COLUMNS: dict[str, Any] = {
+    "worker_id": str,
+    "started_at": float,
+    "updated_at": float,
+    "rows_written": int,
+    "rows_skipped": int,  # not kept by record="redirects" (not a loss)
+    "dropped_queue_full": int,
+    "dropped_locked": int,
+    "dropped_disk_full": int,
+    "dropped_read_only": int,
+    "dropped_other": int,
+    "last_error": str,
+}
+
+DROP_REASONS = ("queue_full", "locked", "disk_full", "read_only", "other")
+SEVERITY_RANK = {"error": 0, "warning": 1, "info": 2}
+
+REDIRECTS_VIEW = """
+select
+  coalesce(route, path) as source,
+  method,
+  status,
+  location_url as target,
+  count(*) as hits,
+  min(started_at) as first_seen,
+  max(started_at) as last_seen,
+  min(id) as example_request_id
+from requests
+where status between 300 and 399
+group by source, method, status, target
+order by hits desc
+"""
+
+REQUESTS_READABLE_VIEW = """
+select
+  id,
+  strftime('%Y-%m-%d %H:%M:%f', started_at, 'unixepoch') as time,
+  method, status, url, route, location_url, follow_up_of,
+  duration_ms, client_key, user_agent, worker_id
+from requests
+"""
+
+
+class SchemaError(Exception):
+    """The file is not a traffic database this release can use."""
+
+
+def connect(db_path: str | Path, *, timeout_ms: int = BUSY_TIMEOUT_MS) -> sqlite3.Connection:
+    """Open a connection with WAL, a busy timeout and autocommit off."""
+    conn = sqlite3.connect(str(db_path), timeout=timeout_ms / 1000, check_same_thread=False)
+    conn.execute(f"pragma busy_timeout = {int(timeout_ms)}")
+    return conn
+
+
+def create_private_file(db_path: str | Path) -> None:
+    """Create an empty database file readable by its owner only (SQLite's -wal and
+    -shm files inherit these permissions). An existing file is left as it is."""
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(db_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
+def ensure_schema(conn: sqlite3.Connection) -> None:
+    """Create or migrate every table, index and view; safe for concurrent workers."""
+    db = sqlite_utils.Database(conn)
+    if db.journal_mode != "wal":
+        db.enable_wal()
+    version = _stored_version(db)
+    if version is not None and version > SCHEMA_VERSION:
+        raise SchemaError(
+            f"database schema version {version} is newer than this release supports "
+            f"({SCHEMA_VERSION}); upgrade redirect-auditor"
+        )
+    if version == SCHEMA_VERSION:
+        return
+    # BEGIN IMMEDIATE serializes the first start-up of several workers on one file.
+    conn.execute("begin immediate")
+    try:
+        version = _stored_version(db)
+        if version != SCHEMA_VERSION:
+            _create_all(db)
+            db.table(META_TABLE).upsert(
+                {"key": "schema_version", "value": str(SCHEMA_VERSION)}, pk="key"
+            )
+        conn.execute("commit")
+    except BaseException:
+        conn.execute("rollback")
+        raise
+
+
+def _stored_version(db: sqlite_utils.Database) -> int | None:
+    if not db.table(META_TABLE).exists():
+        return None
+    row = db.execute(f"select value from {META_TABLE} where key = 'schema_version'").fetchone()
+    return int(row[0]) if row else None
+
+
+def _create_all(db: sqlite_utils.Database) -> None:
+    db.table(META_TABLE).create({"key": str, "value": str}, pk="key", if_not_exists=True)
+    requests = db.table("requests").create(REQUEST_COLUMNS, pk="id", if_not_exists=True)
+    for columns in (
+        ["started_at"],
+        ["client_key", "started_at"],
+        ["url"],
+        ["status"],
+        ["follow_up_of"],
+        ["route"],
+    ):
+        requests.create_index(columns, if_not_exists=True)
+    db.table("recorder_stats").create(RECORDER_STATS_COLUMNS, pk="worker_id", if_not_exists=True)
+    db.table("audit_runs").create(AUDIT_RUN_COLUMNS, pk="id", if_not_exists=True)
+    db.table("chains").create(
+        CHAIN_COLUMNS,
+        pk="id",
+        foreign_keys=[
+            ("first_request_id", "requests", "id"),
+            ("last_request_id", "requests", "id"),
+        ],
+        if_not_exists=True,
+    )
+    db.table("findings").create(
+        FINDING_COLUMNS,
+        pk="id",
+        foreign_keys=[
+            ("example_request_id", "requests", "id"),
+            ("example_chain_id", "chains", "id"),
+            ("audit_run_id", "audit_runs", "id"),
+        ],
+        if_not_exists=True,
+    )
+    db.table("findings").create_index(["severity_rank", "hits"], if_not_exists=True)
+    db.table("findings").create_index(["rule"], if_not_exists=True)
+    db.create_view("redirects", REDIRECTS_VIEW, ignore=True)
+    db.create_view("requests_readable", REQUESTS_READABLE_VIEW, ignore=True)
+
+
+def check_traffic_db(db_path: str | Path) -> None:
+    """Raise SchemaError with a one-line reason unless the file is a usable traffic database.
+
+    Opens read-only, so a wrong file is never created, touched or migrated.
+    """
+    path = Path(db_path)
+    if not path.exists():
+        raise SchemaError(f"{path}: no such file")
+    if path.is_dir():
+        raise SchemaError(f"{path}: is a directory, not a SQLite database")
+    try:
+        with path.open("rb") as fh:
+            header = fh.read(16)
+    except OSError as exc:
+        raise SchemaError(f"{path}: cannot read ({exc.strerror})") from None
+    if header != b"SQLite format 3\x00":
+        raise SchemaError(f"{path}: not a SQLite database")
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            db = sqlite_utils.Database(conn)
+            if not db.table("requests").exists() or not db.table(META_TABLE).exists():
+                raise SchemaError(
+                    f"{path}: no recorder tables here; record traffic with RedirectRecorder "
+                    "or `redirect-auditor run` first"
+                )
+            version = _stored_version(db)
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        raise SchemaError(f"{path}: not a usable SQLite database ({exc})") from None
+    if version is None or version > SCHEMA_VERSION:
+        raise SchemaError(
+            f"{path}: schema version {version} is newer than this release supports "
+            f"({SCHEMA_VERSION}); upgrade redirect-auditor"
+        )

@@ -1,0 +1,367 @@
+"""The single background writer: bounded queue -> batched SQLite transactions.
+
+One writer per process and database file, shared by every recorder instance
+on that file. The event loop only appends to a deque; this thread drains it
+every ``flush_interval`` seconds, builds rows, and inserts them in one
+transaction with the worker's ``recorder_stats`` row. Rows it cannot write are
+counted per reason and a warning is logged once per reason; nothing here ever
+raises into the app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import logging
+import os
+import secrets
+import socket
+import sqlite3
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from auditor.rows import INSERT_SQL, ROW_COLUMNS, CapturedExchange, RowBuilder, TrustedProxies
+from auditor.schema import DROP_REASONS, connect, create_private_file, ensure_schema
+from auditor.urls import path_and_query
+
+logger = logging.getLogger("redirect_auditor")
+
+SECRET_ENV = "REDIRECT_AUDITOR_SECRET"
+MAX_BATCH = 5000
+_STATUS = ROW_COLUMNS.index("status")
+_STARTED = ROW_COLUMNS.index("started_at")
+_CLIENT = ROW_COLUMNS.index("client_key")
+_URL = ROW_COLUMNS.index("url")
+_LOCATION_URL = ROW_COLUMNS.index("location_url")
+
+
+@dataclass(frozen=True)
+class RecorderOptions:
+    """Recorder settings that the writer applies."""
+
+    record: str
+    sample_rate: float
+    trusted_proxies: tuple[str, ...]
+    store_client_ip: bool
+    queue_size: int
+    flush_interval: float
+    follow_up_delay: float
+    follow_up_window: float
+
+    @classmethod
+    def build(cls, **kwargs: Any) -> RecorderOptions:
+        """Validate and freeze options; raises ValueError at start-up, never per request."""
+        if kwargs["record"] not in ("all", "redirects"):
+            raise ValueError(f"record must be 'all' or 'redirects', not {kwargs['record']!r}")
+        if not 0.0 <= kwargs["sample_rate"] <= 1.0:
+            raise ValueError("sample_rate must be between 0 and 1")
+        proxies = kwargs["trusted_proxies"]
+        kwargs["trusted_proxies"] = (proxies,) if isinstance(proxies, str) else tuple(proxies)
+        TrustedProxies(kwargs["trusted_proxies"])  # validates the addresses
+        return cls(**kwargs)
+
+
+def classify_error(exc: BaseException) -> str:
+    """Map a write failure to a drop reason in ``recorder_stats``."""
+    text = str(exc).lower()
+    if "locked" in text or "busy" in text:
+        return "locked"
+    if "full" in text or (isinstance(exc, OSError) and exc.errno == 28):
+        return "disk_full"
+    if "readonly" in text or "read-only" in text or "unable to open" in text:
+        return "read_only"
+    return "other"
+
+
+def load_secret(db_path: Path) -> bytes:
+    """The client-hash key: REDIRECT_AUDITOR_SECRET, else a 0600 key file beside the database.
+
+    Kept out of the database so a shared traffic file does not reveal how to
+    reverse client hashes; every worker on one database reads the same file.
+    """
+    env = os.environ.get(SECRET_ENV)
+    if env:
+        return env.encode()
+    key_path = db_path.with_name(db_path.name + ".key")
+    try:
+        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        for _ in range(50):  # another worker may be writing it right now
+            data = key_path.read_bytes().strip()
+            if data:
+                return data
+            time.sleep(0.01)
+        raise
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secrets.token_hex(32))
+    return key_path.read_bytes().strip()
+
+
+class Writer:
+    """Drains captured exchanges into SQLite from one daemon thread."""
+
+    def __init__(self, db_path: Path, options: RecorderOptions) -> None:
+        self.db_path = db_path
+        self.options = options
+        self._start()
+
+    def _start(self) -> None:
+        options = self.options
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
+        self.started_at = time.time()
+        self.rows_written = 0
+        self.rows_skipped = 0
+        self.dropped = dict.fromkeys(DROP_REASONS, 0)
+        self.dropped_queue_full = 0  # incremented on the event loop, folded in here
+        self.last_error: str | None = None
+        self._queue: deque[CapturedExchange] = deque()
+        self._limit = options.queue_size
+        self._held: deque[tuple[Any, ...]] = deque()  # record="redirects": awaiting a verdict
+        self._targets: dict[tuple[Any, str], float] = {}  # (client, target) -> redirect time
+        self._seen_redirect_id = 0
+        self._conn: sqlite3.Connection | None = None
+        self._builder: RowBuilder | None = None
+        self._warned: set[str] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name="redirect-auditor-writer", daemon=True
+        )
+        self._thread.start()
+
+    def submit(self, exchange: CapturedExchange) -> None:
+        """Hot path: enqueue or count the drop. Never blocks, never raises."""
+        if len(self._queue) < self._limit:
+            self._queue.append(exchange)
+        else:
+            self.dropped_queue_full += 1
+
+    def flush(self) -> None:
+        """Write everything pending now, including rows held for follow-up matching."""
+        self._drain(final=True)
+
+    async def flush_async(self) -> None:
+        """``flush`` without blocking the event loop."""
+        await asyncio.to_thread(self.flush)
+
+    def close(self) -> None:
+        """Stop the thread after a final flush (called at interpreter exit)."""
+        self._stop.set()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout=10)
+        self.flush()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.options.flush_interval):
+            self._drain(final=False)
+
+    def _drain(self, final: bool) -> None:
+        with self._lock:
+            try:
+                while True:
+                    batch = [self._queue.popleft() for _ in range(min(len(self._queue), MAX_BATCH))]
+                    self._write(batch, final)
+                    if not self._queue:
+                        break
+            except Exception as exc:  # a bug here must never reach the app
+                self._count_drop("other", 0, exc)
+
+    def _open(self) -> tuple[sqlite3.Connection, RowBuilder]:
+        if self._conn is None or self._builder is None:
+            create_private_file(self.db_path)
+            conn = connect(self.db_path)
+            try:
+                ensure_schema(conn)
+                builder = RowBuilder(
+                    load_secret(self.db_path),
+                    self.worker_id,
+                    TrustedProxies(self.options.trusted_proxies),
+                    self.options.store_client_ip,
+                )
+            except BaseException:
+                conn.close()
+                raise
+            self._conn, self._builder = conn, builder
+        return self._conn, self._builder
+
+    def _write(self, batch: list[CapturedExchange], final: bool) -> None:
+        try:
+            conn, builder = self._open()
+        except (sqlite3.Error, OSError) as exc:
+            self._count_drop(classify_error(exc), len(batch) + len(self._held), exc)
+            self._held.clear()
+            return
+        rows = []
+        for exchange in batch:
+            try:
+                rows.append(builder.build(exchange))
+            except Exception as exc:
+                self._count_drop("other", 1, exc)
+        if self.options.record == "redirects":
+            rows = self._select_redirect_rows(conn, rows, final)
+        queue_full, self.dropped_queue_full = self.dropped_queue_full, 0
+        self.dropped["queue_full"] += queue_full
+        try:
+            with conn:
+                try:
+                    conn.executemany(INSERT_SQL, rows)
+                except UnicodeEncodeError:
+                    conn.executemany(INSERT_SQL, [_encodable(row) for row in rows])
+                self._save_stats(conn, len(rows))
+        except (sqlite3.Error, OSError) as exc:
+            self._count_drop(classify_error(exc), len(rows), exc)
+            if isinstance(exc, sqlite3.DatabaseError) and not isinstance(
+                exc, sqlite3.OperationalError
+            ):
+                self._reset()
+            return
+        self.rows_written += len(rows)
+
+    def _save_stats(self, conn: sqlite3.Connection, written_now: int) -> None:
+        d = self.dropped
+        conn.execute(
+            """insert into recorder_stats (worker_id, started_at, updated_at, rows_written,
+                 rows_skipped, dropped_queue_full, dropped_locked, dropped_disk_full,
+                 dropped_read_only, dropped_other, last_error)
+               values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+               on conflict(worker_id) do update set updated_at = excluded.updated_at,
+                 rows_written = excluded.rows_written, rows_skipped = excluded.rows_skipped,
+                 dropped_queue_full = excluded.dropped_queue_full,
+                 dropped_locked = excluded.dropped_locked,
+                 dropped_disk_full = excluded.dropped_disk_full,
+                 dropped_read_only = excluded.dropped_read_only,
+                 dropped_other = excluded.dropped_other, last_error = excluded.last_error""",
+            (
+                self.worker_id,
+                self.started_at,
+                time.time(),
+                self.rows_written + written_now,
+                self.rows_skipped,
+                d["queue_full"],
+                d["locked"],
+                d["disk_full"],
+                d["read_only"],
+                d["other"],
+                self.last_error,
+            ),
+        )
+
+    def _count_drop(self, reason: str, count: int, exc: BaseException) -> None:
+        self.dropped[reason] += count
+        self.last_error = f"{reason}: {exc}"[:500]
+        if reason not in self._warned:
+            self._warned.add(reason)
+            logger.warning(
+                "redirect-auditor could not record %d request(s) into %s (%s: %s); "
+                "the app is unaffected, drops are counted in recorder_stats",
+                count,
+                self.db_path,
+                reason,
+                exc,
+            )
+
+    def _reset(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.close()
+        self._conn = None
+
+    def _select_redirect_rows(
+        self, conn: sqlite3.Connection, rows: list[tuple[Any, ...]], final: bool
+    ) -> list[tuple[Any, ...]]:
+        """record="redirects": keep 3xx rows now; hold the rest until we know whether
+        they follow a redirect, possibly one served by another worker process."""
+        window = self.options.follow_up_window
+        keep = []
+        for row in rows:
+            if 300 <= row[_STATUS] < 400:
+                keep.append(row)
+                self._remember_target(row[_CLIENT], row[_LOCATION_URL], row[_STARTED])
+            else:
+                self._held.append(row)
+        self._load_other_workers_redirects(conn)
+        due = time.time() - self.options.follow_up_delay
+        while self._held and (final or self._held[0][_STARTED] <= due):
+            row = self._held.popleft()
+            redirected_at = self._targets.get((row[_CLIENT], path_and_query(row[_URL])))
+            follows = redirected_at is not None and 0 <= row[_STARTED] - redirected_at <= window
+            if follows or self._sampled():
+                keep.append(row)
+            else:
+                self.rows_skipped += 1
+        horizon = time.time() - window - self.options.follow_up_delay
+        if len(self._targets) > 100_000:
+            self._targets = {k: t for k, t in self._targets.items() if t >= horizon}
+        return keep
+
+    def _sampled(self) -> bool:
+        rate = self.options.sample_rate
+        return rate > 0 and secrets.randbelow(1_000_000) < rate * 1_000_000
+
+    def _remember_target(self, client: Any, location_url: str | None, at: float) -> None:
+        if location_url:
+            self._targets[(client, path_and_query(location_url))] = at
+
+    def _load_other_workers_redirects(self, conn: sqlite3.Connection) -> None:
+        try:
+            found = conn.execute(
+                """select id, client_key, location_url, started_at from requests
+                   where id > ? and status between 300 and 399 and worker_id != ?""",
+                (self._seen_redirect_id, self.worker_id),
+            ).fetchall()
+        except sqlite3.Error:
+            return
+        for row_id, client, target, at in found:
+            self._seen_redirect_id = max(self._seen_redirect_id, row_id)
+            self._remember_target(client, target, at)
+
+
+def _encodable(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple(
+        v.encode("utf-8", "backslashreplace").decode("utf-8") if isinstance(v, str) else v
+        for v in row
+    )
+
+
+_WRITERS: dict[Path, Writer] = {}
+_WRITERS_LOCK = threading.Lock()
+
+
+def writer_for(db_path: str | Path, options: RecorderOptions) -> Writer:
+    """The process's writer for this database file, created on first use."""
+    path = Path(db_path).expanduser().absolute()
+    with _WRITERS_LOCK:
+        writer = _WRITERS.get(path)
+        if writer is None:
+            writer = _WRITERS[path] = Writer(path, options)
+        elif writer.options != options:
+            logger.warning(
+                "redirect-auditor: a recorder for %s already exists in this process; "
+                "keeping its options",
+                path,
+            )
+        return writer
+
+
+def flush_all() -> None:
+    """Flush every writer of this process (interpreter exit, tests)."""
+    for writer in list(_WRITERS.values()):
+        writer.close()
+
+
+def _restart_writers_after_fork() -> None:
+    # A forked child (gunicorn --preload) inherits writers without their threads
+    # and with the parent's pending rows: start each afresh as a new worker.
+    global _WRITERS_LOCK
+    _WRITERS_LOCK = threading.Lock()
+    for writer in _WRITERS.values():
+        writer._start()
+
+
+atexit.register(flush_all)
+os.register_at_fork(after_in_child=_restart_writers_after_fork)

@@ -1,0 +1,1 @@
+"""The redirect-auditor command line (typer)."""
