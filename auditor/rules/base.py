@@ -1,0 +1,128 @@
+"""What every audit rule is: a small named unit that turns traffic into findings.
+
+A rule is a function decorated with ``@rule(...)``. It receives an
+``AuditContext`` (a read connection to the linked traffic database and the
+audit options) and yields ``Finding`` objects, one per (rule, source, method,
+status, target) group. Adding a rule touches one module in this package.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Severity = Literal["error", "warning", "info"]
+SEVERITIES: tuple[Severity, ...] = ("error", "warning", "info")
+
+
+@dataclass
+class Finding:
+    """One row of the ``findings`` table (see ``schema.FINDING_COLUMNS``)."""
+
+    rule: str
+    severity: Severity
+    title: str
+    message: str
+    recommendation: str
+    spec: str
+    method: str | None
+    status: int | None
+    source: str  # route template when known, else path
+    target: str | None
+    hits: int
+    first_seen: float
+    last_seen: float
+    example_request_id: int | None = None
+    example_chain_id: int | None = None
+
+    def as_row(self) -> dict[str, Any]:
+        """Column values for ``findings`` (without id and audit_run_id)."""
+        return {
+            "rule": self.rule,
+            "severity": self.severity,
+            "severity_rank": SEVERITIES.index(self.severity),
+            "title": self.title,
+            "message": self.message,
+            "recommendation": self.recommendation,
+            "spec": self.spec,
+            "method": self.method,
+            "status": self.status,
+            "source": self.source,
+            "target": self.target,
+            "hits": self.hits,
+            "first_seen": self.first_seen,
+            "last_seen": self.last_seen,
+            "example_request_id": self.example_request_id,
+            "example_chain_id": self.example_chain_id,
+        }
+
+
+@dataclass(frozen=True)
+class AuditOptions:
+    """Thresholds and filters; CLI options and ``[tool.redirect-auditor]`` set them."""
+
+    link_window: float = 30.0  # seconds between a redirect and its follow-up
+    chain_threshold: int = 2  # redirects in a row that make a chain finding
+    temporary_min_span_days: float = 7.0  # temporary-looks-permanent: unchanged this long
+    temporary_min_hits: int = 100  # ... and seen this often
+    long_cache_seconds: int = 86400  # temporary-with-long-cache: max-age above this
+    unfollowed_ratio: float = 0.8  # unfollowed-redirect: share never followed
+    unfollowed_min_hits: int = 10
+    ignore_paths: tuple[str, ...] = ()  # glob patterns on the request path
+    ignore_rules: tuple[str, ...] = ()
+
+
+@dataclass
+class AuditContext:
+    """What a rule may read: the linked traffic and the options."""
+
+    conn: sqlite3.Connection  # row_factory = sqlite3.Row; chains and follow_up_of are filled
+    options: AuditOptions = field(default_factory=AuditOptions)
+
+    def query(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        """Run an analysis query over the ``requests`` / ``chains`` tables."""
+        return self.conn.execute(sql, tuple(params)).fetchall()
+
+
+# Where a finding is grouped: the route template when the framework exposed it.
+SOURCE_SQL = "coalesce(route, path)"
+
+RuleCheck = Callable[[AuditContext], Iterator[Finding]]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A registered rule: its stable id, default severity, title and spec reference."""
+
+    id: str
+    severity: Severity
+    title: str
+    spec: str
+    family: str
+    check: RuleCheck
+
+
+REGISTRY: dict[str, Rule] = {}
+
+
+def rule(
+    id: str, *, severity: Severity, title: str, spec: str, family: str
+) -> Callable[[RuleCheck], RuleCheck]:
+    """Register a rule function under its stable id."""
+
+    def register(check: RuleCheck) -> RuleCheck:
+        if id in REGISTRY:
+            raise ValueError(f"rule {id!r} registered twice")
+        REGISTRY[id] = Rule(id, severity, title, spec, family, check)
+        return check
+
+    return register
+
+
+def all_rules() -> dict[str, Rule]:
+    """Every rule, importing the rule modules on first use."""
+    from auditor import rules  # noqa: F401  (imports each family module)
+
+    return REGISTRY

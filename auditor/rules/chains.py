@@ -1,0 +1,1 @@
+"""Rules of the chains family (see base.py for the rule unit)."""

@@ -1,0 +1,1 @@
+"""Rules of the location family (see base.py for the rule unit)."""

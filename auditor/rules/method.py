@@ -1,0 +1,1 @@
+"""Rules of the method family (see base.py for the rule unit)."""

@@ -1,0 +1,1 @@
+"""Rules of the permanence family (see base.py for the rule unit)."""

@@ -1,0 +1,1 @@
+"""Rules of the status family (see base.py for the rule unit)."""
