@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cli import audit, demo, explore, run
+from cli import audit, demo, explore, har, probe, run
 
 app = typer.Typer(
     name="redirect-auditor",
@@ -20,6 +20,8 @@ app.command("run")(run.run)
 app.command("audit")(audit.audit)
 app.command("explore")(explore.explore)
 app.command("demo")(demo.demo)
+app.command("import-har")(har.import_har)
+app.command("probe")(probe.probe)
 
 
 def main() -> None:

@@ -1,0 +1,1 @@
+"""pytest plugin: `pytest --redirect-audit` (placeholder until its issue lands)."""

@@ -1,0 +1,10 @@
+"""Placeholder until its issue lands."""
+
+from __future__ import annotations
+
+from cli.common import fail
+
+
+def import_har() -> None:
+    """Not available yet."""
+    fail("this command is not available in this build yet")
