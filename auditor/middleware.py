@@ -70,7 +70,8 @@ class RedirectRecorder:
     plus a ``sample_rate`` fraction of the rest). Forwarded headers are
     recorded as seen and trusted for scheme/host only from ``trusted_proxies``
     (IP addresses or CIDR networks, ``"*"`` for any). The recorder never raises
-    into the app: rows it cannot write are counted in ``recorder_stats``.
+    into the app: rows it cannot write (``busy_timeout`` seconds of another
+    process's lock, a read-only or vanished file) are counted in ``recorder_stats``.
     """
 
     def __init__(
@@ -86,6 +87,7 @@ class RedirectRecorder:
         flush_interval: float = 0.05,
         follow_up_delay: float = 2.0,
         follow_up_window: float = 30.0,
+        busy_timeout: float = 5.0,
     ) -> None:
         self.app = app
         options = RecorderOptions.build(
@@ -97,6 +99,7 @@ class RedirectRecorder:
             flush_interval=flush_interval,
             follow_up_delay=follow_up_delay,
             follow_up_window=follow_up_window,
+            busy_timeout=busy_timeout,
         )
         self.writer: Writer = writer_for(db_path, options)
 

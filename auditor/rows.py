@@ -182,7 +182,11 @@ class RowBuilder:
             location_url = resolve_location(url, locations[0])
 
         content_length = req.get("content_length")
-        body_size = int(content_length) if content_length and content_length.isdigit() else None
+        body_size = (
+            int(content_length)
+            if content_length and content_length.isascii() and content_length.isdigit()
+            else None
+        )
         error = exchange.error
         values: dict[str, Any] = {
             "started_at": exchange.started_at,

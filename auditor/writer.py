@@ -26,7 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from auditor.rows import INSERT_SQL, ROW_COLUMNS, CapturedExchange, RowBuilder, TrustedProxies
-from auditor.schema import DROP_REASONS, connect, create_private_file, ensure_schema
+from auditor.schema import (
+    DROP_REASONS,
+    SchemaError,
+    connect,
+    create_private_file,
+    ensure_schema,
+)
 from auditor.urls import path_and_query
 
 logger = logging.getLogger("redirect_auditor")
@@ -52,6 +58,7 @@ class RecorderOptions:
     flush_interval: float
     follow_up_delay: float
     follow_up_window: float
+    busy_timeout: float = 5.0  # seconds a write waits for another process's lock
 
     @classmethod
     def build(cls, **kwargs: Any) -> RecorderOptions:
@@ -60,6 +67,8 @@ class RecorderOptions:
             raise ValueError(f"record must be 'all' or 'redirects', not {kwargs['record']!r}")
         if not 0.0 <= kwargs["sample_rate"] <= 1.0:
             raise ValueError("sample_rate must be between 0 and 1")
+        if kwargs.get("busy_timeout", 0.0) < 0:
+            raise ValueError("busy_timeout must not be negative")
         proxies = kwargs["trusted_proxies"]
         kwargs["trusted_proxies"] = (proxies,) if isinstance(proxies, str) else tuple(proxies)
         TrustedProxies(kwargs["trusted_proxies"])  # validates the addresses
@@ -125,6 +134,7 @@ class Writer:
         self._targets: dict[tuple[Any, str], float] = {}  # (client, target) -> redirect time
         self._seen_redirect_id = 0
         self._conn: sqlite3.Connection | None = None
+        self._file_id: tuple[int, int] | None = None
         self._builder: RowBuilder | None = None
         self._warned: set[str] = set()
         self._lock = threading.Lock()
@@ -150,11 +160,16 @@ class Writer:
         await asyncio.to_thread(self.flush)
 
     def close(self) -> None:
-        """Stop the thread after a final flush (called at interpreter exit)."""
+        """Stop the thread after a final flush and forget this writer (interpreter
+        exit, tests); a recorder created later for the same file starts a new one."""
         self._stop.set()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout=10)
         self.flush()
+        with _WRITERS_LOCK:
+            if _WRITERS.get(self.db_path) is self:
+                del _WRITERS[self.db_path]
+        self._reset()
 
     def _run(self) -> None:
         while not self._stop.wait(self.options.flush_interval):
@@ -172,9 +187,13 @@ class Writer:
                 self._count_drop("other", 0, exc)
 
     def _open(self) -> tuple[sqlite3.Connection, RowBuilder]:
+        if self._conn is not None and self._file_id != _file_id(self.db_path):
+            # The file was deleted or replaced: an open connection would keep writing
+            # into an unlinked inode and lose every row without an error.
+            self._reset()
         if self._conn is None or self._builder is None:
             create_private_file(self.db_path)
-            conn = connect(self.db_path)
+            conn = connect(self.db_path, timeout_ms=int(self.options.busy_timeout * 1000))
             try:
                 ensure_schema(conn)
                 builder = RowBuilder(
@@ -187,12 +206,13 @@ class Writer:
                 conn.close()
                 raise
             self._conn, self._builder = conn, builder
+            self._file_id = _file_id(self.db_path)
         return self._conn, self._builder
 
     def _write(self, batch: list[CapturedExchange], final: bool) -> None:
         try:
             conn, builder = self._open()
-        except (sqlite3.Error, OSError) as exc:
+        except (sqlite3.Error, OSError, SchemaError) as exc:
             self._count_drop(classify_error(exc), len(batch) + len(self._held), exc)
             self._held.clear()
             return
@@ -319,6 +339,14 @@ class Writer:
         for row_id, client, target, at in found:
             self._seen_redirect_id = max(self._seen_redirect_id, row_id)
             self._remember_target(client, target, at)
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
 
 
 def _encodable(row: tuple[Any, ...]) -> tuple[Any, ...]:

@@ -107,3 +107,32 @@ def serve_in_process(
 def cli_command(*args: str) -> list[str]:
     """The installed console script, run from this interpreter's environment."""
     return [str(Path(sys.executable).with_name("redirect-auditor")), *args]
+
+
+def fetch_rows(db_path: Path | str, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+    """Rows of a query on a traffic database as dicts (an empty list while the file is absent)."""
+    import sqlite3
+
+    if not Path(db_path).exists():
+        return []
+    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5)
+    try:
+        conn.row_factory = sqlite3.Row
+        return [dict(row) for row in conn.execute(sql, params)]
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return []
+        raise
+    finally:
+        conn.close()
+
+
+def raw_request(base_url: str, request: bytes, timeout: float = 10.0) -> bytes:
+    """Send raw bytes over a socket (what httpx refuses to send) and read until close."""
+    host, port = base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        sock.sendall(request)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)

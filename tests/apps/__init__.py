@@ -1,0 +1,1 @@
+"""Small ASGI apps for the recorder tests, importable by `redirect-auditor run` subprocesses."""
