@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cli import audit, demo, explore, har, probe, run
+from cli import audit, demo, explore, har, probe, prune, run
 
 app = typer.Typer(
     name="redirect-auditor",
@@ -22,6 +22,7 @@ app.command("explore")(explore.explore)
 app.command("demo")(demo.demo)
 app.command("import-har")(har.import_har)
 app.command("probe")(probe.probe)
+app.command("prune")(prune.prune_command)
 
 
 def main() -> None:
