@@ -28,10 +28,12 @@ async def landing(request: Request) -> Response:
 
 
 async def multi_location(request: Request) -> Response:
-    return Response(
-        status_code=302,
-        headers=[("location", "/landing/one"), ("location", "/landing/two?token=abc")],  # type: ignore[arg-type]
-    )
+    response = Response(status_code=302)
+    response.raw_headers += [
+        (b"location", b"/landing/one"),
+        (b"location", b"/landing/two?token=abc"),
+    ]
+    return response
 
 
 async def cached_redirect(request: Request) -> Response:
