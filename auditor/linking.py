@@ -163,7 +163,7 @@ def _match(
     """Follow-up id -> redirect id, by the rule in the module docstring."""
     claimed: set[int] = set()
     follow_ups: dict[int, int] = {}
-    unlinked = []
+    unlinked: list[_Redirect] = []
     for same_connection in (True, False):
         for r in redirects if same_connection else unlinked:
             if same_connection:
@@ -312,9 +312,11 @@ def build_chains(conn: sqlite3.Connection) -> int:
         if root.id in followers or not is_redirect(root.status):
             continue
         chain, visited = [root], {root.id}
-        while (hop := next_hop.get(chain[-1].id)) is not None and hop.id not in visited:
-            chain.append(hop)
-            visited.add(hop.id)
+        while (follower := next_hop.get(chain[-1].id)) is not None:
+            if follower.id in visited:
+                break
+            chain.append(follower)
+            visited.add(follower.id)
         last = chain[-1]
         chains.append(
             (
