@@ -1,10 +1,66 @@
-"""`redirect-auditor explore` (placeholder until its issue lands)."""
+"""`redirect-auditor explore`: Datasette on traffic databases, audited first when needed."""
 
 from __future__ import annotations
 
-from cli.common import fail
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from auditor import explore as exploring
+from cli.common import console, err_console, fail, require_traffic_db
 
 
-def explore() -> None:
-    """Not available yet."""
-    fail("'explore' is not available in this build yet")
+def _audit_if_needed(db: Path) -> None:
+    if not exploring.needs_audit(db):
+        return
+    try:
+        from auditor.audit import audit
+    except ImportError:
+        err_console.print(f"Warning: {db} has no findings; audit unavailable", highlight=False)
+        return
+    console.print(f"Auditing [bold]{db}[/] (no findings yet)...", highlight=False)
+    try:
+        audit(db)
+    except Exception as exc:  # show the traffic anyway; the audit's own command reports
+        err_console.print(f"Warning: auditing {db} failed: {exc}", highlight=False)
+
+
+def explore(
+    dbs: Annotated[
+        list[Path], typer.Argument(help="Traffic databases (several are shown side by side).")
+    ],
+    port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = 8001,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+) -> None:
+    """Open traffic databases in Datasette: findings, redirect chains and requests.
+
+    Runs the audit first on a database that has no findings yet.
+
+    Example: redirect-auditor explore traffic.db --port 8001
+    """
+    for db in dbs:
+        require_traffic_db(db)
+    for db in dbs:
+        _audit_if_needed(db)
+    if not exploring.is_loopback(host):
+        err_console.print(
+            f"Warning: listening on {host}: anyone who can reach it can read the recorded traffic",
+            highlight=False,
+        )
+    try:
+        sock = exploring.bind(host, port)
+    except OSError as exc:
+        fail(f"cannot listen on {host}:{port} ({exc.strerror or exc})")
+    ds = exploring.build_datasette(dbs)
+    bound_port = sock.getsockname()[1]
+    url_host = f"[{host}]" if ":" in host else host
+    names = exploring.database_names(dbs)
+    console.print(
+        f"Exploring {', '.join(str(db) for db in dbs)} at "
+        f"http://{url_host}:{bound_port}/{names[0] if len(names) == 1 else ''}"
+        "  - stop with Ctrl-C",
+        highlight=False,
+        soft_wrap=True,
+    )
+    exploring.serve(ds, sock)
