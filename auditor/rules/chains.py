@@ -1,1 +1,320 @@
-"""Rules of the chains family (see base.py for the rule unit)."""
+"""Rules of the chains family: redirects in a row, loops, dead ends and unfollowed hops.
+
+Observed chains come from the ``chains`` table (built by linking); loops and
+chains no client followed come from the static redirect graph (``graph.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from auditor.rules._groups import (
+    Group,
+    collect,
+    describe_agents,
+    finding,
+    group_columns,
+    plural,
+    source_sql,
+)
+from auditor.rules.base import AuditContext, Finding, rule
+from auditor.rules.method import short
+
+FAMILY = "chains"
+REDIRECT_STATUSES = "(301, 302, 303, 307, 308)"
+PERMANENT, TEMPORARY = (301, 308), (302, 303, 307)
+# Default redirect limits: Chromium and httpx 20, requests 30, curl -L 50.
+LIMITS = "Chromium and httpx give up after 20 redirects, requests after 30, curl -L after 50"
+
+
+def observed_chains(
+    ctx: AuditContext, where_sql: str, params: tuple[object, ...] = ()
+) -> list[Group]:
+    """Chains matching ``where_sql``, grouped by their first request (``r``) and final URL."""
+    return collect(
+        ctx.query(
+            f"""select {source_sql("r")} as source, r.method as method, r.status as status,
+                       c.final_url as target, count(*) as hits, min(c.started_at) as first_seen,
+                       max(c.started_at) as last_seen, min(r.id) as example_request_id,
+                       min(c.id) as example_chain_id, r.user_agent as user_agent,
+                       c.path_text as extra, max(r.route) as route
+                from chains c join requests r on r.id = c.first_request_id
+                where {where_sql}
+                group by 1, 2, 3, 4, r.user_agent, c.path_text""",
+            params,
+        )
+    )
+
+
+@dataclass
+class StaticPath:
+    """A chain or loop of the static redirect graph, as a finding group."""
+
+    urls: list[str]
+    length: int
+    group: Group
+
+
+def static_chains(ctx: AuditContext, min_length: int) -> list[StaticPath]:
+    """Chains of at least ``min_length`` redirects in the static graph (graph.py)."""
+    return []
+
+
+def static_loops(ctx: AuditContext) -> list[StaticPath]:
+    """Cycles of the static redirect graph (graph.py)."""
+    return []
+
+
+def example_path(group: Group) -> str:
+    """The most common hop sequence of a group of chains."""
+    return str(group.extra.most_common(1)[0][0]) if group.extra else "?"
+
+
+def url_set(hops: list[str]) -> str:
+    return " → ".join(short(u) for u in hops)
+
+
+@rule(
+    "redirect-chain",
+    severity="warning",
+    title="Redirect chain",
+    spec="RFC 9110 §15.4 (redirection)",
+    family=FAMILY,
+)
+def redirect_chain(ctx: AuditContext) -> Iterator[Finding]:
+    """Two or more redirects in a row (``chain_threshold``), observed or in the static graph."""
+    threshold = ctx.options.chain_threshold
+    seen: set[str] = set()
+    for g in observed_chains(ctx, "c.length >= ? and c.outcome != 'loop'", (threshold,)):
+        seen.add(g.source)
+        message = (
+            f"{plural(g.hits, 'request')} to {g.method} {g.source} went through a chain of "
+            f"redirects before reaching {short(g.target)}: {example_path(g)}. Each hop is a "
+            f"round trip; sent by {describe_agents(g.agents)}. {LIMITS}."
+        )
+        recommendation = (
+            f"Point {g.source} straight at {short(g.target)} with a single "
+            f"{g.status} and update links to the final URL."
+        )
+        yield finding(ctx, "redirect-chain", g, message, recommendation)
+    for chain in static_chains(ctx, threshold):
+        g = chain.group
+        if g.source in seen:
+            continue
+        message = (
+            f"The recorded redirects form a chain of {chain.length} hops that no client was "
+            f"seen following to its end: {url_set(chain.urls)}. A client that follows it pays "
+            f"{chain.length} round trips."
+        )
+        recommendation = (
+            f"Point {g.source} straight at {short(g.target)} with one redirect; update links "
+            f"to the final URL."
+        )
+        yield finding(ctx, "redirect-chain", g, message, recommendation)
+
+
+@rule(
+    "redirect-loop",
+    severity="error",
+    title="Redirect loop",
+    spec="RFC 9110 §15.4 (clients SHOULD detect cyclical redirections)",
+    family=FAMILY,
+)
+def redirect_loop(ctx: AuditContext) -> Iterator[Finding]:
+    """A chain, or the static redirect graph, revisits a URL (self-redirects excluded)."""
+    distinct_urls = (
+        "(select count(distinct json_extract(j.value, '$.url')) from json_each(c.hops) j) > 1"
+    )
+    seen: set[str] = set()
+    for g in observed_chains(ctx, f"c.outcome = 'loop' and {distinct_urls}"):
+        seen.add(g.source)
+        message = (
+            f"{plural(g.hits, 'request')} to {g.method} {g.source} ran into a redirect loop: "
+            f"{example_path(g)}. {LIMITS} and show an error; sent by "
+            f"{describe_agents(g.agents)}."
+        )
+        yield finding(ctx, "redirect-loop", g, message, loop_fix(g, [g.source]))
+    for loop in static_loops(ctx):
+        g = loop.group
+        if g.source in seen or len(set(loop.urls)) < 2:
+            continue
+        message = (
+            f"The recorded redirects form a loop: {url_set(loop.urls)}. Any client that follows "
+            f"it fails: {LIMITS}."
+        )
+        yield finding(ctx, "redirect-loop", g, message, loop_fix(g, loop.urls))
+
+
+def loop_fix(group: Group, urls: list[str]) -> str:
+    schemes = {u.split("://")[0] for u in urls if "://" in u}
+    if len(schemes) > 1:
+        return (
+            "The loop flips between http and https: the app does not see the scheme the TLS "
+            "proxy terminated. Run uvicorn with `--proxy-headers --forwarded-allow-ips=<proxy>` "
+            "(or `redirect-auditor run --proxy-headers`) so the app's https redirect stops."
+        )
+    return (
+        f"Break the cycle: one URL of the loop must serve content instead of redirecting; "
+        f"check the redirect rules for {group.source} and its target {short(group.target)}."
+    )
+
+
+@rule(
+    "self-redirect",
+    severity="error",
+    title="Redirect to the same URL",
+    spec="RFC 9110 §15.4 (clients SHOULD detect cyclical redirections)",
+    family=FAMILY,
+)
+def self_redirect(ctx: AuditContext) -> Iterator[Finding]:
+    """The Location resolves to the request's own URL."""
+    groups = collect(
+        ctx.query(
+            f"""select {group_columns("r")}, r.user_agent as user_agent,
+                       max(coalesce(r.x_forwarded_proto, r.forwarded)) as extra
+                from requests r
+                where r.status between 300 and 399 and r.location_url = r.url
+                group by 1, 2, 3, 4, r.user_agent"""
+        )
+    )
+    for g in groups:
+        message = (
+            f"{plural(g.hits, 'request')}: {g.method} {g.source} answered {g.status} with a "
+            f"Location pointing at itself ({short(g.target)}); sent by "
+            f"{describe_agents(g.agents)}. A following client asks again and again: {LIMITS}."
+        )
+        if g.extra:
+            recommendation = (
+                "The request came through a proxy (forwarded headers seen) and the app "
+                "redirects to the URL the client already used, typically an http→https or "
+                "host redirect that does not see the proxy's scheme/host. Run uvicorn with "
+                "`--proxy-headers --forwarded-allow-ips=<proxy>` so the app sees the real "
+                "scheme and host."
+            )
+        else:
+            recommendation = (
+                f"Make {g.source} serve its content, or redirect to a different URL; a redirect "
+                f"to itself can never succeed."
+            )
+        yield finding(ctx, "self-redirect", g, message, recommendation)
+
+
+@rule(
+    "redirect-to-error",
+    severity="error",
+    title="Redirect leads to an error",
+    spec="RFC 9110 §15.4 (redirection), §15.5 (4xx), §15.6 (5xx)",
+    family=FAMILY,
+)
+def redirect_to_error(ctx: AuditContext) -> Iterator[Finding]:
+    """A followed chain ends in 4xx/5xx: the redirect sends clients to a broken page."""
+    groups = observed_chains(ctx, "c.final_status >= 400 and c.outcome != 'loop'")
+    for g in groups:
+        statuses = sorted(
+            {
+                int(row[0])
+                for row in ctx.query(
+                    f"""select distinct c.final_status from chains c
+                        join requests r on r.id = c.first_request_id
+                        where {source_sql("r")} = ? and r.method = ? and r.status = ?
+                          and c.final_url is ? and c.final_status >= 400""",
+                    (g.source, g.method, g.status, g.target),
+                )
+            }
+        )
+        auth_only = all(s in (401, 403) for s in statuses)
+        message = (
+            f"{plural(g.hits, 'request')} to {g.method} {g.source} were redirected to "
+            f"{short(g.target)}, which answered {', '.join(map(str, statuses))}: "
+            f"{example_path(g)}; sent by {describe_agents(g.agents)}."
+        )
+        recommendation = (
+            f"Point {g.source} at a URL that works, or fix {short(g.target)}; if the target is "
+            f"gone for good, answer {g.source} with 404/410 directly instead of redirecting."
+        )
+        if auth_only:
+            recommendation = (
+                f"The target refuses the redirected client ({', '.join(map(str, statuses))}): "
+                f"check that the redirect does not lose credentials (clients drop "
+                f"Authorization on a cross-host redirect) or send the client to a login page."
+            )
+        yield finding(
+            ctx,
+            "redirect-to-error",
+            g,
+            message,
+            recommendation,
+            severity="warning" if auth_only else None,
+        )
+
+
+@rule(
+    "unfollowed-redirect",
+    severity="info",
+    title="Redirect clients mostly do not follow",
+    spec="RFC 9110 §15.4 (redirection)",
+    family=FAMILY,
+)
+def unfollowed_redirect(ctx: AuditContext) -> Iterator[Finding]:
+    """Same-site redirects that most clients never followed (``unfollowed_ratio``)."""
+    options = ctx.options
+    same_site = "r.scheme || '://' || r.host || '/'"
+    groups = collect(
+        ctx.query(
+            f"""select {group_columns("r")}, r.user_agent as user_agent,
+                       exists(select 1 from requests f where f.follow_up_of = r.id) as extra
+                from requests r
+                where r.status in {REDIRECT_STATUSES} and r.location_url is not null
+                  and r.location_url != r.url
+                  and substr(r.location_url, 1, length({same_site})) = {same_site}
+                group by 1, 2, 3, 4, r.user_agent, extra"""
+        )
+    )
+    for g in groups:
+        unfollowed = g.extra[0]
+        if g.hits < options.unfollowed_min_hits or unfollowed < options.unfollowed_ratio * g.hits:
+            continue
+        message = (
+            f"{unfollowed} of {plural(g.hits, 'redirect')} from {g.method} {g.source} "
+            f"({g.status} → {short(g.target)}) were never followed; clients: "
+            f"{describe_agents(g.agents)}. httpx does not follow redirects unless "
+            f"`follow_redirects=True`, curl only with -L, and urllib refuses a 307/308 "
+            f"after a POST."
+        )
+        recommendation = (
+            f"If API clients call {g.source}, serve the resource there or publish the new URL "
+            f"({short(g.target)}) so they call it directly; check that {short(g.target)} is "
+            f"reachable for them."
+        )
+        yield finding(ctx, "unfollowed-redirect", g, message, recommendation)
+
+
+@rule(
+    "mixed-permanence-chain",
+    severity="warning",
+    title="Chain mixes permanent and temporary redirects",
+    spec="RFC 9110 §15.4.2 (301), §15.4.9 (308), §15.4.3 (302), §15.4.8 (307); RFC 9111 §4.2.2",
+    family=FAMILY,
+)
+def mixed_permanence_chain(ctx: AuditContext) -> Iterator[Finding]:
+    """A chain with both a permanent (301/308) and a temporary (302/303/307) hop."""
+    hop_status = "json_extract(j.value, '$.status')"
+    groups = observed_chains(
+        ctx,
+        f"""exists(select 1 from json_each(c.hops) j where {hop_status} in {PERMANENT})
+            and exists(select 1 from json_each(c.hops) j where {hop_status} in {TEMPORARY})""",
+    )
+    for g in groups:
+        message = (
+            f"{plural(g.hits, 'chain')} from {g.method} {g.source} mix permanent and temporary "
+            f"redirects: {example_path(g)}. Browsers cache 301/308 without being told to "
+            f"(RFC 9111 heuristic freshness) but re-ask 302/307, so a permanent hop in front "
+            f"of a temporary one pins clients to a URL that was only meant for now."
+        )
+        recommendation = (
+            f"Decide whether {g.source} moved for good: if so, answer it with one 308 (or 301 "
+            f"for GET) straight to {short(g.target)}; if not, use 307 (or 303 after a form "
+            f"post) on every hop."
+        )
+        yield finding(ctx, "mixed-permanence-chain", g, message, recommendation)

@@ -1,0 +1,199 @@
+"""Run an audit: link follow-up hops, build chains, run every rule, store the findings.
+
+``audit(db_path, **options)`` is what ``redirect-auditor audit`` runs. It checks
+the file first (a wrong file is never created, touched or migrated), then
+writes only ``requests.follow_up_of`` (linking), ``chains``, ``findings`` and
+one ``audit_runs`` row. The previous findings are replaced in one transaction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from auditor import linking, schema
+from auditor.config import build_options, validate
+from auditor.rules.base import SEVERITIES, AuditContext, AuditOptions, Finding, Severity, all_rules
+
+logger = logging.getLogger(__name__)
+
+# progress(step description, steps done, steps in total)
+ProgressCallback = Callable[[str, int, int], None]
+
+
+@dataclass
+class AuditResult:
+    """What one audit of one database found."""
+
+    db_path: str
+    run_id: int
+    started_at: float
+    duration_s: float
+    options: AuditOptions
+    findings: list[Finding] = field(default_factory=list)
+    counts: dict[Severity, int] = field(default_factory=dict)  # error / warning / info
+    rows_scanned: int = 0
+    redirects_scanned: int = 0
+    chains: int = 0
+    rows_dropped: int = 0  # rows the recorder could not write (recorder_stats)
+    rule_errors: dict[str, str] = field(default_factory=dict)  # rule id -> what it raised
+
+    def worst(self) -> Severity | None:
+        """The most severe level with at least one finding."""
+        return next((s for s in SEVERITIES if self.counts.get(s)), None)
+
+
+def tool_version() -> str:
+    try:
+        return version("redirect-auditor")
+    except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        return "0+unknown"
+
+
+def audit(
+    db_path: str | Path,
+    *,
+    options: AuditOptions | None = None,
+    progress: ProgressCallback | None = None,
+    **overrides: Any,
+) -> AuditResult:
+    """Audit one traffic database and store the findings in it.
+
+    ``overrides`` are ``AuditOptions`` fields (``chain_threshold=3``,
+    ``ignore_paths=["/health*"]``...), applied on top of ``options``. Raises
+    ``schema.SchemaError`` for a file that is not a usable traffic database and
+    ``config.ConfigError`` for a bad option, before anything is written.
+    """
+    if options is None:
+        options = build_options(overrides, use_pyproject=False)
+    elif overrides:
+        base = {k: v for k, v in dataclasses.asdict(options).items()}
+        options = build_options({**base, **overrides}, use_pyproject=False)
+    else:
+        options = validate(options)
+    schema.check_traffic_db(db_path)
+
+    rules = [r for r in all_rules().values() if r.id not in options.ignore_rules]
+    total = len(rules) + 3
+    report = progress or (lambda step, done, total: None)
+    started_at, clock = time.time(), time.perf_counter()
+
+    conn = schema.connect(db_path)
+    try:
+        schema.ensure_schema(conn)
+        report("linking follow-up requests", 0, total)
+        linking.link_requests(conn, window=options.link_window)
+        _commit(conn)
+        report("building chains", 1, total)
+        linking.build_chains(conn)
+        _commit(conn)
+
+        conn.row_factory = sqlite3.Row
+        conn.execute("drop table if exists temp.audit_hop_chain")
+        ctx = AuditContext(conn, options)
+        findings: list[Finding] = []
+        rule_errors: dict[str, str] = {}
+        for done, registered in enumerate(rules, start=2):
+            report(f"rule {registered.id}", done, total)
+            try:
+                found = list(registered.check(ctx))
+            except Exception as exc:  # one broken rule must not hide the others' findings
+                logger.exception("rule %s failed", registered.id)
+                rule_errors[registered.id] = f"{type(exc).__name__}: {exc}"
+                continue
+            findings.extend(f for f in found if not _ignored(f.source, options.ignore_paths))
+        findings.sort(key=lambda f: (SEVERITIES.index(f.severity), -f.hits, f.rule, f.source))
+        _commit(conn)
+
+        report("storing findings", total - 1, total)
+        result = AuditResult(
+            db_path=str(db_path),
+            run_id=0,
+            started_at=started_at,
+            duration_s=0.0,
+            options=options,
+            findings=findings,
+            rule_errors=rule_errors,
+            counts={s: sum(1 for f in findings if f.severity == s) for s in SEVERITIES},
+            **_totals(conn),
+        )
+        result.duration_s = round(time.perf_counter() - clock, 3)
+        result.run_id = _store(conn, result)
+        report("done", total, total)
+        return result
+    finally:
+        conn.close()
+
+
+def _ignored(source: str, patterns: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatchcase(source, p) for p in patterns)
+
+
+def _commit(conn: sqlite3.Connection) -> None:
+    if conn.in_transaction:
+        conn.commit()
+
+
+def _totals(conn: sqlite3.Connection) -> dict[str, int]:
+    rows, redirects = conn.execute(
+        "select count(*), coalesce(sum(status between 300 and 399), 0) from requests"
+    ).fetchone()
+    chains = conn.execute("select count(*) from chains").fetchone()[0]
+    dropped = conn.execute(
+        f"""select coalesce(sum({" + ".join(f"coalesce(dropped_{r}, 0)" for r in schema.DROP_REASONS)}), 0)
+            from recorder_stats"""
+    ).fetchone()[0]
+    return {
+        "rows_scanned": int(rows),
+        "redirects_scanned": int(redirects),
+        "chains": int(chains),
+        "rows_dropped": int(dropped),
+    }
+
+
+def _store(conn: sqlite3.Connection, result: AuditResult) -> int:
+    """Replace the findings and add the audit_runs row, all in one transaction."""
+    run = {
+        "started_at": result.started_at,
+        "duration_s": result.duration_s,
+        "options": json.dumps(dataclasses.asdict(result.options), sort_keys=True),
+        "databases": json.dumps([result.db_path]),
+        "rows_scanned": result.rows_scanned,
+        "redirects_scanned": result.redirects_scanned,
+        "chains": result.chains,
+        "errors": result.counts["error"],
+        "warnings": result.counts["warning"],
+        "infos": result.counts["info"],
+        "rows_dropped": result.rows_dropped,
+        "version": tool_version(),
+    }
+    conn.execute("begin immediate")
+    try:
+        cursor = conn.execute(
+            f"insert into audit_runs ({', '.join(run)}) values ({', '.join('?' for _ in run)})",
+            tuple(run.values()),
+        )
+        run_id = int(cursor.lastrowid or 0)
+        conn.execute("delete from findings")
+        rows = [{**f.as_row(), "audit_run_id": run_id} for f in result.findings]
+        if rows:
+            columns = list(rows[0])
+            conn.executemany(
+                f"insert into findings ({', '.join(columns)}) "
+                f"values ({', '.join('?' for _ in columns)})",
+                [tuple(r[c] for c in columns) for r in rows],
+            )
+        conn.execute("commit")
+    except BaseException:
+        conn.execute("rollback")
+        raise
+    return run_id
