@@ -148,10 +148,8 @@ def _totals(conn: sqlite3.Connection) -> dict[str, int]:
         "select count(*), coalesce(sum(status between 300 and 399), 0) from requests"
     ).fetchone()
     chains = conn.execute("select count(*) from chains").fetchone()[0]
-    dropped = conn.execute(
-        f"""select coalesce(sum({" + ".join(f"coalesce(dropped_{r}, 0)" for r in schema.DROP_REASONS)}), 0)
-            from recorder_stats"""
-    ).fetchone()[0]
+    drops = " + ".join(f"coalesce(dropped_{reason}, 0)" for reason in schema.DROP_REASONS)
+    dropped = conn.execute(f"select coalesce(sum({drops}), 0) from recorder_stats").fetchone()[0]
     return {
         "rows_scanned": int(rows),
         "redirects_scanned": int(redirects),

@@ -95,7 +95,7 @@ _CLIENTS = (
 
 
 def client_name(user_agent: str | None) -> str:
-    """A short client name from a User-Agent: ``httpx 0.28.1``, ``curl 7.88.1``, ``Chromium 156``."""
+    """A short client name from a User-Agent: ``httpx 0.28.1``, ``curl 7.88.1``, ``Chromium``."""
     if not user_agent:
         return "a client without User-Agent"
     for pattern, name in _CLIENTS:
@@ -109,9 +109,9 @@ def client_name(user_agent: str | None) -> str:
 
 
 def describe_agents(agents: Counter[str], limit: int = 3) -> str:
-    """``httpx 0.28.1 (12×), curl 7.88.1 (3×)`` — the clients that did it, most first."""
+    """``httpx 0.28.1 (12), curl 7.88.1 (3)``: the clients that did it, most first."""
     common = agents.most_common(limit)
-    text = ", ".join(f"{name} ({count}×)" for name, count in common)
+    text = ", ".join(f"{name} ({count})" for name, count in common)
     rest = len(agents) - len(common)
     return text + (f" and {rest} more" if rest > 0 else "")
 

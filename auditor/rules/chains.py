@@ -9,8 +9,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from auditor import graph
 from auditor.rules._groups import (
     Group,
+    client_name,
     collect,
     describe_agents,
     finding,
@@ -56,14 +58,45 @@ class StaticPath:
     group: Group
 
 
+def _static(ctx: AuditContext, path: graph.StaticPath, target: str) -> StaticPath:
+    ids = path.example_request_ids
+    marks = ", ".join("?" for _ in ids)
+    rows = ctx.query(
+        f"""select id, {source_sql("r")} as source, route, user_agent, started_at
+            from requests r where id in ({marks}) order by id""",
+        ids,
+    )
+    first = next((row for row in rows if row["id"] == ids[0]), rows[0])
+    group = Group(
+        source=first["source"],
+        method=path.methods[0],
+        status=path.statuses[0],
+        target=target,
+        hits=path.hits,
+        first_seen=min(row["started_at"] for row in rows),
+        last_seen=max(row["started_at"] for row in rows),
+        example_request_id=ids[0],
+        route=first["route"],
+    )
+    for row in rows:
+        group.agents[client_name(row["user_agent"])] += 1
+    return StaticPath(path.urls, path.length, group)
+
+
 def static_chains(ctx: AuditContext, min_length: int) -> list[StaticPath]:
-    """Chains of at least ``min_length`` redirects in the static graph (graph.py)."""
-    return []
+    """Chains of at least ``min_length`` redirects in the static graph (not loops)."""
+    return [
+        _static(ctx, path, path.urls[-1])
+        for path in graph.static_chains(ctx.conn, min_length)
+        if path.urls[-1] not in path.urls[:-1]
+    ]
 
 
 def static_loops(ctx: AuditContext) -> list[StaticPath]:
-    """Cycles of the static redirect graph (graph.py)."""
-    return []
+    """Cycles of the static redirect graph, the target being the first hop's Location."""
+    return [
+        _static(ctx, path, path.urls[1 % len(path.urls)]) for path in graph.static_loops(ctx.conn)
+    ]
 
 
 def example_path(group: Group) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from auditor.rules._groups import Group, collect, describe_agents, finding, group_columns, plural
-from auditor.rules.base import AuditContext, Finding, rule
+from auditor.rules.base import AuditContext, Finding, Severity, rule
 from auditor.urls import path_and_query
 
 FAMILY = "method"
@@ -299,5 +299,5 @@ def slash_redirect(ctx: AuditContext) -> Iterator[Finding]:
         else:
             framework = "link and submit to the canonical URL so no redirect is needed"
         recommendation = f"Use {short(g.target)} in links, forms and API clients; {framework}."
-        severity = "info" if g.method in ("GET", "HEAD") else "warning"
+        severity: Severity = "info" if g.method in ("GET", "HEAD") else "warning"
         yield finding(ctx, "slash-redirect", g, message, recommendation, severity=severity)
