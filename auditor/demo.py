@@ -1,0 +1,301 @@
+"""The demo, end to end: serve ``demo_app`` with the recorder, drive traffic, audit.
+
+``run_demo`` is what ``redirect-auditor demo`` runs before it opens Datasette:
+
+1. ``prepare_database``: start from a fresh file; remove a previous demo's
+   database (and its -wal/-shm), refuse to touch any other file.
+2. ``record_traffic``: uvicorn serves the app, wrapped in ``RedirectRecorder``,
+   on a free port of 127.0.0.1 in a thread; the clients of ``demo_traffic``
+   send phase 1, the marketing campaign changes, phase 2 follows. Stopping the
+   server runs the lifespan shutdown, which flushes the recorder.
+3. ``audit_demo``: the real audit, with thresholds scaled down to a demo's
+   seconds (``DEMO_AUDIT_OPTIONS``).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import uvicorn
+
+from auditor.audit import AuditResult, audit
+from auditor.demo_app import CAMPAIGNS, CORRECT_ROUTES, EXPECTED_RULES, build_app, start_campaign
+from auditor.demo_traffic import (
+    Step,
+    client_addresses,
+    demo_clients,
+    phase_steps,
+    proxy_address,
+)
+from auditor.middleware import RedirectRecorder
+from auditor.schema import (
+    META_TABLE,
+    SchemaError,
+    check_traffic_db,
+    connect,
+    create_private_file,
+    ensure_schema,
+)
+
+DEMO_MARKER_KEY = "demo"  # auditor_meta row that marks a database the demo may replace
+SIDE_FILES = ("-wal", "-shm", "-journal")
+STARTUP_TIMEOUT = 30.0
+
+# A 302 must look permanent within a demo's seconds, not a production week.
+DEMO_SPAN_SECONDS = 2.0
+DEMO_MIN_HITS = 20
+DEMO_AUDIT_OPTIONS: dict[str, Any] = {
+    "temporary_min_span_days": DEMO_SPAN_SECONDS / 86400,
+    "temporary_min_hits": DEMO_MIN_HITS,
+}
+
+# progress(what is happening, steps done, steps in total)
+Progress = Callable[[str, int, int], None]
+
+
+class DemoError(Exception):
+    """The demo cannot run (one-line reason)."""
+
+
+# --- The database ---------------------------------------------------------------------
+
+
+def is_demo_database(db_path: Path) -> bool:
+    """True when the file is a traffic database that the demo created (read-only check)."""
+    try:
+        check_traffic_db(db_path)
+        conn = sqlite3.connect(f"{db_path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            row = conn.execute(
+                f"select 1 from {META_TABLE} where key = ?", (DEMO_MARKER_KEY,)
+            ).fetchone()
+        finally:
+            conn.close()
+    except (SchemaError, sqlite3.Error):
+        return False
+    return row is not None
+
+
+def prepare_database(db_path: Path) -> None:
+    """Start from a fresh demo database at ``db_path``, marked as the demo's.
+
+    Removes a previous demo database with its -wal/-shm files; raises
+    ``DemoError`` rather than delete anything else.
+    """
+    if db_path.is_dir():
+        raise DemoError(f"{db_path}: is a directory; --db takes a SQLite file path")
+    if not db_path.absolute().parent.is_dir():
+        raise DemoError(f"{db_path}: directory {db_path.absolute().parent} does not exist")
+    side_files = [db_path.with_name(db_path.name + suffix) for suffix in SIDE_FILES]
+    if db_path.exists():
+        if not is_demo_database(db_path):
+            try:
+                check_traffic_db(db_path)
+                kind = "a redirect-auditor database, but not a demo one"
+            except SchemaError:
+                kind = "not a redirect-auditor database"
+            raise DemoError(
+                f"{db_path} exists and is {kind}; refusing to delete it (pass another --db)"
+            )
+        db_path.unlink()
+    elif any(side.exists() for side in side_files[:2]):
+        raise DemoError(
+            f"{side_files[0]} exists without {db_path}; refusing to delete it (pass another --db)"
+        )
+    for side in side_files:
+        side.unlink(missing_ok=True)
+    create_private_file(db_path)
+    conn = connect(db_path)
+    try:
+        ensure_schema(conn)
+        with conn:
+            conn.execute(
+                f"insert or replace into {META_TABLE} (key, value) values (?, ?)",
+                (DEMO_MARKER_KEY, "created by `redirect-auditor demo`: replaced on each run"),
+            )
+    finally:
+        conn.close()
+
+
+# --- The server -----------------------------------------------------------------------
+
+
+class _ThreadedServer(uvicorn.Server):
+    """uvicorn that says when start-up is over, however it ended."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.startup_over = threading.Event()
+
+    async def startup(self, sockets: Any = None) -> None:
+        try:
+            await super().startup(sockets)
+        finally:
+            self.startup_over.set()
+
+
+@contextmanager
+def serving(app: Any) -> Iterator[str]:
+    """Serve ``app`` under uvicorn on a free port of 127.0.0.1 in a thread; yield its URL.
+
+    Served without ``--proxy-headers`` (that is the shop's mistake). Leaving the
+    block stops the server and waits for its lifespan shutdown.
+    """
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=0,
+        proxy_headers=False,
+        lifespan="on",
+        log_level="warning",
+        access_log=False,
+    )
+    server = _ThreadedServer(config)
+    thread = threading.Thread(target=server.run, name="redirect-auditor-demo-app", daemon=True)
+    thread.start()
+    try:
+        server.startup_over.wait(STARTUP_TIMEOUT)
+        if not server.started:
+            raise DemoError("the demo app did not start under uvicorn")
+        port = server.servers[0].sockets[0].getsockname()[1]
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=STARTUP_TIMEOUT)
+
+
+# --- Traffic --------------------------------------------------------------------------
+
+
+@dataclass
+class TrafficSummary:
+    """What ``record_traffic`` did."""
+
+    base_url: str
+    addresses: dict[str, str]  # client name -> loopback address it connected from
+    requests_sent: int = 0
+    rows_recorded: int = 0
+    seconds: float = 0.0
+
+
+def count_rows(db_path: Path) -> int:
+    """Rows in ``requests``."""
+    conn = sqlite3.connect(f"{db_path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        return int(conn.execute("select count(*) from requests").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def record_traffic(db_path: Path, progress: Progress | None = None) -> TrafficSummary:
+    """Serve the demo app with the recorder on ``db_path`` and send both phases."""
+    report = progress or (lambda what, done, total: None)
+    started = time.perf_counter()
+    app = build_app()
+    addresses = client_addresses()
+    recorder = RedirectRecorder(app, db_path, trusted_proxies=[proxy_address(addresses)])
+    phases = [phase_steps(1), phase_steps(2)]
+    total = sum(len(steps) for steps in phases)
+    done = 0
+    try:
+        with serving(recorder) as base_url, demo_clients(base_url, addresses) as clients:
+            summary = TrafficSummary(base_url, addresses)
+            span_start = 0.0
+            for phase, steps in enumerate(phases, start=1):
+                if phase == 2:
+                    start_campaign(app, CAMPAIGNS[1])
+                    report(f"campaign is now {CAMPAIGNS[1]!r}; letting the clock run", done, total)
+                    _wait_until(span_start + DEMO_SPAN_SECONDS)
+                for step in steps:
+                    report(_describe(phase, step), done, total)
+                    summary.requests_sent += clients[step.client].send(step)
+                    done += 1
+                    if not span_start:  # after the first request of phase 1
+                        span_start = time.time()
+            report("stopping the app (the recorder flushes)", done, total)
+    finally:
+        recorder.writer.close()
+    summary.rows_recorded = count_rows(db_path)
+    summary.seconds = round(time.perf_counter() - started, 2)
+    report("traffic recorded", total, total)
+    return summary
+
+
+def _describe(phase: int, step: Step) -> str:
+    return f"phase {phase}: {step.client} {step.method} {step.path}"
+
+
+def _wait_until(wall_time: float) -> None:
+    # Not synchronisation: the 302 on "/" must be seen over a span of real time.
+    delay = wall_time - time.time()
+    if delay > 0:
+        time.sleep(delay)
+
+
+# --- Audit and the expected result ----------------------------------------------------
+
+
+def audit_demo(db_path: Path) -> AuditResult:
+    """The real audit, with the demo's thresholds."""
+    return audit(db_path, **DEMO_AUDIT_OPTIONS)
+
+
+@dataclass
+class Expectations:
+    """How the stored findings compare with ``EXPECTED_RULES`` and ``CORRECT_ROUTES``."""
+
+    found: set[str] = field(default_factory=set)
+    missing: list[str] = field(default_factory=list)  # expected rule ids not found
+    on_correct_routes: list[tuple[str, str]] = field(default_factory=list)  # (rule, route)
+
+    @property
+    def met(self) -> bool:
+        return not self.missing and not self.on_correct_routes
+
+
+def _route_of(value: str | None) -> str | None:
+    if not value:
+        return None
+    return urlsplit(value).path if "://" in value else value.split("?", 1)[0]
+
+
+def check_findings(db_path: Path) -> Expectations:
+    """Read the ``findings`` table and compare it with the documented result."""
+    conn = sqlite3.connect(f"{db_path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        rows = conn.execute("select rule, source, target from findings").fetchall()
+    finally:
+        conn.close()
+    result = Expectations(found={rule for rule, _, _ in rows})
+    result.missing = [rule for rule in EXPECTED_RULES if rule not in result.found]
+    for rule, source, target in rows:
+        for route in {_route_of(source), _route_of(target)}:
+            if route in CORRECT_ROUTES:
+                result.on_correct_routes.append((rule, route))
+    return result
+
+
+@dataclass
+class DemoResult:
+    """Everything ``run_demo`` produced."""
+
+    db_path: Path
+    traffic: TrafficSummary
+    audit: AuditResult
+    expectations: Expectations
+
+
+def run_demo(db_path: Path, progress: Progress | None = None) -> DemoResult:
+    """Prepare the database, record the traffic, audit it and check the result."""
+    prepare_database(db_path)
+    traffic = record_traffic(db_path, progress)
+    result = audit_demo(db_path)
+    return DemoResult(db_path, traffic, result, check_findings(db_path))
