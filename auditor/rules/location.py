@@ -1,1 +1,624 @@
-"""Rules of the location family (see base.py for the rule unit)."""
+"""Rules of the location family: is the ``Location`` header there, well-formed and safe?
+
+Each rule is one grouped SQL query over the recorded responses (the WHERE clause
+reads as the rule), plus, for the rules that must parse URLs, a little Python
+over the redirect subset only. This module also holds the grouping helpers the
+permanence and status families share (``grouped_requests``, ``make_finding``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from auditor.rows import parse_forwarded
+from auditor.rules._groups import chain_of_request, client_name, plural
+from auditor.rules.base import (
+    REGISTRY,
+    SOURCE_SQL,
+    AuditContext,
+    Finding,
+    Severity,
+    rule,
+)
+
+# One (source, method, status) answering more distinct targets than this (say a
+# route template redirecting every id somewhere else) becomes one finding.
+MAX_TARGETS_PER_SOURCE = 20
+
+# Statuses on which a Location means something (RFC 9110 §10.2.2): 201 names the
+# created resource, every 3xx the redirect target (300: the preferred choice), and
+# 202 by wide convention the status monitor that §15.3.3 asks the response to name.
+LOCATION_STATUSES_OUTSIDE_3XX = (201, 202)
+
+# Host names that only resolve inside a private network.
+INTERNAL_SUFFIXES = (".localhost", ".local", ".internal", ".lan", ".home.arpa", ".localdomain")
+
+
+# ---------------------------------------------------------------------------
+# Grouping helpers shared by the location, permanence and status families
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class RequestGroup:
+    """Requests sharing (source, method, status, target), as one finding sees them."""
+
+    source: str
+    method: str
+    status: int
+    target: str | None
+    hits: int
+    first_seen: float
+    last_seen: float
+    example_request_id: int
+    example_url: str
+    user_agent: str | None
+    starlette: bool  # a route template was recorded: the app is Starlette/FastAPI
+    targets: int = 1  # distinct targets folded into this group
+    keys: dict[str, Any] = field(default_factory=dict)  # extra group-by values
+
+    def seen(self) -> str:
+        """'3 requests, e.g. GET http://host/x from curl/8.0'."""
+        text = f"{plural(self.hits, 'request')}, e.g. {self.method} {self.example_url}"
+        return f"{text} from {client_name(self.user_agent)}" if self.user_agent else text
+
+
+# The aggregate columns every grouped rule query selects after its group key.
+GROUP_AGGREGATES = """count(*) as hits, min(started_at) as first_seen,
+    max(started_at) as last_seen, min(id) as example_request_id,
+    max(route is not null) as starlette"""
+
+
+def query_groups(
+    ctx: AuditContext, grouped_sql: str, params: Iterable[Any] = (), keys: Iterable[str] = ()
+) -> list[RequestGroup]:
+    """Run a rule's grouped query (source, method, status, target, ``keys``...,
+    GROUP_AGGREGATES) and attach each group's example request URL and client."""
+    rows = ctx.query(
+        f"""select g.*, r.url as example_url, r.user_agent as example_user_agent
+            from ({grouped_sql}) as g join requests as r on r.id = g.example_request_id""",
+        params,
+    )
+    return [
+        RequestGroup(
+            source=row["source"],
+            method=row["method"],
+            status=row["status"],
+            target=row["target"],
+            hits=row["hits"],
+            first_seen=row["first_seen"],
+            last_seen=row["last_seen"],
+            example_request_id=row["example_request_id"],
+            example_url=row["example_url"],
+            user_agent=row["example_user_agent"],
+            starlette=bool(row["starlette"]),
+            keys={name: row[name] for name in keys},
+        )
+        for row in rows
+    ]
+
+
+def grouped_requests(
+    ctx: AuditContext,
+    where: str,
+    params: Iterable[Any] = (),
+    *,
+    target: str = "location_url",
+    by: dict[str, str] | None = None,
+    keep: Callable[[RequestGroup], bool] | None = None,
+) -> list[RequestGroup]:
+    """Requests matching ``where``, grouped by (source, method, status, target).
+
+    ``by`` adds group-by expressions whose values a ``keep`` filter can inspect
+    (Python over the matching subset only); kept groups are then merged back to
+    (source, method, status, target). (``audit`` applies ``ignore_paths``.)
+    """
+    by = by or {}
+    extra = "".join(f", {expr} as {name}" for name, expr in by.items())
+    extra_by = "".join(f", {expr}" for expr in by.values())
+    groups = query_groups(
+        ctx,
+        f"""select {SOURCE_SQL} as source, method, status, {target} as target{extra},
+                   {GROUP_AGGREGATES}
+            from requests
+            where {where}
+            group by {SOURCE_SQL}, method, status, {target}{extra_by}""",
+        params,
+        by,
+    )
+    if keep is not None:
+        groups = [g for g in groups if keep(g)]
+    return merge_groups(groups)
+
+
+def merge_groups(groups: list[RequestGroup]) -> list[RequestGroup]:
+    """Merge groups with equal (source, method, status, target); fold a source with
+    more than MAX_TARGETS_PER_SOURCE targets into one group with target None."""
+    merged: dict[tuple[Any, ...], RequestGroup] = {}
+    for group in sorted(groups, key=lambda g: g.example_request_id):
+        key = (group.source, group.method, group.status, group.target)
+        merged[key] = _combine(merged[key], group) if key in merged else replace(group)
+    per_source: dict[tuple[Any, ...], list[RequestGroup]] = {}
+    for group in merged.values():
+        per_source.setdefault((group.source, group.method, group.status), []).append(group)
+    result = []
+    for same_source in per_source.values():
+        if len(same_source) <= MAX_TARGETS_PER_SOURCE:
+            result.extend(same_source)
+            continue
+        folded = same_source[0]
+        for group in same_source[1:]:
+            folded = _combine(folded, group)
+        folded.target, folded.targets = None, len(same_source)
+        result.append(folded)
+    return sorted(result, key=lambda g: (-g.hits, g.source, g.method, g.status))
+
+
+def _combine(first: RequestGroup, other: RequestGroup) -> RequestGroup:
+    # ``first`` holds the lower example id (groups are merged in id order).
+    first.hits += other.hits
+    first.first_seen = min(first.first_seen, other.first_seen)
+    first.last_seen = max(first.last_seen, other.last_seen)
+    first.starlette = first.starlette or other.starlette
+    return first
+
+
+def make_finding(
+    ctx: AuditContext,
+    rule_id: str,
+    group: RequestGroup,
+    message: str,
+    recommendation: str,
+    *,
+    severity: Severity | None = None,
+) -> Finding:
+    """A Finding for ``group`` with the registered rule's severity, title and spec."""
+    registered = REGISTRY[rule_id]
+    if group.targets > 1:
+        message += f" ({plural(group.targets, 'distinct target')} from this source.)"
+    return Finding(
+        rule=rule_id,
+        severity=severity or registered.severity,
+        title=registered.title,
+        message=message,
+        recommendation=recommendation,
+        spec=registered.spec,
+        method=group.method,
+        status=group.status,
+        source=group.source,
+        target=group.target,
+        hits=group.hits,
+        first_seen=group.first_seen,
+        last_seen=group.last_seen,
+        example_request_id=group.example_request_id,
+        example_chain_id=chain_of_request(ctx, group.example_request_id),
+    )
+
+
+def framework_fix(group: RequestGroup, *, starlette: str, django: str, litestar: str) -> str:
+    """The fix in the recorded framework's terms: Starlette/FastAPI when a route
+    template was recorded (only they expose one), else all three."""
+    if group.starlette:
+        return f"Starlette/FastAPI: {starlette}"
+    return f"Starlette/FastAPI: {starlette} Django: {django} Litestar: {litestar}"
+
+
+# ---------------------------------------------------------------------------
+# URL helpers
+# ---------------------------------------------------------------------------
+
+
+def _hostport(netloc: str | None) -> str:
+    """'Host:443' -> 'host', 'host:8000' -> 'host:8000' (lower case, userinfo dropped)."""
+    if not netloc:
+        return ""
+    netloc = netloc.rpartition("@")[2].strip().lower()
+    for default in (":80", ":443"):
+        if netloc.endswith(default):
+            return netloc[: -len(default)]
+    return netloc
+
+
+def _hostname(hostport: str) -> str:
+    if hostport.startswith("["):
+        return hostport[1 : hostport.find("]")]
+    return hostport.rsplit(":", 1)[0] if hostport.count(":") == 1 else hostport
+
+
+def _first(value: str | None) -> str:
+    return (value or "").split(",", 1)[0].strip()
+
+
+def asked_host(keys: dict[str, Any]) -> str:
+    """The host the client asked for: X-Forwarded-Host or Forwarded host=, else Host."""
+    forwarded = parse_forwarded(keys["forwarded"]) if keys.get("forwarded") else {}
+    return _hostport(
+        _first(keys.get("x_forwarded_host")) or forwarded.get("host") or keys.get("server_host")
+    )
+
+
+def browser_location_host(location: str) -> str | None:
+    """The host:port a browser goes to for an absolute or scheme-relative Location.
+
+    Browsers (WHATWG URL) drop tabs and newlines and read '\\' as '/' in http(s)
+    URLs, so '/\\evil.example' is scheme-relative to them. None for a path.
+    """
+    text = re.sub(r"[\t\n\r]", "", location).strip().replace("\\", "/")
+    if re.match(r"^https?:", text, re.IGNORECASE):
+        text = re.sub(r"^https?:/*", "//", text, flags=re.IGNORECASE)
+    if not text.startswith("//"):
+        return None
+    try:
+        return _hostport(urlsplit("http:" + text).netloc) or None
+    except ValueError:
+        return None
+
+
+def is_internal_hostname(hostname: str) -> bool:
+    """Loopback, private, link-local or unspecified IPs; localhost, single-label
+    names and private-network suffixes such as .internal or .local."""
+    try:
+        ip = ipaddress.ip_address(hostname)
+    except ValueError:
+        return hostname in ("localhost", "localhost.localdomain") or (
+            "." not in hostname or hostname.endswith(INTERNAL_SUFFIXES)
+        )
+    return ip.is_loopback or ip.is_private or ip.is_link_local or ip.is_unspecified
+
+
+# ---------------------------------------------------------------------------
+# Rules
+# ---------------------------------------------------------------------------
+
+REDIRECT_FIX_DJANGO = "return redirect(url) or HttpResponseRedirect(url)."
+REDIRECT_FIX_LITESTAR = "return Redirect(path=url, status_code=...)."
+
+
+@rule(
+    "missing-location",
+    severity="error",
+    title="Redirect without a Location header",
+    spec="RFC 9110 §10.2.2, §15.4",
+    family="location",
+)
+def missing_location(ctx: AuditContext) -> Iterator[Finding]:
+    """A 301/302/303/307/308 that does not say where to go."""
+    for group in grouped_requests(
+        ctx,
+        "status in (301, 302, 303, 307, 308) and (location is null or trim(location) = '')",
+        target="null",
+    ):
+        yield make_finding(
+            ctx,
+            "missing-location",
+            group,
+            f"{group.method} {group.source} answered {group.status} without a Location header "
+            f"({group.seen()}). No client can follow it: httpx, requests and curl -L return "
+            f"the {group.status} itself as the final response, and browsers show its body.",
+            "Send the target with the redirect, or answer with a non-redirect status "
+            "(200, 204, 404) if nothing should redirect here. "
+            + framework_fix(
+                group,
+                starlette=f"return RedirectResponse(url, status_code={group.status}).",
+                django=REDIRECT_FIX_DJANGO,
+                litestar=REDIRECT_FIX_LITESTAR,
+            ),
+        )
+
+
+def location_problem(location: str, location_url: str | None, locations: str | None) -> str | None:
+    """What is wrong with a raw Location value, in words; None when nothing is."""
+    if locations:
+        values = json.loads(locations)
+        return f"was sent {len(values)} times ({', '.join(map(repr, values))})"
+    value = location.strip(" \t")
+    if any(ord(c) < 0x20 or c == "\x7f" for c in value):
+        return "contains a control character"
+    if " " in value:
+        return "contains a space"
+    if "\\" in value:
+        return "contains a backslash"
+    if location_url is None:
+        return "cannot be parsed as a URI reference (bad port or IPv6 literal)"
+    parts = urlsplit(location_url)
+    if parts.scheme not in ("http", "https"):
+        return f"uses the non-HTTP scheme {parts.scheme or '(none)'}:"
+    if not parts.hostname:
+        return "names no host"
+    if "@" in urlsplit(value).netloc:
+        return "carries userinfo (user:password@)"
+    return None
+
+
+CLIENTS_ON_PROBLEM = {
+    "was sent": "Clients disagree about which one wins: httpx joins the values into one URL "
+    "('/a, /b') and follows that, curl -L follows the first, and Chromium rejects differing "
+    "Location headers (ERR_RESPONSE_HEADERS_MULTIPLE_LOCATION).",
+    "contains a control character": "uvicorn with httptools (its default when installed) "
+    "refuses to send it (the client gets no response at all); with --http h11 it goes out "
+    "and httpx raises RemoteProtocolError while curl -L fails with exit code 3.",
+    "contains a space": "httpx, curl and browsers repair it by percent-encoding the space; "
+    "stricter clients and proxies reject the URL.",
+    "contains a backslash": "Browsers read '\\' as '/' (WHATWG URL), so '/\\host' leaves the "
+    "site for another host, while httpx and curl keep it as a path on this site.",
+    "cannot be parsed": "httpx raises on it and curl -L fails with exit code 3.",
+    "uses the non-HTTP scheme": "httpx raises UnsupportedProtocol or InvalidURL, curl -L "
+    "fails on javascript: but follows ftp:, and browsers block unsafe schemes.",
+    "names no host": "curl -L reads the path as a host ('http:///a' goes to http://a/) and "
+    "httpx fails to connect.",
+    "carries userinfo": "RFC 9110 §4.2.4 forbids generating userinfo in http(s) URIs; the "
+    "credentials end up in logs, browser history and Referer-free links.",
+}
+
+
+@rule(
+    "invalid-location",
+    severity="error",
+    title="Location header clients cannot use reliably",
+    spec="RFC 9110 §10.2.2, §4.2.4, §5.5; RFC 3986 §3-4",
+    family="location",
+)
+def invalid_location(ctx: AuditContext) -> Iterator[Finding]:
+    """Unparsable, control characters or spaces, non-http(s) scheme, userinfo, or sent twice."""
+    for group in grouped_requests(
+        ctx,
+        """location is not null and (
+             location_url is null                 -- unparsable
+             or locations is not null             -- sent more than once
+             or location glob '*[^!-~]*'          -- space, control or non-ASCII character
+             or instr(location, '\\') > 0         -- backslash
+             or instr(location, '@') > 0          -- maybe userinfo
+             or (location_url not like 'http://%' and location_url not like 'https://%')
+             or location_url like 'http%:///%'    -- no host
+           )""",
+        target="location",
+        by={"location_url": "location_url", "locations": "locations"},
+        keep=lambda g: location_problem(g.target or "", **g.keys) is not None,
+    ):
+        problem = location_problem(group.target or "", **group.keys) or ""
+        clients = next(text for start, text in CLIENTS_ON_PROBLEM.items() if start in problem)
+        yield make_finding(
+            ctx,
+            "invalid-location",
+            group,
+            f"{group.method} {group.source} answered {group.status} with Location "
+            f"{group.target!r}, which {problem} ({group.seen()}). {clients}",
+            "Send exactly one Location holding an absolute http(s) URL or a path, "
+            "percent-encoded (urllib.parse.quote), without credentials. "
+            + framework_fix(
+                group,
+                starlette="RedirectResponse(url) percent-encodes the URL it is given; build "
+                "it with request.url_for(...) or quote() rather than raw headers.",
+                django="redirect() / iri_to_uri() encode the URL; never set Location twice.",
+                litestar="Redirect(path=...) with an encoded path.",
+            ),
+            severity="warning" if problem == "contains a space" else None,
+        )
+
+
+@rule(
+    "location-on-non-redirect",
+    severity="warning",
+    title="Location header on a status that ignores it",
+    spec="RFC 9110 §10.2.2, §15.3.2",
+    family="location",
+)
+def location_on_non_redirect(ctx: AuditContext) -> Iterator[Finding]:
+    """Location on anything but 3xx, 201 Created or 202 Accepted (a status monitor)."""
+    meaningful = ", ".join(str(s) for s in LOCATION_STATUSES_OUTSIDE_3XX)
+    for group in grouped_requests(
+        ctx,
+        f"location is not null and status not between 300 and 399 and status not in ({meaningful})",
+        target="coalesce(location_url, location)",
+    ):
+        yield make_finding(
+            ctx,
+            "location-on-non-redirect",
+            group,
+            f"{group.method} {group.source} answered {group.status} with Location "
+            f"{group.target} ({group.seen()}). Location only means something on a 3xx "
+            f"(where to go) and on 201 Created (the new resource); browsers, curl -L, httpx "
+            f"and requests ignore it on a {group.status}, so no redirect happens.",
+            "If a redirect was meant, use 303 (go and GET it), 307 or 308 (repeat the "
+            "request there); otherwise drop the header. "
+            + framework_fix(
+                group,
+                starlette="return RedirectResponse(url, status_code=303) instead of "
+                "Response(headers={'Location': ...}).",
+                django=REDIRECT_FIX_DJANGO,
+                litestar=REDIRECT_FIX_LITESTAR,
+            ),
+        )
+
+
+@rule(
+    "scheme-downgrade",
+    severity="error",
+    title="HTTPS request redirected to http://",
+    spec="RFC 9110 §4.2.2, §15.4; RFC 6797 (HSTS)",
+    family="location",
+)
+def scheme_downgrade(ctx: AuditContext) -> Iterator[Finding]:
+    """An https request (directly, or per the forwarded headers as sent) told to go to http://.
+
+    The forwarded headers count even when the recorder did not trust them: they say
+    what the client used. Only an absolute ``http:`` Location downgrades; a path is
+    resolved by the client against its own https URL.
+    """
+    for group in grouped_requests(
+        ctx,
+        """status between 300 and 399
+           and ltrim(location) like 'http://%'
+           and (scheme = 'https'
+                or server_scheme = 'https'
+                or ltrim(lower(x_forwarded_proto)) like 'https%'
+                or lower(forwarded) like '%proto=https%'
+                or lower(forwarded) like '%proto="https"%')""",
+        by={"app_saw_https": "server_scheme = 'https'"},
+    ):
+        behind_proxy = not group.keys["app_saw_https"]
+        cause = (
+            "The app saw plain http because the TLS proxy's X-Forwarded-Proto/Forwarded "
+            "header was not trusted, so it built an http:// URL for an https client."
+            if behind_proxy
+            else "The app itself received https and still redirected to http://."
+        )
+        yield make_finding(
+            ctx,
+            "scheme-downgrade",
+            group,
+            f"{group.method} {group.source} came in over https but answered {group.status} "
+            f"to {group.target} ({group.seen()}). {cause} curl -L, httpx, requests and "
+            f"browsers follow it in cleartext (browsers upgrade it back only for hosts on "
+            f"their HSTS list), exposing cookies without the Secure flag and the request.",
+            "Generate https URLs, or relative Locations. Behind a TLS proxy run uvicorn with "
+            "--proxy-headers --forwarded-allow-ips=<proxy address> so the app sees https. "
+            + framework_fix(
+                group,
+                starlette="Starlette's HTTPSRedirectMiddleware only sees the scheme uvicorn "
+                "reports: without trusted proxy headers it redirects https clients forever; "
+                "request.url_for() builds http:// URLs for the same reason.",
+                django="set SECURE_PROXY_SSL_HEADER = ('HTTP_X_FORWARDED_PROTO', 'https') "
+                "(only behind a proxy that sets it) and SECURE_SSL_REDIRECT = True.",
+                litestar="run behind uvicorn --proxy-headers so request.url is https.",
+            ),
+        )
+
+
+def leaked_host(location: str, keys: dict[str, Any]) -> str | None:
+    """Why an absolute Location names an internal host instead of the one asked for."""
+    target = browser_location_host(location)
+    asked = asked_host(keys)
+    if target is None or target == asked:
+        return None
+    backend = {_hostport(keys.get("server_host")), _hostport(keys.get("server_addr"))}
+    if target in backend - {asked}:
+        return f"the backend's own address {target}"
+    if _hostname(target) != _hostname(asked) and is_internal_hostname(_hostname(target)):
+        return f"the internal host {target}"
+    return None
+
+
+@rule(
+    "internal-host-leak",
+    severity="warning",
+    title="Location names an internal host",
+    spec="RFC 9110 §7.2, §10.2.2; CWE-200",
+    family="location",
+)
+def internal_host_leak(ctx: AuditContext) -> Iterator[Finding]:
+    """An absolute Location naming loopback, a private address, the server's own
+    address, or the backend Host header when the client asked (X-Forwarded-Host)
+    for another host."""
+    keys = {
+        "location": "location",
+        "x_forwarded_host": "x_forwarded_host",
+        "forwarded": "forwarded",
+        "server_host": "server_host",
+        "server_addr": "server_addr",
+    }
+    for group in grouped_requests(
+        ctx,
+        "status between 300 and 399 and (location like '%//%' or location like '%\\%')",
+        by=keys,
+        keep=lambda g: leaked_host(g.keys["location"], g.keys) is not None,
+    ):
+        asked = asked_host(group.keys) or "(no Host)"
+        yield make_finding(
+            ctx,
+            "internal-host-leak",
+            group,
+            f"{group.method} {group.source} answered {group.status} to {group.target}, "
+            f"which names {leaked_host(group.keys['location'], group.keys)} although the "
+            f"client asked for {asked} ({group.seen()}). Clients outside the network cannot "
+            f"reach it, and every client treats it as another host: Chromium, curl -L, httpx "
+            f"and requests drop Authorization on the way there.",
+            "Build Locations from the host the client asked for, or send relative Locations. "
+            "Have the proxy pass the original Host (nginx: proxy_set_header Host $host). "
+            + framework_fix(
+                group,
+                starlette="uvicorn --proxy-headers does not apply X-Forwarded-Host; return "
+                "RedirectResponse('/path') (relative) instead of str(request.url_for(...)).",
+                django="set USE_X_FORWARDED_HOST = True behind a proxy you control, with "
+                "ALLOWED_HOSTS listing the public names.",
+                litestar="return Redirect(path='/path') (relative).",
+            ),
+        )
+
+
+def _decoded(text: str) -> str:
+    return unquote(unquote(text)).lower().replace("\\", "/")
+
+
+def target_from_request(location: str, path: str, query: str | None, keys: dict[str, Any]) -> bool:
+    """True when an off-site Location's host appears in the request's query or path."""
+    target = browser_location_host(location)
+    if target is None:
+        return False
+    host = _hostname(target)
+    if host in {_hostname(asked_host(keys)), _hostname(_hostport(keys.get("host")))}:
+        return False
+    pattern = re.compile(r"(^|[=/@&:])" + re.escape(host) + r"($|[/:?#&])")
+    return bool(pattern.search(_decoded(query or "")) or pattern.search(_decoded(path)))
+
+
+@rule(
+    "open-redirect",
+    severity="error",
+    title="Open redirect: off-site target taken from the request",
+    spec="CWE-601; RFC 9110 §17.11",
+    family="location",
+)
+def open_redirect(ctx: AuditContext) -> Iterator[Finding]:
+    """An off-site Location whose host the client supplied in the query or path."""
+    keys = {
+        "location": "location",
+        "req_path": "path",
+        "req_query": "query",
+        "host": "host",
+        "x_forwarded_host": "x_forwarded_host",
+        "forwarded": "forwarded",
+        "server_host": "server_host",
+    }
+
+    def from_request(g: RequestGroup) -> bool:
+        k = g.keys
+        return target_from_request(k["location"], k["req_path"], k["req_query"], k)
+
+    for group in grouped_requests(
+        ctx,
+        """status between 300 and 399
+           and (location like '%//%' or location like '%\\%')
+           and (query != '' or path like '%.%' or path like '%//%')""",
+        target="coalesce(location_url, location)",
+        by=keys,
+        keep=from_request,
+    ):
+        site = browser_location_host(group.keys["location"])
+        yield make_finding(
+            ctx,
+            "open-redirect",
+            group,
+            f"{group.method} {group.source} redirected ({group.status}) to {group.target}: "
+            f"the host {site} came from the request itself ({group.seen()}). Anyone can "
+            f"craft a link on this site that lands on theirs (phishing, OAuth token theft). "
+            f"Every client follows it; urllib and curl --location-trusted even forward "
+            f"Authorization and Cookie to the other host.",
+            "Redirect only to paths on this site or to hosts on an allow-list: accept a "
+            "'next' value only if it starts with a single '/' (not '//' or '/\\'), or its "
+            "parsed host is allowed. "
+            + framework_fix(
+                group,
+                starlette="check urlsplit(next).netloc against an allow-list before "
+                "RedirectResponse(next); fall back to a fixed path.",
+                django="use url_has_allowed_host_and_scheme(next, allowed_hosts="
+                "{request.get_host()}, require_https=request.is_secure()).",
+                litestar="validate the target against an allow-list before Redirect(path=...).",
+            ),
+        )
