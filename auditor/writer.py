@@ -274,7 +274,7 @@ class Writer:
     def _count_drop(self, reason: str, count: int, exc: BaseException) -> None:
         self.dropped[reason] += count
         self.last_error = f"{reason}: {exc}"[:500]
-        if reason not in self._warned:
+        if count and reason not in self._warned:  # an idle retry loses nothing: no warning
             self._warned.add(reason)
             logger.warning(
                 "redirect-auditor could not record %d request(s) into %s (%s: %s); "
