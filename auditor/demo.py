@@ -50,7 +50,7 @@ SIDE_FILES = ("-wal", "-shm", "-journal")
 STARTUP_TIMEOUT = 30.0
 
 # A 302 must look permanent within a demo's seconds, not a production week.
-DEMO_SPAN_SECONDS = 2.0
+DEMO_SPAN_SECONDS = 1.0
 DEMO_MIN_HITS = 20
 DEMO_AUDIT_OPTIONS: dict[str, Any] = {
     "temporary_min_span_days": DEMO_SPAN_SECONDS / 86400,

@@ -1,10 +1,127 @@
-"""`redirect-auditor demo` (placeholder until its issue lands)."""
+"""`redirect-auditor demo`: the whole product on a built-in example app, in one command."""
 
 from __future__ import annotations
 
-from cli.common import fail
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from auditor import demo as demoing
+from auditor import explore as exploring
+from auditor.audit import AuditResult
+from auditor.demo_app import EXPECTED_RULES
+from auditor.demo_traffic import CLIENTS
+from auditor.report import to_rich
+from cli.common import console, err_console, fail
 
 
-def demo() -> None:
-    """Not available yet."""
-    fail("'demo' is not available in this build yet")
+def _record(db: Path) -> demoing.TrafficSummary:
+    columns = (
+        TextColumn("{task.description}", style="bold"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task("starting the demo app", total=None)
+
+        def progress(what: str, done: int, total: int) -> None:
+            bar.update(task, description=what, completed=done, total=total)
+
+        return demoing.record_traffic(db, progress)
+
+
+def _report(db: Path, result: AuditResult, expectations: demoing.Expectations) -> None:
+    console.print(to_rich(result))
+    if expectations.missing:
+        console.print(
+            f"[yellow]Expected but not found:[/] {', '.join(expectations.missing)}",
+            highlight=False,
+        )
+    else:
+        console.print(
+            f"All {len(EXPECTED_RULES)} rules the demo app triggers on purpose were found."
+        )
+    if expectations.on_correct_routes:
+        wrong = ", ".join(f"{rule} on {route}" for rule, route in expectations.on_correct_routes)
+        console.print(f"[yellow]Findings on routes that are right on purpose:[/] {wrong}")
+    else:
+        console.print(
+            "No finding on the routes that are right on purpose "
+            "(303 after POST, 308 for the moved API, 307 keeping the method).",
+            highlight=False,
+        )
+
+
+def _serve(db: Path, port: int) -> None:
+    try:
+        sock = exploring.bind("127.0.0.1", port)
+    except OSError as exc:
+        fail(f"cannot listen on 127.0.0.1:{port} ({exc.strerror or exc})")
+    ds = exploring.build_datasette([db])
+    name = exploring.database_names([db])[0]
+    console.print(
+        f"Datasette is showing the findings at "
+        f"http://127.0.0.1:{sock.getsockname()[1]}/{name}/findings  - stop with Ctrl-C",
+        highlight=False,
+        soft_wrap=True,
+    )
+    exploring.serve(ds, sock)
+
+
+def demo(
+    db: Annotated[
+        Path, typer.Option(help="Demo database; replaced on each run (only if it is a demo's).")
+    ] = Path("demo.db"),
+    serve: Annotated[
+        bool, typer.Option("--serve/--no-serve", help="Open Datasette on the findings afterwards.")
+    ] = True,
+    port: Annotated[
+        int, typer.Option(help="Port for Datasette (0: any free port).", min=0, max=65535)
+    ] = 0,
+) -> None:
+    """Run a built-in example app under the recorder, send it real traffic, audit it,
+    and open the findings in Datasette.
+
+    The app makes each family of redirect mistake once and does the right thing in
+    a few places; five clients (browser-like, httpx, requests-like, curl, a browser
+    behind a TLS proxy) follow its redirects as those clients really do.
+
+    Example: redirect-auditor demo --db demo.db --no-serve
+    """
+    try:
+        demoing.prepare_database(db)
+    except demoing.DemoError as exc:
+        fail(str(exc))
+    console.print(
+        f"Serving the example app [bold]auditor.demo_app[/] under uvicorn on 127.0.0.1, "
+        f"recording into [bold]{db}[/]; {len(CLIENTS)} clients: "
+        + ", ".join(profile.name for profile in CLIENTS),
+        highlight=False,
+    )
+    try:
+        traffic = _record(db)
+        console.print(
+            f"Recorded {traffic.rows_recorded} requests ({traffic.requests_sent} sent) "
+            f"in {traffic.seconds:.1f} s from {traffic.base_url}.",
+            highlight=False,
+        )
+        console.print(
+            "Auditing with demo thresholds: temporary-looks-permanent after "
+            f"{demoing.DEMO_SPAN_SECONDS:g} s and {demoing.DEMO_MIN_HITS} hits "
+            "(the defaults are 7 days and 100 hits).",
+            highlight=False,
+        )
+        result = demoing.audit_demo(db)
+    except demoing.DemoError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        err_console.print(f"Interrupted: the demo app is stopped; partial traffic is in {db}.")
+        raise typer.Exit(code=130) from None
+    _report(db, result, demoing.check_findings(db))
+    if serve:
+        _serve(db, port)
+    else:
+        console.print(f"Explore them with: redirect-auditor explore {db}", highlight=False)
