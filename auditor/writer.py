@@ -126,6 +126,7 @@ class Writer:
         self.rows_written = 0
         self.rows_skipped = 0
         self.dropped = dict.fromkeys(DROP_REASONS, 0)
+        self._saved_totals: tuple[int, ...] = (0,) * (2 + len(DROP_REASONS))
         self.dropped_queue_full = 0  # incremented on the event loop, folded in here
         self.last_error: str | None = None
         self._queue: deque[CapturedExchange] = deque()
@@ -232,7 +233,8 @@ class Writer:
                     conn.executemany(INSERT_SQL, rows)
                 except UnicodeEncodeError:
                     conn.executemany(INSERT_SQL, [_encodable(row) for row in rows])
-                self._save_stats(conn, len(rows))
+                totals = self._stats_totals(len(rows))
+                self._save_stats(conn, totals)
         except (sqlite3.Error, OSError) as exc:
             self._count_drop(classify_error(exc), len(rows), exc)
             if isinstance(exc, sqlite3.DatabaseError) and not isinstance(
@@ -241,34 +243,36 @@ class Writer:
                 self._reset()
             return
         self.rows_written += len(rows)
+        self._saved_totals = totals
 
-    def _save_stats(self, conn: sqlite3.Connection, written_now: int) -> None:
+    def _stats_totals(self, written_now: int) -> tuple[int, ...]:
         d = self.dropped
+        return (
+            self.rows_written + written_now,
+            self.rows_skipped,
+            *(d[reason] for reason in DROP_REASONS),
+        )
+
+    def _save_stats(self, conn: sqlite3.Connection, totals: tuple[int, ...]) -> None:
+        # Adds what changed since the last save rather than overwriting totals: a
+        # restarted process can reuse the worker id (pid 1 in a container), and its
+        # predecessor's counts, drops above all, must not vanish.
+        deltas = [now - before for now, before in zip(totals, self._saved_totals, strict=True)]
         conn.execute(
             """insert into recorder_stats (worker_id, started_at, updated_at, rows_written,
                  rows_skipped, dropped_queue_full, dropped_locked, dropped_disk_full,
                  dropped_read_only, dropped_other, last_error)
                values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                on conflict(worker_id) do update set updated_at = excluded.updated_at,
-                 rows_written = excluded.rows_written, rows_skipped = excluded.rows_skipped,
-                 dropped_queue_full = excluded.dropped_queue_full,
-                 dropped_locked = excluded.dropped_locked,
-                 dropped_disk_full = excluded.dropped_disk_full,
-                 dropped_read_only = excluded.dropped_read_only,
-                 dropped_other = excluded.dropped_other, last_error = excluded.last_error""",
-            (
-                self.worker_id,
-                self.started_at,
-                time.time(),
-                self.rows_written + written_now,
-                self.rows_skipped,
-                d["queue_full"],
-                d["locked"],
-                d["disk_full"],
-                d["read_only"],
-                d["other"],
-                self.last_error,
-            ),
+                 rows_written = rows_written + excluded.rows_written,
+                 rows_skipped = rows_skipped + excluded.rows_skipped,
+                 dropped_queue_full = dropped_queue_full + excluded.dropped_queue_full,
+                 dropped_locked = dropped_locked + excluded.dropped_locked,
+                 dropped_disk_full = dropped_disk_full + excluded.dropped_disk_full,
+                 dropped_read_only = dropped_read_only + excluded.dropped_read_only,
+                 dropped_other = dropped_other + excluded.dropped_other,
+                 last_error = coalesce(excluded.last_error, last_error)""",
+            (self.worker_id, self.started_at, time.time(), *deltas, self.last_error),
         )
 
     def _count_drop(self, reason: str, count: int, exc: BaseException) -> None:

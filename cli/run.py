@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -10,6 +11,7 @@ from typing import Annotated
 import typer
 import uvicorn
 
+from auditor.schema import SchemaError, connect, create_private_file, ensure_schema
 from auditor.serve import AppImportError, import_app, settings_env
 from cli.common import console, fail
 
@@ -75,6 +77,7 @@ def run(
         fail(f"{db}: is a directory; --db takes a SQLite file path")
     if not db.absolute().parent.is_dir():
         fail(f"{db}: directory {db.absolute().parent} does not exist")
+    prepare_db(db)
     trusted = (
         [p.strip() for p in forwarded_allow_ips.split(",") if p.strip()] if proxy_headers else []
     )
@@ -107,3 +110,24 @@ def run(
         forwarded_allow_ips=forwarded_allow_ips,
         log_level=log_level,
     )
+
+
+def prepare_db(db: Path) -> None:
+    """Create (mode 0600) or check the database before any worker starts, so a file
+    this release cannot record into fails here with one line instead of in every worker."""
+    try:
+        create_private_file(db)
+        conn = connect(db)
+        try:
+            ensure_schema(conn)
+        finally:
+            conn.close()
+    except SchemaError as exc:
+        fail(f"{db}: {exc}")
+    except sqlite3.OperationalError as exc:
+        if "locked" not in str(exc):  # busy at start-up is fine: the writers wait and retry
+            fail(f"{db}: cannot record into this file ({exc})")
+    except sqlite3.DatabaseError as exc:
+        fail(f"{db}: not a usable SQLite database ({exc})")
+    except OSError as exc:
+        fail(f"{db}: cannot create the database ({exc.strerror})")
