@@ -478,7 +478,8 @@ def scheme_downgrade(ctx: AuditContext) -> Iterator[Finding]:
             f"browsers follow it in cleartext (browsers upgrade it back only for hosts on "
             f"their HSTS list), exposing cookies without the Secure flag and the request.",
             "Generate https URLs, or relative Locations. Behind a TLS proxy run uvicorn with "
-            "--proxy-headers --forwarded-allow-ips=<proxy address> so the app sees https. "
+            "--proxy-headers --forwarded-allow-ips=<proxy address>: it trusts X-Forwarded-Proto "
+            "only from those addresses (default 127.0.0.1), and then the app sees https. "
             + framework_fix(
                 group,
                 starlette="Starlette's HTTPSRedirectMiddleware only sees the scheme uvicorn "
@@ -486,7 +487,7 @@ def scheme_downgrade(ctx: AuditContext) -> Iterator[Finding]:
                 "request.url_for() builds http:// URLs for the same reason.",
                 django="set SECURE_PROXY_SSL_HEADER = ('HTTP_X_FORWARDED_PROTO', 'https') "
                 "(only behind a proxy that sets it) and SECURE_SSL_REDIRECT = True.",
-                litestar="run behind uvicorn --proxy-headers so request.url is https.",
+                litestar="run under uvicorn with trusted proxy headers so request.url is https.",
             ),
         )
 
