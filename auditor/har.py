@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from auditor.schema import (
     create_private_file,
     ensure_schema,
 )
-from auditor.urls import build_url, redact_query, resolve_location
+from auditor.urls import DEFAULT_PORTS, build_url, redact_query, resolve_location
 from auditor.writer import load_secret
 
 DEFAULT_LINK_WINDOW = 30.0  # seconds; the audit's default linking window
@@ -84,6 +85,27 @@ def parse_har_time(value: Any) -> float:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return when.timestamp()
+
+
+def _resolution_ms(value: str) -> float:
+    """The precision of a ``startedDateTime``: 1 ms for "...T10:00:00.123Z"."""
+    seconds = value.partition("T")[2]
+    digits = len(re.split(r"[^0-9]", seconds.partition(".")[2], maxsplit=1)[0])
+    return 1000.0 / 10**digits
+
+
+def _duration_ms(elapsed: float | None, slack_ms: float) -> float | None:
+    """The entry's ``time``; a redirect's less the timestamp resolution.
+
+    HAR writers truncate ``startedDateTime`` (Chromium and Firefox to the
+    millisecond) while ``time`` is measured exactly, so a browser's follow-up
+    hop can appear to start up to one tick before the redirect it follows
+    ended. Linking requires the follow-up to start after the redirect ended;
+    shortening each redirect by one tick keeps that true for real follow-ups.
+    """
+    if elapsed is None or elapsed < 0:
+        return None
+    return round(max(0.0, float(elapsed) - slack_ms), 3)
 
 
 def _http_version(value: Any) -> str | None:
@@ -153,6 +175,7 @@ class _EntryRows:
             started_at = parse_har_time(entry.get("startedDateTime"))
         except ValueError as exc:
             raise HarError(f"{where}: {exc}") from None
+        resolution_ms = _resolution_ms(entry["startedDateTime"])
         elapsed = entry.get("time", None)
         if elapsed is not None and (
             isinstance(elapsed, bool)
@@ -177,7 +200,7 @@ class _EntryRows:
         host = parts.hostname.lower()
         if ":" in host:
             host = f"[{host}]"
-        if port is not None:
+        if port is not None and port != DEFAULT_PORTS[scheme]:
             host = f"{host}:{port}"
         query = redact_query(parts.query)
         url = build_url(scheme, host, parts.path or "/", query)
@@ -211,9 +234,7 @@ class _EntryRows:
 
         values: dict[str, Any] = {
             "started_at": started_at,
-            "duration_ms": round(float(elapsed), 3)
-            if elapsed is not None and elapsed >= 0
-            else None,
+            "duration_ms": _duration_ms(elapsed, resolution_ms if is_redirect else 0.0),
             "method": method.upper(),
             "scheme": scheme,
             "host": host,

@@ -252,8 +252,23 @@ def har_from_events(events: list[dict[str, Any]], browser_version: str) -> dict[
     """A HAR 1.2 document from Network domain events (one entry per redirect hop)."""
     entries: list[dict[str, Any]] = []
     open_entries: dict[str, dict[str, Any]] = {}
+    # The headers really sent and received (Content-Length, Host, Set-Cookie...) come in
+    # *ExtraInfo events, one per hop in hop order, as DevTools pairs them.
+    sent: dict[str, list[dict[str, str]]] = {}
+    received: dict[str, list[dict[str, str]]] = {}
+    for event in events:
+        if event["method"] == "Network.requestWillBeSentExtraInfo":
+            sent.setdefault(event["params"]["requestId"], []).append(event["params"]["headers"])
+        elif event["method"] == "Network.responseReceivedExtraInfo":
+            received.setdefault(event["params"]["requestId"], []).append(event["params"]["headers"])
+    hop_counts: dict[str, int] = {}
+
+    def wire(table: dict[str, list[dict[str, str]]], rid: str, hop: int) -> dict[str, str] | None:
+        hops = table.get(rid, [])
+        return hops[hop] if hop < len(hops) else None
 
     def close(entry: dict[str, Any], end_timestamp: float) -> None:
+        entry.pop("_hop")
         entry["time"] = round((end_timestamp - entry.pop("_start")) * 1000, 3)
 
     for event in events:
@@ -263,17 +278,21 @@ def har_from_events(events: list[dict[str, Any]], browser_version: str) -> dict[
             request = params["request"]
             if "redirectResponse" in params and rid in open_entries:
                 previous = open_entries.pop(rid)
-                redirect = params["redirectResponse"]
+                redirect = dict(params["redirectResponse"])
+                redirect["headers"] = wire(received, rid, previous["_hop"]) or redirect.get(
+                    "headers", {}
+                )
                 previous["response"] = _response(redirect, redirect_url=request["url"])
                 previous["serverIPAddress"] = redirect.get("remoteIPAddress", "")
                 previous["connection"] = str(redirect.get("connectionId", ""))
                 close(previous, params["timestamp"])
             body = _post_data(request)
+            hop = hop_counts[rid] = hop_counts.get(rid, -1) + 1
             har_request: dict[str, Any] = {
                 "method": request["method"],
                 "url": request["url"] + request.get("urlFragment", ""),
                 "httpVersion": "http/1.1",
-                "headers": _headers(request.get("headers", {})),
+                "headers": _headers(wire(sent, rid, hop) or request.get("headers", {})),
                 "queryString": [],
                 "cookies": [],
                 "headersSize": -1,
@@ -287,6 +306,7 @@ def har_from_events(events: list[dict[str, Any]], browser_version: str) -> dict[
             entry = {
                 "_resourceType": params.get("type", "").lower(),
                 "_start": params["timestamp"],
+                "_hop": hop,
                 "startedDateTime": _iso(params["wallTime"]),
                 "request": har_request,
                 "response": _response({}),
@@ -297,7 +317,8 @@ def har_from_events(events: list[dict[str, Any]], browser_version: str) -> dict[
             entries.append(entry)
         elif method == "Network.responseReceived" and rid in open_entries:
             entry = open_entries[rid]
-            response = params["response"]
+            response = dict(params["response"])
+            response["headers"] = wire(received, rid, entry["_hop"]) or response.get("headers", {})
             entry["response"] = _response(response)
             entry["request"]["httpVersion"] = response.get("protocol", "http/1.1")
             entry["serverIPAddress"] = response.get("remoteIPAddress", "")
@@ -315,6 +336,7 @@ def har_from_events(events: list[dict[str, Any]], browser_version: str) -> dict[
             close(entry, params["timestamp"])
     for entry in open_entries.values():
         entry.pop("_start", None)
+        entry.pop("_hop", None)
         entry["time"] = -1
     return {
         "log": {
