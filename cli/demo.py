@@ -68,7 +68,11 @@ def _serve(db: Path, port: int) -> None:
         highlight=False,
         soft_wrap=True,
     )
-    exploring.serve(ds, sock)
+    try:
+        exploring.serve(ds, sock)
+    except KeyboardInterrupt:  # uvicorn shut down gracefully, then re-raised the signal
+        pass
+    console.print(f"Stopped. The demo database stays in {db}.", highlight=False)
 
 
 def demo(
