@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Annotated
 
@@ -68,10 +69,8 @@ def _serve(db: Path, port: int) -> None:
         highlight=False,
         soft_wrap=True,
     )
-    try:
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn stops cleanly, then re-raises it
         exploring.serve(ds, sock)
-    except KeyboardInterrupt:  # uvicorn shut down gracefully, then re-raised the signal
-        pass
     console.print(f"Stopped. The demo database stays in {db}.", highlight=False)
 
 
