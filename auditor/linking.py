@@ -186,7 +186,9 @@ def _match(
 def link_requests(conn: sqlite3.Connection, *, window: float = 30.0) -> int:
     """Recompute ``requests.follow_up_of`` for every row; return the number of links.
 
-    Runs inside the caller's transaction and updates only that column.
+    Runs inside the caller's transaction and updates only that column. While
+    recorders may be writing, the caller should hold ``begin immediate``: a deferred
+    transaction that has read cannot upgrade to a write after their commits.
     """
     redirects = _load_redirects(conn)
     by_client, by_connection = _load_candidates(conn, redirects) if redirects else ({}, {})

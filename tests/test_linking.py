@@ -138,7 +138,8 @@ class Traffic:
         wait_for(all_written, what="every request to be recorded")
         conn = sqlite3.connect(path)
         conn.row_factory = sqlite3.Row
-        with conn:
+        with conn:  # a write transaction: the recorder's writer may commit meanwhile
+            conn.execute("begin immediate")
             link_requests(conn)
             build_chains(conn)
         return conn
@@ -364,6 +365,7 @@ def test_relinking_replaces_links_and_chains(traffic: Traffic) -> None:
         traffic.walked(client.get("/walk/z/2"))
     conn = traffic.linked()
     with conn:
+        conn.execute("begin immediate")
         assert link_requests(conn) == 2
         assert build_chains(conn) == 1
         assert link_requests(conn, window=0.0) == 0
