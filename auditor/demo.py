@@ -105,24 +105,36 @@ def prepare_database(db_path: Path) -> None:
             raise DemoError(
                 f"{db_path} exists and is {kind}; refusing to delete it (pass another --db)"
             )
-        db_path.unlink()
-    elif any(side.exists() for side in side_files[:2]):
+        _remove(db_path)
+    elif side_files[0].exists():  # a -wal file may hold a lost database's last writes
         raise DemoError(
             f"{side_files[0]} exists without {db_path}; refusing to delete it (pass another --db)"
         )
     for side in side_files:
-        side.unlink(missing_ok=True)
-    create_private_file(db_path)
-    conn = connect(db_path)
+        _remove(side)
     try:
-        ensure_schema(conn)
-        with conn:
-            conn.execute(
-                f"insert or replace into {META_TABLE} (key, value) values (?, ?)",
-                (DEMO_MARKER_KEY, "created by `redirect-auditor demo`: replaced on each run"),
-            )
-    finally:
-        conn.close()
+        create_private_file(db_path)
+        conn = connect(db_path)
+        try:
+            ensure_schema(conn)
+            with conn:
+                conn.execute(
+                    f"insert or replace into {META_TABLE} (key, value) values (?, ?)",
+                    (DEMO_MARKER_KEY, "created by `redirect-auditor demo`: replaced on each run"),
+                )
+        finally:
+            conn.close()
+    except (OSError, sqlite3.Error) as exc:
+        raise DemoError(f"{db_path}: cannot create the demo database ({exc})") from None
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        raise DemoError(
+            f"{path}: cannot delete the previous demo's file ({exc.strerror})"
+        ) from None
 
 
 # --- The server -----------------------------------------------------------------------

@@ -8,14 +8,33 @@ from typing import Annotated
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 from auditor import demo as demoing
 from auditor import explore as exploring
 from auditor.audit import AuditResult
 from auditor.demo_app import EXPECTED_RULES
 from auditor.demo_traffic import CLIENTS
-from auditor.report import to_rich
+from auditor.report import SEVERITY_STYLE, drops_line, summary_line, where
 from cli.common import console, err_console, fail
+
+
+def print_findings(result: AuditResult, origin: str) -> None:
+    """One line per finding, coloured by severity; the demo server's origin is left out."""
+    legend = ", ".join(f"[{style}]{severity}[/]" for severity, style in SEVERITY_STYLE.items())
+    table = Table(title=f"{len(result.findings)} findings ({legend})", title_justify="left")
+    table.add_column("Rule", no_wrap=True)
+    table.add_column("Where", overflow="fold")
+    table.add_column("Hits", justify="right")
+    for f in result.findings:
+        target = f" → {f.target.removeprefix(origin)}" if f.target else ""
+        table.add_row(f"[{SEVERITY_STYLE[f.severity]}]{f.rule}[/]", where(f) + target, str(f.hits))
+    console.print(table)
+    console.print(summary_line(result), style="bold", highlight=False)
+    if drops_line(result):
+        console.print(drops_line(result), style="yellow", highlight=False)
+    for rule_id, error in result.rule_errors.items():
+        err_console.print(f"Warning: rule {rule_id} failed and was skipped: {error}")
 
 
 def _record(db: Path) -> demoing.TrafficSummary:
@@ -34,8 +53,12 @@ def _record(db: Path) -> demoing.TrafficSummary:
         return demoing.record_traffic(db, progress)
 
 
-def _report(db: Path, result: AuditResult, expectations: demoing.Expectations) -> None:
-    console.print(to_rich(result))
+def _report(db: Path, result: AuditResult, origin: str, expectations: demoing.Expectations) -> None:
+    print_findings(result, origin)
+    console.print(
+        f"Why each one matters and how to fix it: redirect-auditor audit {db}",
+        highlight=False,
+    )
     if expectations.missing:
         console.print(
             f"[yellow]Expected but not found:[/] {', '.join(expectations.missing)}",
@@ -95,36 +118,37 @@ def demo(
     Example: redirect-auditor demo --db demo.db --no-serve
     """
     try:
-        demoing.prepare_database(db)
+        origin, result = _record_and_audit(db)
     except demoing.DemoError as exc:
         fail(str(exc))
+    except KeyboardInterrupt:
+        err_console.print(f"Interrupted: the demo app is stopped; partial traffic is in {db}.")
+        raise typer.Exit(code=130) from None
+    _report(db, result, origin, demoing.check_findings(db))
+    if serve:
+        _serve(db, port)
+    else:
+        console.print(f"Explore them with: redirect-auditor explore {db}", highlight=False)
+
+
+def _record_and_audit(db: Path) -> tuple[str, AuditResult]:
+    demoing.prepare_database(db)
     console.print(
         f"Serving the example app [bold]auditor.demo_app[/] under uvicorn on 127.0.0.1, "
         f"recording into [bold]{db}[/]; {len(CLIENTS)} clients: "
         + ", ".join(profile.name for profile in CLIENTS),
         highlight=False,
     )
-    try:
-        traffic = _record(db)
-        console.print(
-            f"Recorded {traffic.rows_recorded} requests ({traffic.requests_sent} sent) "
-            f"in {traffic.seconds:.1f} s from {traffic.base_url}.",
-            highlight=False,
-        )
-        console.print(
-            "Auditing with demo thresholds: temporary-looks-permanent after "
-            f"{demoing.DEMO_SPAN_SECONDS:g} s and {demoing.DEMO_MIN_HITS} hits "
-            "(the defaults are 7 days and 100 hits).",
-            highlight=False,
-        )
-        result = demoing.audit_demo(db)
-    except demoing.DemoError as exc:
-        fail(str(exc))
-    except KeyboardInterrupt:
-        err_console.print(f"Interrupted: the demo app is stopped; partial traffic is in {db}.")
-        raise typer.Exit(code=130) from None
-    _report(db, result, demoing.check_findings(db))
-    if serve:
-        _serve(db, port)
-    else:
-        console.print(f"Explore them with: redirect-auditor explore {db}", highlight=False)
+    traffic = _record(db)
+    console.print(
+        f"Recorded {traffic.rows_recorded} requests ({traffic.requests_sent} sent) "
+        f"in {traffic.seconds:.1f} s from {traffic.base_url}.",
+        highlight=False,
+    )
+    console.print(
+        "Auditing with demo thresholds: temporary-looks-permanent after "
+        f"{demoing.DEMO_SPAN_SECONDS:g} s and {demoing.DEMO_MIN_HITS} hits "
+        "(the defaults are 7 days and 100 hits).",
+        highlight=False,
+    )
+    return traffic.base_url, demoing.audit_demo(db)
