@@ -136,3 +136,46 @@ def raw_request(base_url: str, request: bytes, timeout: float = 10.0) -> bytes:
         while chunk := sock.recv(65536):
             chunks.append(chunk)
     return b"".join(chunks)
+
+
+@contextmanager
+def serve_processes(
+    commands: list[tuple[list[str], int]],
+    *,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 45.0,
+) -> Iterator[list[str]]:
+    """Like ``serve_in_process`` for several servers started together: yields their base URLs
+    once all answer, and stops them in order (first command first)."""
+    procs = [
+        subprocess.Popen(
+            args,
+            cwd=cwd,
+            env={**os.environ, **(env or {})},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for args, _ in commands
+    ]
+    urls = [f"http://127.0.0.1:{port}" for _, port in commands]
+    try:
+        deadline = time.monotonic() + timeout
+        for proc, url in zip(procs, urls, strict=True):
+            while not _ready(url):
+                if proc.poll() is not None:
+                    output = proc.stdout.read() if proc.stdout else ""
+                    raise AssertionError(f"server exited with {proc.returncode}: {output}")
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"server did not answer on {url} within {timeout}s")
+                time.sleep(0.05)
+        yield urls
+    finally:
+        for proc in procs:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
