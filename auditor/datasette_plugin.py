@@ -116,12 +116,15 @@ def render_path(hops: list[Hop], row_url: Any = None) -> Markup:
             text = Markup('<a href="{}" title="{}">{}</a>').format(
                 row_url(hop.request_id), hop.url, text
             )
-        parts.append(Markup('<span class="ra-hop">{}</span>').format(text))
         arrow = "→" if index < len(hops) - 1 or is_redirect(hop.status) else ""
+        status = Markup('<span class="ra-status" style="color:{};font-weight:bold">—{}{}</span>')
+        status = status.format(
+            status_colour(hop.status), "" if hop.status is None else hop.status, arrow
+        )
         parts.append(
-            Markup(
-                ' <span class="ra-status" style="color:{};font-weight:bold">—{}{}</span> '
-            ).format(status_colour(hop.status), "" if hop.status is None else hop.status, arrow)
+            Markup('<span class="ra-hop" style="white-space:nowrap">{} {}</span> ').format(
+                text, status
+            )
         )
     return Markup('<span class="ra-path">{}</span>').format(Markup("").join(parts).strip())
 
@@ -237,7 +240,7 @@ def graph_svg(graph: Graph) -> Markup:
         column, row = place[url]
         return 10 + column * col_width, 30 + row * row_height
 
-    for source, target, method, status, hits in graph.edges:
+    for index, (source, target, method, status, hits) in enumerate(graph.edges):
         (x1, y1), (x2, y2) = anchor(source), anchor(target)
         label = f"{method} {status} ({hits})"
         colour = status_colour(status)
@@ -247,13 +250,13 @@ def graph_svg(graph: Graph) -> Markup:
         elif place[target][0] > place[source][0]:
             d = f"M{x1 + box_width},{y1 + 14} L{x2},{y2 + 14}"
             lx, ly = (x1 + box_width + x2) / 2 - 30, (y1 + y2) / 2 + 8
-        else:  # back edge: a loop or a redirect to an earlier URL
-            bottom = max(y1, y2) + 28
+        else:  # same column or back edge (a loop): an arc out to the right
+            reach = x1 + box_width + 40 + 24 * (index % 4)
             d = (
-                f"M{x1 + box_width / 2},{y1 + 28} C{x1 + box_width / 2},{bottom + 40} "
-                f"{x2 + box_width / 2},{bottom + 40} {x2 + box_width / 2},{y2 + 28}"
+                f"M{x1 + box_width},{y1 + 10} C{reach},{y1 + 10} {reach},{y2 + 18} "
+                f"{x2 + box_width},{y2 + 18}"
             )
-            lx, ly = (x1 + x2 + box_width) / 2 - 30, bottom + 34
+            lx, ly = reach - 8, (y1 + y2) / 2 + 18
         body.append(
             Markup(
                 '<path d="{d}" fill="none" stroke="{c}" stroke-width="1.5" '
@@ -268,7 +271,7 @@ def graph_svg(graph: Graph) -> Markup:
         body.append(_box(x, y, box_width, label, url, status_colour(final)))
     columns = max((c for c, _ in place.values()), default=0) + 1
     rows = max((r for _, r in place.values()), default=0) + 1
-    width = 20 + (columns - 1) * col_width + box_width
+    width = 20 + (columns - 1) * col_width + box_width + 160  # room for loop arcs
     height = 30 + rows * row_height + 60
     return _svg(width, height, body, "redirect graph")
 
