@@ -256,7 +256,7 @@ def graph_svg(graph: Graph) -> Markup:
                 f"M{x1 + box_width},{y1 + 10} C{reach},{y1 + 10} {reach},{y2 + 18} "
                 f"{x2 + box_width},{y2 + 18}"
             )
-            lx, ly = reach - 8, (y1 + y2) / 2 + 18
+            lx, ly = reach - 4, y1 + (28 if y2 >= y1 else 4)  # near its source: labels apart
         body.append(
             Markup(
                 '<path d="{d}" fill="none" stroke="{c}" stroke-width="1.5" '
