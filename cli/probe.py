@@ -114,7 +114,8 @@ def probe(
         if hop_recorder is not None:
             hop_recorder.save()
     console.print(hop_table(result, client))
-    console.print(outcome_line(result), highlight=False)
+    for line in outcome_lines(result):
+        console.print(line, highlight=False)
     if db is not None:
         console.print(f"Recorded into {db}; next: redirect-auditor audit {db}", highlight=False)
     if result.outcome == "error":
@@ -184,15 +185,17 @@ def _run(
 def hop_table(result: ProbeResult, client: str) -> Table:
     """The hops as a small table: method, URL, status, Location, what the client did."""
     table = Table(title=f"as {client}", title_justify="left", show_edge=False)
-    for name in ("#", "method", "URL", "status", "Location", "next"):
+    for name in ("#", "method", "URL", "status", "Location"):
         table.add_column(name, overflow="fold")
     for number, hop in enumerate(result.hops, start=1):
         status = str(hop.status) if hop.status is not None else f"[red]{hop.error}[/]"
-        table.add_row(str(number), hop.method, hop.url, status, hop.location or "", hop.note)
+        table.add_row(str(number), hop.method, hop.url, status, hop.location or "")
     return table
 
 
-def outcome_line(result: ProbeResult) -> str:
+def outcome_lines(result: ProbeResult) -> list[str]:
+    """What the client did at each redirect, then how the chain ended."""
+    lines = [f"after #{n}: {hop.note}" for n, hop in enumerate(result.hops, 1) if hop.note]
     first, last = result.hops[0], result.hops[-1]
     redirects = len(result.hops) - 1
     line = f"{result.outcome}: {redirects} redirect(s) followed"
@@ -200,7 +203,7 @@ def outcome_line(result: ProbeResult) -> str:
         line += f", final status {last.status}"
     if redirects and first.method != last.method:
         line += f"; {first.method} {first.url} arrived as {last.method} {last.url}"
-    return line
+    return [*lines, line]
 
 
 def _sweep(
