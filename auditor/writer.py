@@ -163,6 +163,8 @@ class Writer:
     def close(self) -> None:
         """Stop the thread after a final flush and forget this writer (interpreter
         exit, tests); a recorder created later for the same file starts a new one."""
+        if self._stop.is_set():
+            return
         self._stop.set()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout=10)
@@ -227,13 +229,15 @@ class Writer:
             rows = self._select_redirect_rows(conn, rows, final)
         queue_full, self.dropped_queue_full = self.dropped_queue_full, 0
         self.dropped["queue_full"] += queue_full
+        totals = self._stats_totals(len(rows))
+        if not rows and totals == self._saved_totals:
+            return  # idle: no empty transaction (and fsync) every flush interval
         try:
             with conn:
                 try:
                     conn.executemany(INSERT_SQL, rows)
                 except UnicodeEncodeError:
                     conn.executemany(INSERT_SQL, [_encodable(row) for row in rows])
-                totals = self._stats_totals(len(rows))
                 self._save_stats(conn, totals)
         except (sqlite3.Error, OSError) as exc:
             self._count_drop(classify_error(exc), len(rows), exc)
