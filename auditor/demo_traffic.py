@@ -42,7 +42,7 @@ PROXIED_HOST = "shop.example.test"  # the shop's public name, served by the simu
 VISITOR_IP = "198.51.100.23"  # the shop visitor's address, as the proxy reports it
 HOME_HITS_PER_PHASE = 15  # the 302 on "/" must be seen often to look permanent
 
-# (method, status) -> (next method, body kept); methods not listed keep method and body.
+# How a client follows a redirect: (method, status) -> (follow-up method, body kept).
 Policy = Callable[[str, int], tuple[str, bool]]
 
 
@@ -60,7 +60,7 @@ def requests_policy(method: str, status: int) -> tuple[str, bool]:
     if status == 302 and method != "HEAD":
         return "GET", False
     if status == 301:
-        return ("GET", False) if method == "POST" else (method, method in ("GET", "HEAD"))
+        return ("GET" if method == "POST" else method), False
     return method, True
 
 
@@ -371,9 +371,7 @@ class DemoClient:
             except httpx.TooManyRedirects:
                 return MAX_REDIRECTS + 1
             return len(response.history) + 1
-        return self._follow_by_hand(
-            step.method, self.http.build_request("GET", step.path).url, step
-        )
+        return self._follow_by_hand(step.method, self.http.base_url.join(step.path), step)
 
     def _follow_by_hand(self, method: str, url: httpx.URL, step: Step) -> int:
         body, content_type = step.body, step.content_type
