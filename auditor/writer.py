@@ -228,7 +228,8 @@ class Writer:
         if self.options.record == "redirects":
             rows = self._select_redirect_rows(conn, rows, final)
         queue_full, self.dropped_queue_full = self.dropped_queue_full, 0
-        self.dropped["queue_full"] += queue_full
+        if queue_full:
+            self._count_drop("queue_full", queue_full, OverflowError(f"{self._limit} rows queued"))
         totals = self._stats_totals(len(rows))
         if not rows and totals == self._saved_totals:
             return  # idle: no empty transaction (and fsync) every flush interval

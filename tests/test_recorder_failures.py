@@ -235,3 +235,19 @@ def test_recorder_never_raises_into_the_app_when_the_file_is_a_directory(
         assert [httpx.get(f"{url}/landing/x").status_code for _ in range(2)] == [200, 200]
     recorder.writer.flush()
     assert sum(recorder.writer.dropped.values()) == 2
+
+
+def test_full_queue_drops_are_counted_and_warned_once(
+    make_recorder: Recorder, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A writer that never drains on its own: the queue holds one row, the rest overflow.
+    recorder = make_recorder(site.app, queue_size=1, flush_interval=60)
+    with serve_in_thread(recorder) as url, httpx.Client(base_url=url) as client:
+        assert [client.get(f"/landing/{i}").status_code for i in range(5)] == [200] * 5
+        recorder.writer.flush()
+        assert client.get("/landing/after").status_code == 200
+    recorder.writer.flush()
+    paths = [r["path"] for r in fetch_rows(recorder.writer.db_path, "select path from requests")]
+    assert paths == ["/landing/0", "/landing/after"]
+    assert stats(recorder.writer.db_path)["dropped_queue_full"] == 4
+    assert len(drop_warnings(caplog, "queue_full")) == 1

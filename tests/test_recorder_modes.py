@@ -1,0 +1,61 @@
+"""record="redirects": 3xx responses and their follow-ups are kept, the rest skipped and counted."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import httpx
+
+from auditor import RedirectRecorder
+from tests.servers import fetch_rows, serve_in_thread
+
+Recorder = Callable[..., RedirectRecorder]
+ALICE = {"x-forwarded-for": "198.51.100.1"}
+BOB = {"x-forwarded-for": "198.51.100.2"}
+
+
+def test_redirects_mode_keeps_redirects_and_their_follow_ups_only(make_recorder: Recorder) -> None:
+    # Trusting the loopback proxy lets one test client act as several clients.
+    recorder = make_recorder(record="redirects", trusted_proxies=["127.0.0.1"])
+    with serve_in_thread(recorder, proxy_headers=False) as url, httpx.Client(base_url=url) as c:
+        assert c.post("/redirect/303?to=/landing/thanks", headers=ALICE).status_code == 303
+        assert c.get("/landing/thanks", headers=ALICE).status_code == 200  # the follow-up
+        assert c.get("/landing/thanks", headers=BOB).status_code == 200  # same URL, other client
+        assert c.get("/landing/other", headers=ALICE).status_code == 200  # unrelated
+        assert c.get("/redirect/301?to=/redirect/302", headers=BOB).status_code == 301
+        assert c.get("/redirect/302", headers=BOB).status_code == 302  # a chain: both 3xx
+        assert c.get("/landing/done", headers=BOB).status_code == 200  # end of the chain
+    recorder.writer.flush()
+    rows = fetch_rows(
+        recorder.writer.db_path, "select method, path, status from requests order by started_at"
+    )
+    assert [(r["method"], r["path"], r["status"]) for r in rows] == [
+        ("POST", "/redirect/303", 303),
+        ("GET", "/landing/thanks", 200),
+        ("GET", "/redirect/301", 301),
+        ("GET", "/redirect/302", 302),
+        ("GET", "/landing/done", 200),
+    ]
+    (stats,) = fetch_rows(recorder.writer.db_path, "select * from recorder_stats")
+    assert (stats["rows_written"], stats["rows_skipped"]) == (5, 2)
+    assert stats["dropped_other"] == 0
+
+
+def test_redirects_mode_with_full_sample_rate_keeps_everything(make_recorder: Recorder) -> None:
+    recorder = make_recorder(record="redirects", sample_rate=1.0)
+    with serve_in_thread(recorder) as url:
+        assert httpx.get(f"{url}/landing/unrelated").status_code == 200
+    recorder.writer.flush()
+    rows = fetch_rows(recorder.writer.db_path, "select path from requests")
+    assert rows == [{"path": "/landing/unrelated"}]
+
+
+def test_all_mode_records_every_request(make_recorder: Recorder) -> None:
+    recorder = make_recorder()
+    with serve_in_thread(recorder) as url:
+        for i in range(20):
+            assert httpx.get(f"{url}/landing/{i}").status_code == 200
+    recorder.writer.flush()
+    assert len(fetch_rows(recorder.writer.db_path, "select id from requests")) == 20
+    (stats,) = fetch_rows(recorder.writer.db_path, "select * from recorder_stats")
+    assert (stats["rows_written"], stats["rows_skipped"]) == (20, 0)
