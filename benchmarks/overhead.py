@@ -431,8 +431,10 @@ class Wrk:
 
 
 def _ms(value: str) -> float:
-    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", value).groups()  # type: ignore[union-attr]
-    return float(number) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[unit]
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m)", value)
+    if not match:
+        return float("nan")
+    return float(match.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[match.group(2)]
 
 
 def run_wrk(wrk: str, url: str, seconds: float, connections: int, script: Path) -> Wrk:
@@ -444,8 +446,8 @@ def run_wrk(wrk: str, url: str, seconds: float, connections: int, script: Path) 
     if not done or not rps:
         raise RuntimeError(f"cannot parse wrk output:\n{out}")
     dur = _ms(done.group(2) + done.group(3)) / 1000
-    p50 = re.search(r"50%\s+(\S+)", out)
-    p99 = re.search(r"99%\s+(\S+)", out)
+    p50 = re.search(r"^\s+50%\s+(\S+)$", out, re.MULTILINE)  # the Latency Distribution
+    p99 = re.search(r"^\s+99%\s+(\S+)$", out, re.MULTILINE)
     errors = [m.group(0).strip() for m in re.finditer(r"(Socket errors|Non-2xx).*", out)]
     return Wrk(
         requests=int(done.group(1)),
