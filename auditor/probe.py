@@ -14,6 +14,8 @@ Starlette/FastAPI app so all its redirects can be audited with no traffic.
 
 from __future__ import annotations
 
+import enum
+import inspect
 import os
 import socket
 import time
@@ -373,11 +375,39 @@ _PLACEHOLDERS = {
 SWEEP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 
 
-def _fill(path_format: str, convertors: dict[str, Any]) -> str:
-    for name, convertor in convertors.items():
-        value = _PLACEHOLDERS.get(type(convertor).__name__, "x")
+_BY_NAME: dict[str, Any] = {"int": 1, "float": 1.0, "bool": "true", "UUID": uuid.UUID(int=1)}
+
+
+def _annotated_placeholder(endpoint: Any, name: str) -> Any:
+    """FastAPI declares path parameter types on the endpoint: 1 for int, a UUID for UUID..."""
+    try:
         try:
-            text = convertor.to_string(value)
+            signature = inspect.signature(endpoint, eval_str=True)
+        except Exception:  # an annotation that cannot be evaluated here
+            signature = inspect.signature(endpoint)
+        annotation = signature.parameters[name].annotation
+    except (KeyError, TypeError, ValueError):
+        return "x"
+    if isinstance(annotation, str):  # postponed annotations: go by the type's name
+        return _BY_NAME.get(annotation.rsplit(".", 1)[-1], "x")
+    if isinstance(annotation, type):
+        if issubclass(annotation, enum.Enum):
+            return next(iter(annotation)).value if len(annotation) else "x"
+        for kind, value in ((bool, "true"), (int, 1), (float, 1.0), (uuid.UUID, uuid.UUID(int=1))):
+            if issubclass(annotation, kind):
+                return value
+    return "x"
+
+
+def _fill(path_format: str, convertors: dict[str, Any], endpoint: Any = None) -> str:
+    for name, convertor in convertors.items():
+        kind = type(convertor).__name__
+        if kind == "StringConvertor" and endpoint is not None:
+            value = _annotated_placeholder(endpoint, name)
+        else:
+            value = _PLACEHOLDERS.get(kind, "x")
+        try:
+            text = convertor.to_string(value) if kind != "StringConvertor" else str(value)
         except Exception:
             text = "x"
         path_format = path_format.replace("{" + name + "}", text)
@@ -396,10 +426,15 @@ def _walk(routes: Iterable[Any], prefix: str) -> Iterator[tuple[str, str]]:
     for route in routes:
         path_format = getattr(route, "path_format", None)
         convertors = getattr(route, "param_convertors", {}) or {}
-        if hasattr(route, "routes") and path_format is not None and hasattr(route, "app"):
+        included = getattr(route, "original_router", None)
+        if included is not None and hasattr(route, "include_context"):
+            # FastAPI >= 0.16x keeps include_router() routers as one lazy route.
+            include_prefix = getattr(route.include_context, "prefix", "") or ""
+            yield from _walk(getattr(included, "routes", []), prefix + include_prefix)
+        elif hasattr(route, "routes") and path_format is not None and hasattr(route, "app"):
             # Mount: recurse with the mount's prefix (a Host route has no path_format).
             sub = getattr(route, "routes", None)
-            base = prefix + _fill(path_format, convertors)
+            base = prefix + _fill(getattr(route, "path", ""), convertors)
             if sub:
                 yield from _walk(sub, base)
             else:
@@ -407,7 +442,7 @@ def _walk(routes: Iterable[Any], prefix: str) -> Iterator[tuple[str, str]]:
         elif path_format is not None and (hasattr(route, "methods") or hasattr(route, "endpoint")):
             if type(route).__name__.startswith("WebSocket"):
                 continue
-            path = prefix + _fill(path_format, convertors)
+            path = prefix + _fill(path_format, convertors, getattr(route, "endpoint", None))
             for method in _methods(route):
                 yield (method, path or "/")
 

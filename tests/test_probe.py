@@ -267,3 +267,24 @@ def test_a_file_that_is_not_a_traffic_database_is_not_touched(tmp_path: Path) ->
     assert code != 0
     assert "not a SQLite database" in stderr
     assert db.read_text() == "notes"
+
+
+def test_sweep_fills_fastapi_path_parameters_from_their_annotations() -> None:
+    fastapi = pytest.importorskip("fastapi")
+    import uuid
+
+    api = fastapi.FastAPI()
+    router = fastapi.APIRouter(prefix="/api")
+
+    @router.get("/orders/{order_id}")
+    def get_order(order_id: int) -> dict[str, int]:
+        return {"id": order_id}
+
+    @router.put("/things/{thing}")
+    def put_thing(thing: uuid.UUID) -> None:
+        return None
+
+    api.include_router(router)
+    targets = sweep_targets(api)
+    assert ("GET", "/api/orders/1") in targets
+    assert ("PUT", f"/api/things/{uuid.UUID(int=1)}") in targets
