@@ -14,6 +14,8 @@ from hashlib import blake2b
 from typing import Any, Protocol
 from urllib.parse import quote
 
+from starlette.routing import Mount
+
 from auditor.schema import REQUEST_COLUMNS
 from auditor.urls import build_url, redact_query, resolve_location
 
@@ -97,7 +99,12 @@ class TrustedProxies:
 
 
 def route_template(scope: Any) -> str | None:
-    """The matched route's path template (Starlette/FastAPI), with any Mount prefix."""
+    """The matched route's path template (Starlette/FastAPI), with any Mount prefix.
+
+    Mount prefixes are turned back into templates (``/users/{uid}``, not ``/users/42``)
+    so one route groups all its requests; a Mount over a plain ASGI app (static files)
+    reads ``/static/{path:path}``.
+    """
     route = scope.get("route")
     template = getattr(route, "path", None) if route is not None else None
     if not isinstance(template, str):
@@ -105,7 +112,35 @@ def route_template(scope: Any) -> str | None:
     root_path = scope.get("root_path", "")
     app_root = scope.get("app_root_path", root_path)
     prefix = root_path[len(app_root) :] if root_path.startswith(app_root) else ""
-    return prefix + template
+    is_mount = isinstance(route, Mount)
+    if prefix:
+        mounts = _mount_templates(scope.get("router"), prefix)
+        if mounts is not None:
+            return mounts + ("/{path:path}" if is_mount else template)
+        # Unknown router layout: the concrete prefix, without repeating the mount's path.
+        return prefix + "/{path:path}" if is_mount else prefix + template
+    return template
+
+
+def _mount_templates(router: Any, prefix: str) -> str | None:
+    """Walk the Mounts a request went through (concrete ``prefix``) and join their paths."""
+    routes = getattr(router, "routes", None)
+    remaining = prefix + "/"
+    templates: list[str] = []
+    for _ in range(16):  # mounts nest a few levels at most
+        if remaining in ("", "/"):
+            return "".join(templates)
+        for candidate in routes or ():
+            if isinstance(candidate, Mount):
+                match = candidate.path_regex.match(remaining)
+                if match:
+                    templates.append(candidate.path)
+                    remaining = "/" + match.group("path")
+                    routes = candidate.routes
+                    break
+        else:
+            return None
+    return None
 
 
 class RowBuilder:

@@ -144,6 +144,21 @@ def test_mounted_route_template_includes_mount_prefix(shared: tuple[str, Redirec
     assert (row["path"], row["route"]) == ("/api/v1/users/42", "/api/v1/users/{user_id:int}")
 
 
+@pytest.mark.parametrize(
+    ("path", "route"),
+    [
+        ("/people/ann/posts/7", "/people/{uid}/posts/{post_id:int}"),
+        ("/plain/any/file.css", "/plain/{path:path}"),
+    ],
+)
+def test_mount_templates_keep_parameters_and_plain_apps_get_a_path_template(
+    shared: tuple[str, RedirectRecorder], path: str, route: str
+) -> None:
+    url, recorder = shared
+    assert httpx.get(url + path, headers={"x-request-id": path}).status_code == 200
+    assert row_for(recorder, path)["route"] == route
+
+
 def test_unmatched_path_has_no_route(make_recorder: Callable[..., RedirectRecorder]) -> None:
     from starlette.applications import Starlette
 

@@ -10,6 +10,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"]
@@ -67,6 +68,15 @@ async def echo(websocket: WebSocket) -> None:
         await websocket.send_text(f"echo: {text}")
 
 
+async def post(request: Request) -> Response:
+    return PlainTextResponse(f"{request.path_params['uid']}/{request.path_params['post_id']}")
+
+
+async def plain_asgi(scope: Scope, receive: Receive, send: Send) -> None:
+    """A non-Starlette ASGI app mounted under a prefix (like static files)."""
+    await PlainTextResponse("plain")(scope, receive, send)
+
+
 async def anything(request: Request) -> Response:
     return PlainTextResponse("anything")
 
@@ -81,6 +91,8 @@ app = Starlette(
         Route("/absolute", absolute_redirect),
         Route("/boom", boom),
         Mount("/api/v1", routes=[Route("/users/{user_id:int}", user)]),
+        Mount("/people/{uid}", routes=[Route("/posts/{post_id:int}", post)]),
+        Mount("/plain", plain_asgi),
         WebSocketRoute("/ws", echo),
         Route("/{rest:path}", anything, methods=ALL_METHODS),
     ]
