@@ -8,6 +8,7 @@ stem, with ``_2``, ``_3`` ... for repeated stems.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.resources
 import ipaddress
@@ -16,9 +17,10 @@ import socket
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from datasette.app import Datasette
+if TYPE_CHECKING:  # imported lazily: Datasette costs ~0.7 s, every CLI command would pay it
+    from datasette.app import Datasette
 
 METADATA_RESOURCE = "datasette_metadata.json"
 TEMPLATE_DATABASE = "traffic"
@@ -55,6 +57,8 @@ def build_metadata(files: Sequence[str | Path]) -> dict[str, Any]:
 def build_datasette(files: Sequence[str | Path], **settings: Any) -> Datasette:
     """A Datasette instance on ``files`` with the auditor metadata; the plugin loads via
     its entry point. The files are opened read-write so a live recording shows up."""
+    from datasette.app import Datasette
+
     paths = [str(Path(file)) for file in files]
     ds = Datasette(
         paths, metadata=build_metadata(paths), settings={**SETTINGS, **settings}, cors=False
@@ -108,4 +112,6 @@ def serve(ds: Datasette, sock: socket.socket, *, log_level: str = "warning") -> 
     import uvicorn
 
     server = uvicorn.Server(uvicorn.Config(ds.app(), log_level=log_level, lifespan="auto"))
-    server.run(sockets=[sock])
+    # uvicorn shuts down cleanly on Ctrl-C, then re-raises it: a clean stop is exit 0.
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run(sockets=[sock])
