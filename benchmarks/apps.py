@@ -12,6 +12,7 @@ Each factory builds a fresh Starlette app, so variants never share state.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 from starlette.applications import Starlette
@@ -23,6 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from auditor import RedirectRecorder
 
 DB_ENV = "BENCH_DB"
+SWITCH_ENV = "BENCH_SWITCH_INTERVAL"  # sys.setswitchinterval for every variant, if set
 VARIANTS = ("bare", "noop", "recorder")
 
 
@@ -36,6 +38,8 @@ async def old(request: Request) -> Response:
 
 def bare_app() -> Starlette:
     """The app with nothing around it."""
+    if os.environ.get(SWITCH_ENV):
+        sys.setswitchinterval(float(os.environ[SWITCH_ENV]))
     return Starlette(routes=[Route("/", hello), Route("/old", old)])
 
 

@@ -714,6 +714,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--connections", type=int, default=32, help="wrk connections")
     parser.add_argument("--json", type=Path, metavar="OUT", help="write the results as JSON")
+    parser.add_argument(
+        "--switch-interval",
+        type=float,
+        help="sys.setswitchinterval(S) in every server (GIL hand-off experiment)",
+    )
     parser.add_argument("--skip-http", action="store_true", help="only the in-process part")
     parser.add_argument("--skip-inprocess", action="store_true", help="only the HTTP part")
     parser.add_argument(
@@ -727,6 +732,8 @@ def main(argv: list[str] | None = None) -> int:
         rounds, duration, warmup = args.rounds, args.duration, 2.0
         ip_rounds, ip_n, writer_n, sustain_s = max(5, 2 * args.rounds + 1), 20_000, 100_000, 5.0
     servers = args.server or list(SERVERS)
+    if args.switch_interval:
+        os.environ[apps.SWITCH_ENV] = str(args.switch_interval)
     if not args.skip_http:
         ensure_wrk()  # fail early, before the in-process part
     report: dict[str, Any] = {
@@ -739,6 +746,7 @@ def main(argv: list[str] | None = None) -> int:
             "rounds": rounds,
             "duration": duration,
             "connections": args.connections,
+            "switch_interval": args.switch_interval or sys.getswitchinterval(),
         }
     }
     with tempfile.TemporaryDirectory(prefix="ra-bench-") as tmp_name:
