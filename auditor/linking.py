@@ -29,13 +29,13 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from auditor.urls import is_absolute_location, path_and_query
+from auditor.urls import is_absolute_location
 
 # A redirect is any 3xx response but 304 Not Modified.
 REDIRECT_SQL = "status between 300 and 399 and status != 304"
 # duration_ms is rounded to the microsecond; allow that much clock slack.
 CLOCK_SLACK = 2e-6
-# The path and query of a normalized absolute URL (scheme://host/path?query).
+# The path and query of a normalized http(s) URL, as ``split_url`` cuts it.
 PATH_SQL = "substr(q.url, instr(substr(q.url, 9), '/') + 8)"
 ARROW = " —{status}→ "
 
@@ -43,6 +43,14 @@ ARROW = " —{status}→ "
 def is_redirect(status: int | None) -> bool:
     """True for the responses a chain continues through: 3xx except 304."""
     return status is not None and 300 <= status <= 399 and status != 304
+
+
+def split_url(url: str) -> tuple[str, str]:
+    """(origin, path and query) of a normalized absolute URL: fast, no parsing."""
+    if "://" not in url:
+        return "", url
+    slash = url.find("/", 8)
+    return (url[:slash], url[slash:]) if slash >= 0 else (url, "/")
 
 
 def _rows(conn: sqlite3.Connection, sql: str, params: Iterable[Any] = ()) -> Iterator[Any]:
@@ -110,7 +118,9 @@ def _load_redirects(conn: sqlite3.Connection) -> list[_Redirect]:
             where {REDIRECT_SQL} and location_url is not null and client_key is not null""",
     ):
         absolute = location is None or is_absolute_location(location)
-        target = location_url if absolute else path_and_query(location_url)
+        if absolute and not location_url.startswith(("http://", "https://")):
+            continue  # mailto:, javascript: ... never reach this app
+        target = location_url if absolute else split_url(location_url)[1]
         ended = started + (duration_ms or 0.0) / 1000
         redirects.append(_Redirect(rid, started, ended, (client_key, agent), conn_key, target))
     redirects.sort(key=lambda r: (r.started_at, r.id))
@@ -120,37 +130,42 @@ def _load_redirects(conn: sqlite3.Connection) -> list[_Redirect]:
 def _load_candidates(
     conn: sqlite3.Connection, redirects: list[_Redirect]
 ) -> tuple[dict[tuple[Any, ...], _Queue], dict[tuple[Any, ...], _Queue]]:
-    """Queues of possible follow-ups, by (client, target) and by (connection, target)."""
-    conn.execute("create temp table if not exists link_targets (client_key text, target text)")
+    """Queues of possible follow-ups, by (client, target) and by (connection, target).
+
+    One scan of ``requests`` with one index probe per row: is this (client key, path)
+    some redirect's target path? Full URLs are compared in Python.
+    """
+    conn.execute("create temp table if not exists link_targets (client_key text, path text)")
     conn.execute("delete from temp.link_targets")
     conn.executemany(
         "insert into temp.link_targets values (?, ?)",
-        {(r.client[0], r.target) for r in redirects},
+        {(r.client[0], split_url(r.target)[1]) for r in redirects},
     )
     conn.execute(
-        "create index if not exists temp.link_targets_key on link_targets (client_key, target)"
+        "create index if not exists temp.link_targets_key on link_targets (client_key, path)"
     )
-    by_client: dict[tuple[Any, ...], _Queue] = {}
-    by_connection: dict[tuple[Any, ...], _Queue] = {}
     try:
-        rows = _rows(
-            conn,
-            f"""select q.id, q.started_at, q.client_key, q.user_agent, q.connection_key,
-                       q.url, {PATH_SQL}
-                from requests q
-                where exists (select 1 from temp.link_targets t
-                              where t.client_key = q.client_key
-                                and t.target in (q.url, {PATH_SQL}))
-                order by q.started_at, q.id""",
+        rows = sorted(
+            _rows(
+                conn,
+                f"""select q.started_at, q.id, q.client_key, q.user_agent, q.connection_key,
+                           q.url, {PATH_SQL}
+                    from requests q
+                    where exists (select 1 from temp.link_targets t
+                                  where t.client_key = q.client_key and t.path = {PATH_SQL})""",
+            )
         )
-        for qid, started, client_key, agent, conn_key, url, path in rows:
-            for target in (url, path):
-                key = (client_key, agent, target)
-                by_client.setdefault(key, _Queue()).add(started, qid)
-                ckey = (conn_key, agent, target)
-                by_connection.setdefault(ckey, _Queue()).add(started, qid)
     finally:
         conn.execute("drop table temp.link_targets")
+    # Only the keys some redirect will look up get a queue.
+    by_client = {(*r.client, r.target): _Queue() for r in redirects}
+    by_connection = {(r.connection_key, r.client[1], r.target): _Queue() for r in redirects}
+    for started, qid, client_key, agent, conn_key, url, path in rows:
+        for target in (url, path):
+            if (queue := by_client.get((client_key, agent, target))) is not None:
+                queue.add(started, qid)
+            if (queue := by_connection.get((conn_key, agent, target))) is not None:
+                queue.add(started, qid)
     return by_client, by_connection
 
 
@@ -193,11 +208,12 @@ def link_requests(conn: sqlite3.Connection, *, window: float = 30.0) -> int:
     redirects = _load_redirects(conn)
     by_client, by_connection = _load_candidates(conn, redirects) if redirects else ({}, {})
     follow_ups = _match(redirects, by_client, by_connection, window)
-    conn.execute("update requests set follow_up_of = null where follow_up_of is not null")
-    conn.executemany(
-        "update requests set follow_up_of = ? where id = ?",
-        sorted((r, q) for q, r in follow_ups.items()),
-    )
+    # Clear then set, writing only the rows whose link changed (re-runs touch few pages).
+    current = dict(_rows(conn, "select id, follow_up_of from requests where follow_up_of"))
+    stale = [(q,) for q in current if q not in follow_ups]
+    conn.executemany("update requests set follow_up_of = null where id = ?", stale)
+    changed = [(follow_ups[q], q) for q in sorted(follow_ups) if current.get(q) != follow_ups[q]]
+    conn.executemany("update requests set follow_up_of = ? where id = ?", changed)
     return len(follow_ups)
 
 
@@ -271,16 +287,13 @@ def _hostname(url: str) -> str | None:
         return None
 
 
-def _origin(url: str) -> str:
-    return url[: len(url) - len(path_and_query(url))] if "://" in url else ""
-
-
 def path_text(hops: list[_Hop]) -> str:
     """``POST /a —301→ GET /b —200``; other origins than the first hop's in full."""
-    origin = _origin(hops[0].url)
+    origin = split_url(hops[0].url)[0]
 
     def shown(url: str) -> str:
-        return path_and_query(url) if _origin(url) == origin else url
+        url_origin, path = split_url(url)
+        return path if url_origin == origin else url
 
     text = "".join(f"{h.method} {shown(h.url)}{ARROW.format(status=h.status)}" for h in hops)
     last = hops[-1]
@@ -295,24 +308,22 @@ def build_chains(conn: sqlite3.Connection) -> int:
 
     One chain per redirect that is not itself a follow-up, walking its links.
     """
-    hops: list[_Hop] = []
+    roots: list[_Hop] = []
     next_hop: dict[int, _Hop] = {}
     for row in _rows(
         conn,
         f"""select id, started_at, method, url, status, location_url, client_key, follow_up_of
-            from requests where ({REDIRECT_SQL}) or follow_up_of is not null
-            order by started_at, id""",
+            from requests where ({REDIRECT_SQL}) or follow_up_of is not null""",
     ):
         hop = _Hop(*row[:7])
-        hops.append(hop)
         if row[7] is not None:
             next_hop[row[7]] = hop
-    followers = {h.id for h in next_hop.values()}
+        elif is_redirect(hop.status):
+            roots.append(hop)
+    roots.sort(key=lambda hop: (hop.started_at, hop.id))
     known_hosts = KnownHosts(conn)
     chains = []
-    for root in hops:
-        if root.id in followers or not is_redirect(root.status):
-            continue
+    for root in roots:
         chain, visited = [root], {root.id}
         while (follower := next_hop.get(chain[-1].id)) is not None:
             if follower.id in visited:

@@ -262,6 +262,7 @@ def generate(path: str | Path, n_requests: int, seed: int = 0) -> GeneratedTraff
     try:
         ensure_schema(conn)
         conn.execute("pragma synchronous = off")
+        conn.execute("pragma cache_size = -1000000")  # 1 GB: index inserts stay in memory
         with conn:
             for start in range(0, len(rows), 50_000):
                 conn.executemany(INSERT_SQL, rows[start : start + 50_000])
