@@ -58,6 +58,7 @@ class Client:
     agent: str
     port: int
     connection_key: str
+    busy_until: float = 0.0  # one request at a time per connection (HTTP/1.1)
 
 
 @dataclass
@@ -191,7 +192,7 @@ class _Generator:
             if rng.random() < 0.05:
                 self._new_connection(client)
             hops, same_connection = self.walk()
-            at = clock
+            at = max(clock, client.busy_until)
             previous = None
             for hop in hops:
                 duration = rng.uniform(0.5, 80.0)
@@ -202,6 +203,7 @@ class _Generator:
                 at += duration / 1000 + rng.uniform(0.0005, 0.05)  # client round trip
                 if not same_connection:
                     self._new_connection(client)
+            client.busy_until = at
         order = sorted(range(len(pending)), key=lambda i: (pending[i][0], i))
         new_id = {old: pos + 1 for pos, old in enumerate(order)}
         rows = [(pos + 1, *pending[old][2]) for pos, old in enumerate(order)]
