@@ -159,12 +159,13 @@ def _load_candidates(
         conn.execute("drop table temp.link_targets")
     # Only the keys some redirect will look up get a queue.
     by_client = {(*r.client, r.target): _Queue() for r in redirects}
-    by_connection = {(r.connection_key, r.client[1], r.target): _Queue() for r in redirects}
+    by_connection = {(*r.client, r.connection_key, r.target): _Queue() for r in redirects}
     for started, qid, client_key, agent, conn_key, url, path in rows:
         for target in (url, path):
             if (queue := by_client.get((client_key, agent, target))) is not None:
                 queue.add(started, qid)
-            if (queue := by_connection.get((conn_key, agent, target))) is not None:
+            # behind a proxy one connection carries many clients: the key keeps both
+            if (queue := by_connection.get((client_key, agent, conn_key, target))) is not None:
                 queue.add(started, qid)
     return by_client, by_connection
 
@@ -178,23 +179,27 @@ def _match(
     """Follow-up id -> redirect id, by the rule in the module docstring."""
     claimed: set[int] = set()
     follow_ups: dict[int, int] = {}
-    unlinked: list[_Redirect] = []
-    for same_connection in (True, False):
-        for r in redirects if same_connection else unlinked:
-            if same_connection:
-                queue = by_connection.get((r.connection_key, r.client[1], r.target))
-            else:
-                queue = by_client.get((*r.client, r.target))
-            q = None
-            if queue is not None:
-                start = r.ended_at - CLOCK_SLACK
-                q = queue.earliest_free(start, r.ended_at + window, claimed, r.id)
-            if q is None:
-                if same_connection:
-                    unlinked.append(r)
-                continue
-            claimed.add(q)
-            follow_ups[q] = r.id
+
+    def claim(r: _Redirect, queue: _Queue | None) -> bool:
+        if queue is None:
+            return False
+        q = queue.earliest_free(r.ended_at - CLOCK_SLACK, r.ended_at + window, claimed, r.id)
+        if q is None:
+            return False
+        claimed.add(q)
+        follow_ups[q] = r.id
+        return True
+
+    # First on the redirect's own connection, redirects in time order...
+    unlinked = [
+        r
+        for r in redirects
+        if r.connection_key is None
+        or not claim(r, by_connection.get((*r.client, r.connection_key, r.target)))
+    ]
+    # ...then on any connection of the same client.
+    for r in unlinked:
+        claim(r, by_client.get((*r.client, r.target)))
     return follow_ups
 
 
@@ -209,7 +214,9 @@ def link_requests(conn: sqlite3.Connection, *, window: float = 30.0) -> int:
     by_client, by_connection = _load_candidates(conn, redirects) if redirects else ({}, {})
     follow_ups = _match(redirects, by_client, by_connection, window)
     # Clear then set, writing only the rows whose link changed (re-runs touch few pages).
-    current = dict(_rows(conn, "select id, follow_up_of from requests where follow_up_of"))
+    current = dict(
+        _rows(conn, "select id, follow_up_of from requests where follow_up_of is not null")
+    )
     stale = [(q,) for q in current if q not in follow_ups]
     conn.executemany("update requests set follow_up_of = null where id = ?", stale)
     changed = [(follow_ups[q], q) for q in sorted(follow_ups) if current.get(q) != follow_ups[q]]
