@@ -97,6 +97,18 @@ def resolve_location(request_url: str, location: str) -> str | None:
 
     Returns None when the value cannot be parsed as a URI reference.
     """
+    if location.startswith("/") and not location.startswith("//"):
+        # Path-absolute reference (the common case): only the origin is borrowed.
+        scheme, sep, rest = request_url.partition("://")
+        host = rest.split("/", 1)[0]
+        path, _, query = location.partition("#")[0].partition("?")
+        canonical = _CANONICAL_PATH.fullmatch(path) and "/." not in path  # urljoin drops ./..
+        if sep and canonical and _canonical_origin(scheme, host):
+            query = redact_query(query)
+            if not query:
+                return f"{scheme}://{host}{path}"
+            if _CANONICAL_QUERY.fullmatch(query):
+                return f"{scheme}://{host}{path}?{query}"
     try:
         resolved = urljoin(request_url, location.strip())
         parts = urlsplit(resolved)
@@ -110,8 +122,32 @@ def resolve_location(request_url: str, location: str) -> str | None:
     return resolved
 
 
+# Parts already in the form normalize_url produces: no escapes to fix, nothing to quote,
+# a lower-case host without a default port. Most traffic is like this, and the writer
+# thread (which competes with the event loop for the GIL) then skips urllib entirely.
+_CANONICAL_PATH = re.compile(r"/[A-Za-z0-9/:@!$&'()*+,;=._~-]*")
+_CANONICAL_QUERY = re.compile(r"[A-Za-z0-9/?:@!$&'()*+,;=._~-]*")
+_CANONICAL_HOST = re.compile(r"[a-z0-9.-]+(:[1-9][0-9]{0,4})?")
+_DEFAULT_PORT_SUFFIX = {"http": ":80", "https": ":443"}
+
+
+def _canonical_origin(scheme: str, host: str) -> bool:
+    suffix = _DEFAULT_PORT_SUFFIX.get(scheme)
+    return (
+        suffix is not None
+        and _CANONICAL_HOST.fullmatch(host) is not None
+        and not host.endswith(suffix)
+    )
+
+
 def build_url(scheme: str, host: str, raw_path: str, query: str) -> str:
     """Assemble and normalize an absolute URL from request parts."""
+    if (
+        _canonical_origin(scheme, host)
+        and _CANONICAL_PATH.fullmatch(raw_path)
+        and (not query or _CANONICAL_QUERY.fullmatch(query))
+    ):
+        return f"{scheme}://{host}{raw_path}?{query}" if query else f"{scheme}://{host}{raw_path}"
     url = f"{scheme}://{host}{raw_path or '/'}"
     if query:
         url = f"{url}?{query}"
