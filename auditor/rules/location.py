@@ -12,7 +12,9 @@ import ipaddress
 import json
 import re
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from copy import copy
+from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -66,7 +68,45 @@ class RequestGroup:
     def seen(self) -> str:
         """'3 requests, e.g. GET http://host/x from curl/8.0'."""
         text = f"{plural(self.hits, 'request')}, e.g. {self.method} {self.example_url}"
-        return f"{text} from {client_name(self.user_agent)}" if self.user_agent else text
+        return f"{text} from {_client_name(self.user_agent)}" if self.user_agent else text
+
+
+_client_name = lru_cache(maxsize=4096)(client_name)
+
+
+# Every rule here reads one small subset of ``requests``: the responses that carry a
+# Location or a redirect code, bodies where none may be, and DELETEs answered 200.
+# It is copied once per audit connection (one scan of ``requests``), so each rule is
+# a quick grouped query over the subset instead of its own scan of every request.
+RESPONSES = "audit_responses"
+RESPONSES_SQL = f"""
+create temp table {RESPONSES} as
+select id, started_at, method, scheme, host, path, query, url, route, status,
+       location, location_url, locations, response_body_size, response_complete,
+       cache_control, expires, x_forwarded_proto, x_forwarded_host, forwarded,
+       server_scheme, server_host, server_addr, user_agent
+from requests
+where location is not null
+   or status in (300, 301, 302, 303, 305, 306, 307, 308)
+   or (status in (204, 304) and response_body_size > 0)
+   or (method = 'DELETE' and status = 200)
+"""
+
+
+def ensure_responses(ctx: AuditContext) -> None:
+    """Build (or rebuild, when requests were added since) the temp subset table."""
+    conn = ctx.conn
+    newest = conn.execute("select coalesce(max(id), 0) from requests").fetchone()[0]
+    built = conn.execute(
+        "select 1 from temp.sqlite_master where type = 'table' and name = ?", (f"{RESPONSES}_of",)
+    ).fetchone()
+    if built and conn.execute(f"select max_id from temp.{RESPONSES}_of").fetchone()[0] == newest:
+        return
+    conn.execute(f"drop table if exists temp.{RESPONSES}")
+    conn.execute(f"drop table if exists temp.{RESPONSES}_of")
+    conn.execute(RESPONSES_SQL)
+    conn.execute(f"create index temp.{RESPONSES}_id on {RESPONSES}(id)")
+    conn.execute(f"create temp table {RESPONSES}_of as select ? as max_id", (newest,))
 
 
 # The aggregate columns every grouped rule query selects after its group key.
@@ -79,10 +119,13 @@ def query_groups(
     ctx: AuditContext, grouped_sql: str, params: Iterable[Any] = (), keys: Iterable[str] = ()
 ) -> list[RequestGroup]:
     """Run a rule's grouped query (source, method, status, target, ``keys``...,
-    GROUP_AGGREGATES) and attach each group's example request URL and client."""
+    GROUP_AGGREGATES) over ``audit_responses`` and attach each group's example
+    request URL and client."""
+    ensure_responses(ctx)
     rows = ctx.query(
         f"""select g.*, r.url as example_url, r.user_agent as example_user_agent
-            from ({grouped_sql}) as g join requests as r on r.id = g.example_request_id""",
+            from ({grouped_sql}) as g
+            join {RESPONSES} as r on r.id = g.example_request_id""",
         params,
     )
     return [
@@ -113,7 +156,8 @@ def grouped_requests(
     by: dict[str, str] | None = None,
     keep: Callable[[RequestGroup], bool] | None = None,
 ) -> list[RequestGroup]:
-    """Requests matching ``where``, grouped by (source, method, status, target).
+    """Responses (``audit_responses``) matching ``where``, grouped by (source, method,
+    status, target).
 
     ``by`` adds group-by expressions whose values a ``keep`` filter can inspect
     (Python over the matching subset only); kept groups are then merged back to
@@ -126,7 +170,7 @@ def grouped_requests(
         ctx,
         f"""select {SOURCE_SQL} as source, method, status, {target} as target{extra},
                    {GROUP_AGGREGATES}
-            from requests
+            from audit_responses
             where {where}
             group by {SOURCE_SQL}, method, status, {target}{extra_by}""",
         params,
@@ -143,7 +187,7 @@ def merge_groups(groups: list[RequestGroup]) -> list[RequestGroup]:
     merged: dict[tuple[Any, ...], RequestGroup] = {}
     for group in sorted(groups, key=lambda g: g.example_request_id):
         key = (group.source, group.method, group.status, group.target)
-        merged[key] = _combine(merged[key], group) if key in merged else replace(group)
+        merged[key] = _combine(merged[key], group) if key in merged else copy(group)
     per_source: dict[tuple[Any, ...], list[RequestGroup]] = {}
     for group in merged.values():
         per_source.setdefault((group.source, group.method, group.status), []).append(group)

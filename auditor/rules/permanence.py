@@ -96,7 +96,7 @@ def temporary_looks_permanent(ctx: AuditContext) -> Iterator[Finding]:
         ctx,
         f"""select {SOURCE_SQL} as source, method, status, min(location_url) as target,
                    {GROUP_AGGREGATES}
-            from requests
+            from audit_responses
             where status in (302, 307) and location_url is not null
             group by {SOURCE_SQL}, method, status
             having count(distinct location_url) = 1
@@ -139,9 +139,9 @@ def permanent_target_changed(ctx: AuditContext) -> Iterator[Finding]:
         ctx,
         f"""select {SOURCE_SQL} as source, r.method as method, r.status as status,
                    r.location_url as target, {GROUP_AGGREGATES}
-            from requests as r
+            from audit_responses as r
             join (
-              select url, method from requests
+              select url, method from audit_responses
               where status in (301, 308) and location_url is not null
               group by url, method
               having count(distinct location_url) > 1
