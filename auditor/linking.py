@@ -6,24 +6,28 @@ The linking rule (DESIGN.md, "Hop linking"): request Q is the follow-up of redir
 2. Q starts after R's response ended, at most ``window`` seconds later;
 3. Q's URL equals R's resolved Location: the whole normalized URL when the
    Location is absolute, only path and query when it is relative;
-4. Q is the earliest such request on R's own connection (clients follow on their
-   keep-alive connection), else the earliest on any connection of the client;
-5. no other redirect claimed Q: redirects are served in time order, same-connection
-   matches before cross-connection ones, and one request follows one redirect.
+4. Q's method is R's or GET: no client follows a redirect with another method;
+5. R is the latest such redirect still unlinked: requests are taken in time order,
+   first matched on their own connection (clients follow on their keep-alive
+   connection), then on any connection of the client. A redirect links one
+   follow-up (its earliest) and a request follows one redirect.
 
 A redirect with no such Q stays unlinked: a client that never follows (urllib on a
-307 POST) is never mislinked to a later request of another client behind its IP.
-Chains are the linked runs that start at a redirect which is not itself a follow-up.
+307 POST) is not mislinked, and an unfollowed redirect does not take the follow-up
+of a later redirect to the same URL. Chains are the linked runs that start at a
+redirect which is not itself a follow-up.
 
-Scale: one indexed SQL pass picks the candidate rows (requests whose URL or path is
-some redirect's target for that client), then one sorted pass in Python matches them.
+Scale: one SQL scan with an index probe per row picks the candidate requests (whose
+path is some redirect's target for that client), then one sorted pass in Python
+matches them.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-from bisect import bisect_left
+from bisect import bisect_right
+from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -65,6 +69,7 @@ def _rows(conn: sqlite3.Connection, sql: str, params: Iterable[Any] = ()) -> Ite
 @dataclass(slots=True)
 class _Redirect:
     id: int
+    method: str
     started_at: float
     ended_at: float
     client: tuple[str, str | None]  # client key, user agent
@@ -73,46 +78,66 @@ class _Redirect:
 
 
 class _Queue:
-    """One key's candidate requests in time order: finds the earliest unclaimed one."""
+    """One key's redirects in order of their end: finds the latest one still unlinked."""
 
-    __slots__ = ("ids", "next", "times")
+    __slots__ = ("ends", "ids", "previous")
 
     def __init__(self) -> None:
-        self.times: list[float] = []
+        self.ends: list[float] = []
         self.ids: list[int] = []
-        self.next: list[int] = []  # skip pointers over claimed entries
+        self.previous: list[int] = []  # skip pointers over linked entries
 
-    def add(self, started_at: float, request_id: int) -> None:
-        self.next.append(len(self.ids) + 1)
-        self.times.append(started_at)
-        self.ids.append(request_id)
+    def add(self, ended_at: float, redirect_id: int) -> None:
+        self.previous.append(len(self.ids) - 1)
+        self.ends.append(ended_at)
+        self.ids.append(redirect_id)
 
-    def earliest_free(
-        self, start: float, end: float, claimed: set[int], exclude: int
-    ) -> int | None:
-        """The first request id in [start, end] not in ``claimed`` (and not ``exclude``)."""
-        i = bisect_left(self.times, start)
-        n = len(self.ids)
-        while i < n and self.times[i] <= end:
+    def latest_free(
+        self, started_at: float, window: float, linked: set[int], exclude: int
+    ) -> tuple[float, int] | None:
+        """(end, id) of the latest redirect ended by ``started_at``, at most ``window``
+        earlier, that is not in ``linked`` and is not ``exclude`` (the request itself)."""
+        i = bisect_right(self.ends, started_at + CLOCK_SLACK) - 1
+        while i >= 0:
             j, skipped = i, []
-            while j < n and self.ids[j] in claimed:
+            while j >= 0 and self.ids[j] in linked:
                 skipped.append(j)
-                j = self.next[j]
-            for k in skipped:  # claims are permanent: compress the path
-                self.next[k] = j
-            if j >= n or self.times[j] > end:
+                j = self.previous[j]
+            for k in skipped:  # links are permanent: compress the path
+                self.previous[k] = j
+            if j < 0 or self.ends[j] + window < started_at:
                 return None
             if self.ids[j] != exclude:
-                return self.ids[j]
-            i = j + 1
+                return self.ends[j], self.ids[j]
+            i = j - 1
         return None
+
+
+@dataclass(slots=True)
+class _Candidate:
+    id: int
+    method: str
+    started_at: float
+    client: tuple[str, str | None]  # client key, user agent
+    connection_key: str | None
+    targets: tuple[str, str]  # its URL (for absolute Locations) and path (for relative)
 
 
 def _load_redirects(conn: sqlite3.Connection) -> list[_Redirect]:
     redirects = []
-    for rid, started, duration_ms, client_key, agent, conn_key, location, location_url in _rows(
+    for (
+        rid,
+        method,
+        started,
+        duration_ms,
+        client_key,
+        agent,
+        conn_key,
+        location,
+        location_url,
+    ) in _rows(
         conn,
-        f"""select id, started_at, duration_ms, client_key, user_agent, connection_key,
+        f"""select id, method, started_at, duration_ms, client_key, user_agent, connection_key,
                    location, location_url
             from requests
             where {REDIRECT_SQL} and location_url is not null and client_key is not null""",
@@ -122,18 +147,16 @@ def _load_redirects(conn: sqlite3.Connection) -> list[_Redirect]:
             continue  # mailto:, javascript: ... never reach this app
         target = location_url if absolute else split_url(location_url)[1]
         ended = started + (duration_ms or 0.0) / 1000
-        redirects.append(_Redirect(rid, started, ended, (client_key, agent), conn_key, target))
-    redirects.sort(key=lambda r: (r.started_at, r.id))
+        client = (client_key, agent)
+        redirects.append(_Redirect(rid, method, started, ended, client, conn_key, target))
+    redirects.sort(key=lambda r: (r.ended_at, r.id))
     return redirects
 
 
-def _load_candidates(
-    conn: sqlite3.Connection, redirects: list[_Redirect]
-) -> tuple[dict[tuple[Any, ...], _Queue], dict[tuple[Any, ...], _Queue]]:
-    """Queues of possible follow-ups, by (client, target) and by (connection, target).
+def _load_candidates(conn: sqlite3.Connection, redirects: list[_Redirect]) -> list[_Candidate]:
+    """Requests whose (client key, path) is some redirect's target, in time order.
 
-    One scan of ``requests`` with one index probe per row: is this (client key, path)
-    some redirect's target path? Full URLs are compared in Python.
+    One scan of ``requests`` with one index probe per row; the rest is compared in Python.
     """
     conn.execute("create temp table if not exists link_targets (client_key text, path text)")
     conn.execute("delete from temp.link_targets")
@@ -148,8 +171,8 @@ def _load_candidates(
         rows = sorted(
             _rows(
                 conn,
-                f"""select q.started_at, q.id, q.client_key, q.user_agent, q.connection_key,
-                           q.url, {PATH_SQL}
+                f"""select q.started_at, q.id, q.method, q.client_key, q.user_agent,
+                           q.connection_key, q.url, {PATH_SQL}
                     from requests q
                     where exists (select 1 from temp.link_targets t
                                   where t.client_key = q.client_key and t.path = {PATH_SQL})""",
@@ -157,49 +180,53 @@ def _load_candidates(
         )
     finally:
         conn.execute("drop table temp.link_targets")
-    # Only the keys some redirect will look up get a queue.
-    by_client = {(*r.client, r.target): _Queue() for r in redirects}
-    by_connection = {(*r.client, r.connection_key, r.target): _Queue() for r in redirects}
-    for started, qid, client_key, agent, conn_key, url, path in rows:
-        for target in (url, path):
-            if (queue := by_client.get((client_key, agent, target))) is not None:
-                queue.add(started, qid)
-            # behind a proxy one connection carries many clients: the key keeps both
-            if (queue := by_connection.get((client_key, agent, conn_key, target))) is not None:
-                queue.add(started, qid)
-    return by_client, by_connection
+    return [
+        _Candidate(qid, method, started, (client_key, agent), conn_key, (url, path))
+        for started, qid, method, client_key, agent, conn_key, url, path in rows
+    ]
 
 
 def _match(
-    redirects: list[_Redirect],
-    by_client: dict[tuple[Any, ...], _Queue],
-    by_connection: dict[tuple[Any, ...], _Queue],
-    window: float,
+    redirects: list[_Redirect], candidates: list[_Candidate], window: float
 ) -> dict[int, int]:
     """Follow-up id -> redirect id, by the rule in the module docstring."""
-    claimed: set[int] = set()
+    by_client: dict[tuple[Any, ...], _Queue] = defaultdict(_Queue)
+    by_connection: dict[tuple[Any, ...], _Queue] = defaultdict(_Queue)
+    # Keyed by target for a GET follow-up, by target and method for any other method.
+    for r in redirects:  # in order of their end
+        for key in ((*r.client, r.target), (*r.client, r.target, r.method)):
+            by_client[key].add(r.ended_at, r.id)
+            if r.connection_key is not None:  # proxies share connections: keep the client
+                by_connection[(r.connection_key, *key)].add(r.ended_at, r.id)
+    linked: set[int] = set()
     follow_ups: dict[int, int] = {}
 
-    def claim(r: _Redirect, queue: _Queue | None) -> bool:
-        if queue is None:
+    def link(q: _Candidate, keys: list[tuple[Any, ...]], queues: dict[Any, _Queue]) -> bool:
+        found = [
+            queue.latest_free(q.started_at, window, linked, q.id)
+            for key in keys
+            if (queue := queues.get(key)) is not None
+        ]
+        latest = max((f for f in found if f is not None), default=None)
+        if latest is None:
             return False
-        q = queue.earliest_free(r.ended_at - CLOCK_SLACK, r.ended_at + window, claimed, r.id)
-        if q is None:
-            return False
-        claimed.add(q)
-        follow_ups[q] = r.id
+        linked.add(latest[1])
+        follow_ups[q.id] = latest[1]
         return True
 
-    # First on the redirect's own connection, redirects in time order...
+    def keys(q: _Candidate) -> list[tuple[Any, ...]]:
+        method = () if q.method == "GET" else (q.method,)
+        return [(*q.client, target, *method) for target in q.targets]
+
+    # First on the request's own connection, requests in time order...
     unlinked = [
-        r
-        for r in redirects
-        if r.connection_key is None
-        or not claim(r, by_connection.get((*r.client, r.connection_key, r.target)))
+        q
+        for q in candidates
+        if not link(q, [(q.connection_key, *key) for key in keys(q)], by_connection)
     ]
     # ...then on any connection of the same client.
-    for r in unlinked:
-        claim(r, by_client.get((*r.client, r.target)))
+    for q in unlinked:
+        link(q, keys(q), by_client)
     return follow_ups
 
 
@@ -211,8 +238,8 @@ def link_requests(conn: sqlite3.Connection, *, window: float = 30.0) -> int:
     transaction that has read cannot upgrade to a write after their commits.
     """
     redirects = _load_redirects(conn)
-    by_client, by_connection = _load_candidates(conn, redirects) if redirects else ({}, {})
-    follow_ups = _match(redirects, by_client, by_connection, window)
+    candidates = _load_candidates(conn, redirects) if redirects else []
+    follow_ups = _match(redirects, candidates, window)
     # Clear then set, writing only the rows whose link changed (re-runs touch few pages).
     current = dict(
         _rows(conn, "select id, follow_up_of from requests where follow_up_of is not null")
