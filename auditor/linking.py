@@ -30,8 +30,8 @@ from bisect import bisect_right
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any
-from urllib.parse import urlsplit
 
 from auditor.urls import is_absolute_location
 
@@ -41,7 +41,6 @@ REDIRECT_SQL = "status between 300 and 399 and status != 304"
 CLOCK_SLACK = 2e-6
 # The path and query of a normalized http(s) URL, as ``split_url`` cuts it.
 PATH_SQL = "substr(q.url, instr(substr(q.url, 9), '/') + 8)"
-ARROW = " —{status}→ "
 
 
 def is_redirect(status: int | None) -> bool:
@@ -70,75 +69,45 @@ def _rows(conn: sqlite3.Connection, sql: str, params: Iterable[Any] = ()) -> Ite
 class _Redirect:
     id: int
     method: str
-    started_at: float
     ended_at: float
-    client: tuple[str, str | None]  # client key, user agent
+    client_key: str
+    user_agent: str | None
     connection_key: str | None
     target: str  # location_url when the Location is absolute, else its path and query
 
 
-class _Queue:
-    """One key's redirects in order of their end: finds the latest one still unlinked."""
-
-    __slots__ = ("ends", "ids", "previous")
-
-    def __init__(self) -> None:
-        self.ends: list[float] = []
-        self.ids: list[int] = []
-        self.previous: list[int] = []  # skip pointers over linked entries
-
-    def add(self, ended_at: float, redirect_id: int) -> None:
-        self.previous.append(len(self.ids) - 1)
-        self.ends.append(ended_at)
-        self.ids.append(redirect_id)
-
-    def latest_free(
-        self, started_at: float, window: float, linked: set[int], exclude: int
-    ) -> tuple[float, int] | None:
-        """(end, id) of the latest redirect ended by ``started_at``, at most ``window``
-        earlier, that is not in ``linked`` and is not ``exclude`` (the request itself)."""
-        i = bisect_right(self.ends, started_at + CLOCK_SLACK) - 1
-        while i >= 0:
-            j, skipped = i, []
-            while j >= 0 and self.ids[j] in linked:
-                skipped.append(j)
-                j = self.previous[j]
-            for k in skipped:  # links are permanent: compress the path
-                self.previous[k] = j
-            if j < 0 or self.ends[j] + window < started_at:
-                return None
-            if self.ids[j] != exclude:
-                return self.ends[j], self.ids[j]
-            i = j - 1
-        return None
+# A possible follow-up: (started_at, id, method, client_key, user_agent, connection_key,
+# url, path), ordered by time.
+_Candidate = tuple[float, int, str, str, str | None, str | None, str, str]
 
 
-@dataclass(slots=True)
-class _Candidate:
-    id: int
-    method: str
-    started_at: float
-    client: tuple[str, str | None]  # client key, user agent
-    connection_key: str | None
-    targets: tuple[str, str]  # its URL (for absolute Locations) and path (for relative)
+def _latest_free(
+    queue: list[_Redirect],
+    started_at: float,
+    method: str,
+    request_id: int,
+    window: float,
+    linked: set[int],
+) -> _Redirect | None:
+    """The latest redirect of ``queue`` (ordered by end) that ended by ``started_at``, at
+    most ``window`` earlier, is not linked yet, is not the request itself, and that a
+    request with ``method`` can follow (the same method, or GET after any)."""
+    i = bisect_right(queue, started_at + CLOCK_SLACK, key=attrgetter("ended_at")) - 1
+    while i >= 0 and queue[i].ended_at + window >= started_at:
+        r = queue[i]
+        if r.id not in linked and r.id != request_id and method in ("GET", r.method):
+            return r
+        i -= 1
+    return None
 
 
 def _load_redirects(conn: sqlite3.Connection) -> list[_Redirect]:
+    """Redirects with a client and an http(s) target, in order of their end."""
     redirects = []
-    for (
-        rid,
-        method,
-        started,
-        duration_ms,
-        client_key,
-        agent,
-        conn_key,
-        location,
-        location_url,
-    ) in _rows(
+    for rid, method, ended, client_key, agent, conn_key, location, location_url in _rows(
         conn,
-        f"""select id, method, started_at, duration_ms, client_key, user_agent, connection_key,
-                   location, location_url
+        f"""select id, method, started_at + coalesce(duration_ms, 0) / 1000.0, client_key,
+                   user_agent, connection_key, location, location_url
             from requests
             where {REDIRECT_SQL} and location_url is not null and client_key is not null""",
     ):
@@ -146,9 +115,7 @@ def _load_redirects(conn: sqlite3.Connection) -> list[_Redirect]:
         if absolute and not location_url.startswith(("http://", "https://")):
             continue  # mailto:, javascript: ... never reach this app
         target = location_url if absolute else split_url(location_url)[1]
-        ended = started + (duration_ms or 0.0) / 1000
-        client = (client_key, agent)
-        redirects.append(_Redirect(rid, method, started, ended, client, conn_key, target))
+        redirects.append(_Redirect(rid, method, ended, client_key, agent, conn_key, target))
     redirects.sort(key=lambda r: (r.ended_at, r.id))
     return redirects
 
@@ -162,13 +129,13 @@ def _load_candidates(conn: sqlite3.Connection, redirects: list[_Redirect]) -> li
     conn.execute("delete from temp.link_targets")
     conn.executemany(
         "insert into temp.link_targets values (?, ?)",
-        {(r.client[0], split_url(r.target)[1]) for r in redirects},
+        {(r.client_key, split_url(r.target)[1]) for r in redirects},
     )
     conn.execute(
         "create index if not exists temp.link_targets_key on link_targets (client_key, path)"
     )
     try:
-        rows = sorted(
+        return sorted(
             _rows(
                 conn,
                 f"""select q.started_at, q.id, q.method, q.client_key, q.user_agent,
@@ -180,53 +147,41 @@ def _load_candidates(conn: sqlite3.Connection, redirects: list[_Redirect]) -> li
         )
     finally:
         conn.execute("drop table temp.link_targets")
-    return [
-        _Candidate(qid, method, started, (client_key, agent), conn_key, (url, path))
-        for started, qid, method, client_key, agent, conn_key, url, path in rows
-    ]
 
 
 def _match(
     redirects: list[_Redirect], candidates: list[_Candidate], window: float
 ) -> dict[int, int]:
     """Follow-up id -> redirect id, by the rule in the module docstring."""
-    by_client: dict[tuple[Any, ...], _Queue] = defaultdict(_Queue)
-    by_connection: dict[tuple[Any, ...], _Queue] = defaultdict(_Queue)
-    # Keyed by target for a GET follow-up, by target and method for any other method.
+    by_client: dict[tuple[Any, ...], list[_Redirect]] = defaultdict(list)
+    by_connection: dict[tuple[Any, ...], list[_Redirect]] = defaultdict(list)
     for r in redirects:  # in order of their end
-        for key in ((*r.client, r.target), (*r.client, r.target, r.method)):
-            by_client[key].add(r.ended_at, r.id)
-            if r.connection_key is not None:  # proxies share connections: keep the client
-                by_connection[(r.connection_key, *key)].add(r.ended_at, r.id)
+        by_client[(r.client_key, r.user_agent, r.target)].append(r)
+        if r.connection_key is not None:  # proxies share connections: keep the client too
+            by_connection[(r.connection_key, r.client_key, r.user_agent, r.target)].append(r)
     linked: set[int] = set()
     follow_ups: dict[int, int] = {}
 
-    def link(q: _Candidate, keys: list[tuple[Any, ...]], queues: dict[Any, _Queue]) -> bool:
-        found = [
-            queue.latest_free(q.started_at, window, linked, q.id)
-            for key in keys
-            if (queue := queues.get(key)) is not None
-        ]
-        latest = max((f for f in found if f is not None), default=None)
+    def link(q: _Candidate, same_connection: bool) -> bool:
+        started_at, qid, method, client_key, agent, conn_key, url, path = q
+        queues, prefix = (by_connection, (conn_key,)) if same_connection else (by_client, ())
+        latest = None
+        for target in (url, path):
+            queue = queues.get((*prefix, client_key, agent, target))
+            found = queue and _latest_free(queue, started_at, method, qid, window, linked)
+            if found and (latest is None or found.ended_at > latest.ended_at):
+                latest = found
         if latest is None:
             return False
-        linked.add(latest[1])
-        follow_ups[q.id] = latest[1]
+        linked.add(latest.id)
+        follow_ups[qid] = latest.id
         return True
 
-    def keys(q: _Candidate) -> list[tuple[Any, ...]]:
-        method = () if q.method == "GET" else (q.method,)
-        return [(*q.client, target, *method) for target in q.targets]
-
     # First on the request's own connection, requests in time order...
-    unlinked = [
-        q
-        for q in candidates
-        if not link(q, [(q.connection_key, *key) for key in keys(q)], by_connection)
-    ]
+    unlinked = [q for q in candidates if not link(q, same_connection=True)]
     # ...then on any connection of the same client.
     for q in unlinked:
-        link(q, keys(q), by_client)
+        link(q, same_connection=False)
     return follow_ups
 
 
@@ -275,11 +230,9 @@ def follow_up_method(method: str, status: int) -> str:
 def chain_outcome(hops: list[_Hop], known_hosts: KnownHosts) -> str:
     """loop (revisits a method and URL), error (ends in 4xx/5xx), completed, external
     (the last Location names a host never recorded) or unfollowed."""
-    seen: set[tuple[str, str]] = set()
-    for hop in hops:
-        if (hop.method, hop.url) in seen:
-            return "loop"
-        seen.add((hop.method, hop.url))
+    seen = {(hop.method, hop.url) for hop in hops}
+    if len(seen) < len(hops):
+        return "loop"
     last = hops[-1]
     if not is_redirect(last.status):
         return "error" if last.status >= 400 else "completed"
@@ -288,14 +241,18 @@ def chain_outcome(hops: list[_Hop], known_hosts: KnownHosts) -> str:
         return "unfollowed"
     if (follow_up_method(last.method, last.status), target) in seen:
         return "loop"
-    host = _hostname(target)
-    if (
-        host is not None
-        and host not in {_hostname(h.url) for h in hops}
-        and (host not in known_hosts)
-    ):
+    host = host_of(target)
+    if all(host_of(hop.url) != host for hop in hops) and host not in known_hosts:
         return "external"
     return "unfollowed"
+
+
+def host_of(url: str) -> str:
+    """The host name of a normalized absolute URL, without its port."""
+    netloc = split_url(url)[0].partition("://")[2]
+    if netloc.startswith("["):  # IPv6 literal
+        return netloc[: netloc.find("]") + 1]
+    return netloc.partition(":")[0]
 
 
 class KnownHosts:
@@ -303,22 +260,27 @@ class KnownHosts:
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
-        self._hosts: set[str | None] | None = None
+        self._hosts: set[str] | None = None
 
     def __contains__(self, host: object) -> bool:
         if self._hosts is None:
-            self._hosts = {
-                _hostname(f"//{h}")
-                for (h,) in _rows(self.conn, "select distinct host from requests")
-            }
+            self._hosts = {host_of(origin) for origin in recorded_origins(self.conn)}
         return host in self._hosts
 
 
-def _hostname(url: str) -> str | None:
-    try:
-        return urlsplit(url).hostname
-    except ValueError:
-        return None
+def recorded_origins(conn: sqlite3.Connection) -> list[str]:
+    """Every distinct ``scheme://host[:port]`` of ``requests.url``: one index seek per origin.
+
+    All URLs of an origin sort together, as ``origin + "/..."``; the next origin is the
+    first URL at or after ``origin + "0"`` ("0" sorts right after "/").
+    """
+    origins: list[str] = []
+    query = "select min(url) from requests where url >= ?"
+    url = conn.execute(query, ("",)).fetchone()[0]
+    while url is not None:
+        origins.append(split_url(url)[0])
+        url = conn.execute(query, (origins[-1] + "0",)).fetchone()[0]
+    return origins
 
 
 def path_text(hops: list[_Hop]) -> str:
@@ -329,12 +291,15 @@ def path_text(hops: list[_Hop]) -> str:
         url_origin, path = split_url(url)
         return path if url_origin == origin else url
 
-    text = "".join(f"{h.method} {shown(h.url)}{ARROW.format(status=h.status)}" for h in hops)
+    steps = [f"{h.method} {shown(h.url)}" for h in hops]
+    statuses = [h.status for h in hops]
+    pairs = zip(steps[:-1], statuses[:-1], strict=True)
+    text = "".join(f"{step} —{status}→ " for step, status in pairs)
     last = hops[-1]
     if not is_redirect(last.status):
-        return text[: -len(ARROW.format(status=last.status))] + f" —{last.status}"
+        return f"{text}{steps[-1]} —{last.status}"
     target = shown(last.location_url) if last.location_url else "(no Location)"
-    return f"{text}{target} (not followed)"
+    return f"{text}{steps[-1]} —{last.status}→ {target} (not followed)"
 
 
 def build_chains(conn: sqlite3.Connection) -> int:
@@ -369,7 +334,7 @@ def build_chains(conn: sqlite3.Connection) -> int:
             (
                 root.id,
                 last.id,
-                sum(1 for h in chain if is_redirect(h.status)),
+                len(chain) if is_redirect(last.status) else len(chain) - 1,
                 path_text(chain),
                 json.dumps(
                     [
