@@ -167,10 +167,14 @@ def _shortest_cycle(
     return _path(nodes, edges)
 
 
-def static_loops(conn: sqlite3.Connection) -> list[StaticPath]:
+def static_loops(
+    conn: sqlite3.Connection, *, edges: list[RedirectEdge] | None = None
+) -> list[StaticPath]:
     """One loop per cycle of the redirect graph (per strongly connected component,
-    including a URL redirecting to itself), starting at its smallest URL."""
-    graph = _graph(redirect_edges(conn))
+    including a URL redirecting to itself), starting at its smallest URL.
+
+    Pass ``edges`` from ``redirect_edges`` to reuse them."""
+    graph = _graph(redirect_edges(conn) if edges is None else edges)
     loops = []
     for component in _components(graph):
         members = set(component)
@@ -182,27 +186,31 @@ def static_loops(conn: sqlite3.Connection) -> list[StaticPath]:
     return loops
 
 
-def static_chains(conn: sqlite3.Connection, min_length: int = 2) -> list[StaticPath]:
+def static_chains(
+    conn: sqlite3.Connection, min_length: int = 2, *, edges: list[RedirectEdge] | None = None
+) -> list[StaticPath]:
     """Chains of at least ``min_length`` redirects, one per entry point (a redirecting
-    request no recorded redirect points to), following each node's most-hit edge."""
-    graph = _graph(redirect_edges(conn))
+    request no recorded redirect points to), following each node's most-hit edge.
+
+    Pass ``edges`` from ``redirect_edges`` to reuse them."""
+    graph = _graph(redirect_edges(conn) if edges is None else edges)
     targets = {edge.next_node for out in graph.values() for edge in out}
     chains = []
     for start in graph:
         if start in targets:
             continue
         nodes, seen = [start], {start}
-        edges: list[RedirectEdge] = []
+        walked: list[RedirectEdge] = []
         node = start
-        while node in graph and len(edges) < MAX_CHAIN_HOPS:
+        while node in graph and len(walked) < MAX_CHAIN_HOPS:
             edge = graph[node][0]
             node = edge.next_node
-            edges.append(edge)
+            walked.append(edge)
             nodes.append(node)
             if node in seen:
                 break
             seen.add(node)
-        if len(edges) >= min_length:
-            chains.append(_path(nodes, edges))
+        if len(walked) >= min_length:
+            chains.append(_path(nodes, walked))
     chains.sort(key=lambda chain: (-chain.length, -chain.hits, chain.urls))
     return chains

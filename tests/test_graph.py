@@ -93,6 +93,7 @@ def test_chain_nobody_followed_is_found_from_its_entry(make_recorder: MakeRecord
     assert chain.hits == 1  # the least-hit edge: /c1 was redirected once, /c2 twice
     assert len(static_chains(conn, min_length=1)) == 2  # /single alone
     assert static_chains(conn, min_length=3) == []
+    assert static_chains(conn, 2, edges=redirect_edges(conn)) == chains
 
 
 def test_redirect_edges_count_hits_per_source_status_and_target(
