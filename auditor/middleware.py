@@ -72,6 +72,8 @@ class RedirectRecorder:
     (IP addresses or CIDR networks, ``"*"`` for any). The recorder never raises
     into the app: rows it cannot write (``busy_timeout`` seconds of another
     process's lock, a read-only or vanished file) are counted in ``recorder_stats``.
+    ``max_rows`` / ``max_age`` (seconds) keep the file small: the writer thread
+    deletes the oldest requests beyond them once a minute.
     """
 
     def __init__(
@@ -88,6 +90,8 @@ class RedirectRecorder:
         follow_up_delay: float = 2.0,
         follow_up_window: float = 30.0,
         busy_timeout: float = 5.0,
+        max_rows: int | None = None,
+        max_age: float | None = None,
     ) -> None:
         self.app = app
         options = RecorderOptions.build(
@@ -100,6 +104,8 @@ class RedirectRecorder:
             follow_up_delay=follow_up_delay,
             follow_up_window=follow_up_window,
             busy_timeout=busy_timeout,
+            max_rows=max_rows,
+            max_age=max_age,
         )
         self.writer: Writer = writer_for(db_path, options)
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from auditor.retention import prune
 from auditor.rows import INSERT_SQL, ROW_COLUMNS, CapturedExchange, RowBuilder, TrustedProxies
 from auditor.schema import (
     DROP_REASONS,
@@ -39,6 +40,7 @@ logger = logging.getLogger("redirect_auditor")
 
 SECRET_ENV = "REDIRECT_AUDITOR_SECRET"
 MAX_BATCH = 5000
+PRUNE_EVERY = 60.0  # seconds between retention passes when max_rows/max_age is set
 _STATUS = ROW_COLUMNS.index("status")
 _STARTED = ROW_COLUMNS.index("started_at")
 _CLIENT = ROW_COLUMNS.index("client_key")
@@ -59,6 +61,8 @@ class RecorderOptions:
     follow_up_delay: float
     follow_up_window: float
     busy_timeout: float = 5.0  # seconds a write waits for another process's lock
+    max_rows: int | None = None  # retention: keep at most this many newest requests
+    max_age: float | None = None  # retention: delete requests older than this (seconds)
 
     @classmethod
     def build(cls, **kwargs: Any) -> RecorderOptions:
@@ -69,6 +73,9 @@ class RecorderOptions:
             raise ValueError("sample_rate must be between 0 and 1")
         if kwargs.get("busy_timeout", 0.0) < 0:
             raise ValueError("busy_timeout must not be negative")
+        for name in ("max_rows", "max_age"):
+            if kwargs.get(name) is not None and kwargs[name] <= 0:
+                raise ValueError(f"{name} must be positive")
         proxies = kwargs["trusted_proxies"]
         kwargs["trusted_proxies"] = (proxies,) if isinstance(proxies, str) else tuple(proxies)
         TrustedProxies(kwargs["trusted_proxies"])  # validates the addresses
@@ -175,8 +182,24 @@ class Writer:
         self._reset()
 
     def _run(self) -> None:
+        next_prune = time.monotonic() + PRUNE_EVERY
         while not self._stop.wait(self.options.flush_interval):
             self._drain(final=False)
+            if time.monotonic() >= next_prune:
+                next_prune = time.monotonic() + PRUNE_EVERY
+                self.prune()
+
+    def prune(self) -> int:
+        """Apply ``max_rows`` / ``max_age`` now; in short batches, in this thread only."""
+        if self.options.max_rows is None and self.options.max_age is None:
+            return 0
+        with self._lock:
+            try:
+                conn, _ = self._open()
+                return prune(conn, max_rows=self.options.max_rows, max_age=self.options.max_age)
+            except (sqlite3.Error, OSError, SchemaError) as exc:
+                self.last_error = f"prune: {exc}"[:500]
+                return 0
 
     def _drain(self, final: bool) -> None:
         with self._lock:
@@ -199,6 +222,9 @@ class Writer:
             conn = connect(self.db_path, timeout_ms=int(self.options.busy_timeout * 1000))
             try:
                 ensure_schema(conn)
+                # WAL + NORMAL survives any app crash; only an OS crash or power loss can
+                # lose the last commits, a fair trade for traffic telemetry (no fsync per batch).
+                conn.execute("pragma synchronous = normal")
                 builder = RowBuilder(
                     load_secret(self.db_path),
                     self.worker_id,
@@ -241,10 +267,11 @@ class Writer:
                     conn.executemany(INSERT_SQL, [_encodable(row) for row in rows])
                 self._save_stats(conn, totals)
         except (sqlite3.Error, OSError) as exc:
-            self._count_drop(classify_error(exc), len(rows), exc)
-            if isinstance(exc, sqlite3.DatabaseError) and not isinstance(
-                exc, sqlite3.OperationalError
-            ):
+            reason = classify_error(exc)
+            self._count_drop(reason, len(rows), exc)
+            if reason in ("read_only", "disk_full", "other"):
+                # SQLite keeps a connection read-only once it opened that way, and a full
+                # disk can leave the WAL in a bad way: reopen on the next batch.
                 self._reset()
             return
         self.rows_written += len(rows)

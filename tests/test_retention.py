@@ -110,3 +110,19 @@ def test_prune_cli_reports_what_it_deleted(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli_app, ["prune", str(db), "--max-rows", "3"])
     assert result.exit_code == 0, result.output
     assert "Deleted 5 request(s)" in result.output and "3 remain" in result.output
+
+
+def test_recorder_max_rows_prunes_in_the_writer_thread(tmp_path: Path) -> None:
+    db = tmp_path / "t.db"
+    recorder = RedirectRecorder(Starlette(routes=[Route("/hello", hello)]), db_path=db, max_rows=5)
+    with serve_in_thread(recorder) as base, httpx.Client(base_url=base) as client:
+        for _ in range(12):
+            assert client.get("/hello").status_code == 200
+        recorder.writer.flush()
+        assert recorder.writer.prune() == 7
+    assert ids(db) == list(range(8, 13))
+
+
+def test_recorder_rejects_nonsense_retention() -> None:
+    with pytest.raises(ValueError, match="max_age"):
+        RedirectRecorder(Starlette(), db_path="unused.db", max_age=0)
