@@ -7,8 +7,8 @@ and, in turn:
 1. one worker is killed with SIGKILL (uvicorn starts a new one);
 2. another process holds an exclusive lock on the database for 10 s;
 3. the disk fills (a filler file takes the tmpfs's free space) for 10 s;
-4. the database file becomes read-only (mode 0444) for 10 s, and a worker is
-   killed so that its replacement meets the read-only file. (The server runs
+4. the database file becomes read-only (mode 0444) for 10 s, and both workers
+   are killed so that their replacements meet the read-only file. (The server runs
    as root without CAP_DAC_OVERRIDE so file modes apply; a worker that already
    has the file open keeps writing, as any Unix process would.)
 
@@ -217,9 +217,10 @@ def main() -> None:
 
         db.chmod(0o444)
         wait_until(lambda: len(workers(server.pid)) >= 2, 30, "the replacement worker")
-        victim = workers(server.pid)[0]
-        os.kill(victim, signal.SIGKILL)
-        events.append(f"database file mode 0444, SIGKILL worker {victim}")
+        victims = workers(server.pid)
+        for victim in victims:  # both replacements must open the read-only file
+            os.kill(victim, signal.SIGKILL)
+        events.append(f"database file mode 0444, SIGKILL workers {victims}")
         time.sleep(phase)
         db.chmod(0o600)
         events.append("database file writable again")
