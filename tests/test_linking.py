@@ -374,3 +374,28 @@ def test_relinking_replaces_links_and_chains(traffic: Traffic) -> None:
         conn.execute("select count(*) from requests where follow_up_of is not null").fetchone()[0]
         == 0
     )
+
+
+def test_unfollowed_redirect_does_not_take_a_later_redirects_follow_up(traffic: Traffic) -> None:
+    with one_client(traffic) as client:
+        client.get("/walk/u/1")  # not followed
+        traffic.walked(client.get("/walk/u/1", follow_redirects=True))
+    conn = traffic.linked()
+    first, second = conn.execute("select id from requests where path = '/walk/u/1' order by id")
+    assert row(conn, "path = '/walk/u/0'")["follow_up_of"] == second["id"]
+    assert chain_of(conn, first["id"])["outcome"] == "unfollowed"
+
+
+def test_request_with_another_method_than_get_or_the_redirects_is_not_a_follow_up(
+    traffic: Traffic,
+) -> None:
+    with one_client(traffic) as client:
+        client.get("/rel")
+        client.delete("/landing")  # no client turns a GET redirect into a DELETE
+        client.get("/landing")
+    conn = traffic.linked()
+    assert row(conn, "method = 'DELETE'")["follow_up_of"] is None
+    assert (
+        row(conn, "path = '/landing' and method = 'GET'")["follow_up_of"]
+        == row(conn, "path = '/rel'")["id"]
+    )
