@@ -248,7 +248,7 @@ class _Generator:
             "http_version": "1.1",
             "worker_id": f"web-{client.port % 4}:{1000 + client.port % 4}",
         }
-        return tuple(values.get(column) for column in ROW_COLUMNS)
+        return tuple(map(values.get, ROW_COLUMNS))
 
 
 def generate(path: str | Path, n_requests: int, seed: int = 0) -> GeneratedTraffic:
@@ -268,7 +268,6 @@ def generate(path: str | Path, n_requests: int, seed: int = 0) -> GeneratedTraff
         with conn:
             for start in range(0, len(rows), 50_000):
                 conn.executemany(INSERT_SQL, rows[start : start + 50_000])
-        conn.execute("analyze")
     finally:
         conn.close()
     status = ROW_COLUMNS.index("status") + 1
