@@ -92,6 +92,7 @@ def audit(
         schema.ensure_schema(conn)
         report("linking follow-up requests", 0, total)
         linking.link_requests(conn, window=options.link_window)
+        _refresh_link_statistics(conn)
         _commit(conn)
         report("building chains", 1, total)
         linking.build_chains(conn)
@@ -132,6 +133,18 @@ def audit(
         return result
     finally:
         conn.close()
+
+
+def _refresh_link_statistics(conn: sqlite3.Connection) -> None:
+    """Statistics gathered before linking say every follow_up_of is null, and the planner
+    then scans instead of using the index: re-analyze that one index when stats exist."""
+    has_stats = conn.execute("select 1 from sqlite_master where name = 'sqlite_stat1'").fetchone()
+    index = conn.execute(
+        "select name from sqlite_master where type = 'index' and tbl_name = 'requests' "
+        "and sql like '%(\"follow_up_of\")%'"
+    ).fetchone()
+    if has_stats and index:
+        conn.execute(f'analyze "{index[0]}"')
 
 
 def _ignored(source: str, patterns: tuple[str, ...]) -> bool:

@@ -244,17 +244,9 @@ def redirect_to_error(ctx: AuditContext) -> Iterator[Finding]:
     """A followed chain ends in 4xx/5xx: the redirect sends clients to a broken page."""
     groups = observed_chains(ctx, "c.final_status >= 400 and c.outcome != 'loop'")
     for g in groups:
+        # path_text ends with the final status: "GET /a —301→ GET /b —404"
         statuses = sorted(
-            {
-                int(row[0])
-                for row in ctx.query(
-                    f"""select distinct c.final_status from chains c
-                        join requests r on r.id = c.first_request_id
-                        where {source_sql("r")} = ? and r.method = ? and r.status = ?
-                          and c.final_url is ? and c.final_status >= 400""",
-                    (g.source, g.method, g.status, g.target),
-                )
-            }
+            {int(t.rsplit(" —", 1)[-1]) for t in g.extra if t.rsplit(" —", 1)[-1].isdigit()}
         )
         auth_only = all(s in (401, 403) for s in statuses)
         message = (

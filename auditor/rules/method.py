@@ -261,7 +261,7 @@ def slash_redirect(ctx: AuditContext) -> Iterator[Finding]:
     groups = collect(
         ctx.query(
             f"""select {group_columns("r")}, r.user_agent as user_agent,
-                       (select max(f.route) from requests f where f.follow_up_of = r.id) as route
+                       (select f.route from requests f where f.follow_up_of = r.id limit 1) as route
                 from requests r
                 where r.status between 300 and 399 and r.location_url is not null
                   and {_QUERY.format("r.url")} = {_QUERY.format("r.location_url")}
