@@ -29,6 +29,7 @@ import sqlite3
 from bisect import bisect_right
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any
@@ -185,24 +186,49 @@ def _match(
     return follow_ups
 
 
+@contextmanager
+def _writing(conn: sqlite3.Connection, in_callers_transaction: bool) -> Iterator[None]:
+    """Write inside the caller's transaction, or else in a short one of our own.
+
+    Our own starts with BEGIN IMMEDIATE after the reads (which never block recorders
+    writing meanwhile) and commits at the end: a deferred transaction that has read
+    could not upgrade to a write once a recorder has committed.
+    """
+    if in_callers_transaction:
+        yield
+        return
+    if conn.in_transaction:  # implicitly opened by our temp-table writes
+        conn.commit()
+    conn.execute("begin immediate")
+    try:
+        yield
+    except BaseException:
+        conn.rollback()
+        raise
+    conn.commit()
+
+
 def link_requests(conn: sqlite3.Connection, *, window: float = 30.0) -> int:
     """Recompute ``requests.follow_up_of`` for every row; return the number of links.
 
-    Runs inside the caller's transaction and updates only that column. While
-    recorders may be writing, the caller should hold ``begin immediate``: a deferred
-    transaction that has read cannot upgrade to a write after their commits.
+    Updates only that column, inside the caller's transaction if one is open, else
+    in a short BEGIN IMMEDIATE transaction of its own that it commits.
     """
+    in_callers_transaction = conn.in_transaction
     redirects = _load_redirects(conn)
     candidates = _load_candidates(conn, redirects) if redirects else []
     follow_ups = _match(redirects, candidates, window)
-    # Clear then set, writing only the rows whose link changed (re-runs touch few pages).
-    current = dict(
-        _rows(conn, "select id, follow_up_of from requests where follow_up_of is not null")
-    )
-    stale = [(q,) for q in current if q not in follow_ups]
-    conn.executemany("update requests set follow_up_of = null where id = ?", stale)
-    changed = [(follow_ups[q], q) for q in sorted(follow_ups) if current.get(q) != follow_ups[q]]
-    conn.executemany("update requests set follow_up_of = ? where id = ?", changed)
+    with _writing(conn, in_callers_transaction):
+        # Clear then set, writing only the rows whose link changed (re-runs touch few pages).
+        current = dict(
+            _rows(conn, "select id, follow_up_of from requests where follow_up_of is not null")
+        )
+        stale = [(q,) for q in current if q not in follow_ups]
+        conn.executemany("update requests set follow_up_of = null where id = ?", stale)
+        changed = [
+            (follow_ups[q], q) for q in sorted(follow_ups) if current.get(q) != follow_ups[q]
+        ]
+        conn.executemany("update requests set follow_up_of = ? where id = ?", changed)
     return len(follow_ups)
 
 
@@ -305,8 +331,10 @@ def path_text(hops: list[_Hop]) -> str:
 def build_chains(conn: sqlite3.Connection) -> int:
     """Delete and rebuild ``chains`` from ``follow_up_of``; return the number of chains.
 
-    One chain per redirect that is not itself a follow-up, walking its links.
+    One chain per redirect that is not itself a follow-up, walking its links. Writes
+    inside the caller's transaction if one is open, else in its own (see ``_writing``).
     """
+    in_callers_transaction = conn.in_transaction
     roots: list[_Hop] = []
     next_hop: dict[int, _Hop] = {}
     for row in _rows(
@@ -350,11 +378,12 @@ def build_chains(conn: sqlite3.Connection) -> int:
                 root.started_at,
             )
         )
-    conn.execute("delete from chains")
-    conn.executemany(
-        """insert into chains (first_request_id, last_request_id, length, path_text, hops,
-             start_url, final_url, final_status, outcome, client_key, started_at)
-           values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-        chains,
-    )
+    with _writing(conn, in_callers_transaction):
+        conn.execute("delete from chains")
+        conn.executemany(
+            """insert into chains (first_request_id, last_request_id, length, path_text, hops,
+                 start_url, final_url, final_status, outcome, client_key, started_at)
+               values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+            chains,
+        )
     return len(chains)

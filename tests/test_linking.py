@@ -399,3 +399,29 @@ def test_request_with_another_method_than_get_or_the_redirects_is_not_a_follow_u
         row(conn, "path = '/landing' and method = 'GET'")["follow_up_of"]
         == row(conn, "path = '/rel'")["id"]
     )
+
+
+def test_without_a_transaction_linking_commits_its_own_while_the_recorder_writes(
+    traffic: Traffic,
+) -> None:
+    with one_client(traffic, follow_redirects=True) as client:
+        traffic.walked(client.get("/walk/y/2"))
+    traffic.linked().close()
+    conn = sqlite3.connect(traffic.recorder.writer.db_path)
+    for _ in range(3):  # the writer thread commits its stats meanwhile
+        with one_client(traffic) as client:
+            client.get("/landing")
+        assert not conn.in_transaction
+        assert link_requests(conn, window=0.0) == 0
+        assert link_requests(conn) == 2
+        assert build_chains(conn) == 1
+        assert not conn.in_transaction
+    other = sqlite3.connect(traffic.recorder.writer.db_path)
+    links = dict(other.execute("select path, follow_up_of from requests where path like '/walk/%'"))
+    ids = dict(other.execute("select path, id from requests where path like '/walk/%'"))
+    assert links == {
+        "/walk/y/2": None,
+        "/walk/y/1": ids["/walk/y/2"],
+        "/walk/y/0": ids["/walk/y/1"],
+    }
+    assert other.execute("select count(*) from chains").fetchone()[0] == 1
