@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 from collections.abc import Iterable
 from hashlib import blake2b
 from typing import Any, Protocol
@@ -17,7 +18,7 @@ from urllib.parse import quote
 from starlette.routing import Mount
 
 from auditor.schema import REQUEST_COLUMNS
-from auditor.urls import build_url, redact_query, resolve_location
+from auditor.urls import REDACTED, build_url, redact_query, resolve_location
 
 MAX_VALUE_CHARS = 8192  # longer header values are cut; the row is still written
 MAX_CACHE_ENTRIES = 65536
@@ -292,8 +293,14 @@ class RowBuilder:
         )
 
 
+_USERINFO = re.compile(r"^((?:[A-Za-z][A-Za-z0-9+.\-]*:)?//)[^/?#@]*@")
+
+
 def redact_location(location: str) -> str:
-    """A raw Location with the values of secret-looking query parameters redacted."""
+    """A raw Location with any userinfo and the values of secret-looking query
+    parameters redacted (``http://REDACTED@host/?token=REDACTED``)."""
+    if "@" in location:
+        location = _USERINFO.sub(rf"\1{REDACTED}@", location, count=1)
     base, sep, rest = location.partition("?")
     if not sep:
         return location

@@ -23,6 +23,7 @@ SECRETS = {
     "password": "s3cr3t-password-e8d0",
     "api_key": "s3cr3t-apikey-6b3a",
     "code": "s3cr3t-oauth-code-2d9f",
+    "userinfo": "s3cr3t-userinfo-5e7b",  # a password in a (second) Location
 }
 CLIENT_ADDRESS = "127.0.0.2"  # a loopback address other than the server's
 
@@ -31,6 +32,7 @@ async def login(request: Request) -> Response:
     response = RedirectResponse(
         f"/callback?code={SECRETS['code']}&state=ok&token={SECRETS['token']}", status_code=302
     )
+    response.headers.append("location", f"http://deploy:{SECRETS['userinfo']}@example.test/")
     response.set_cookie("session", SECRETS["set_cookie"])
     return response
 
