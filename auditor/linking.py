@@ -290,23 +290,16 @@ class KnownHosts:
 
     def __contains__(self, host: object) -> bool:
         if self._hosts is None:
-            self._hosts = {host_of(origin) for origin in recorded_origins(self.conn)}
+            self._hosts = recorded_hosts(self.conn)
         return host in self._hosts
 
 
-def recorded_origins(conn: sqlite3.Connection) -> list[str]:
-    """Every distinct ``scheme://host[:port]`` of ``requests.url``: one index seek per origin.
-
-    All URLs of an origin sort together, as ``origin + "/..."``; the next origin is the
-    first URL at or after ``origin + "0"`` ("0" sorts right after "/").
-    """
-    origins: list[str] = []
-    query = "select min(url) from requests where url >= ?"
-    url = conn.execute(query, ("",)).fetchone()[0]
-    while url is not None:
-        origins.append(split_url(url)[0])
-        url = conn.execute(query, (origins[-1] + "0",)).fetchone()[0]
-    return origins
+def recorded_hosts(conn: sqlite3.Connection) -> set[str]:
+    """Every distinct host name (without port) the recorded requests were sent to."""
+    return {
+        host_of(f"http://{host}/")
+        for (host,) in _rows(conn, "select distinct host from requests where host is not null")
+    }
 
 
 def path_text(hops: list[_Hop]) -> str:

@@ -22,6 +22,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -262,9 +263,9 @@ class Writer:
         try:
             with conn:
                 try:
-                    conn.executemany(INSERT_SQL, rows)
+                    insert_rows(conn, rows)
                 except UnicodeEncodeError:
-                    conn.executemany(INSERT_SQL, [_encodable(row) for row in rows])
+                    insert_rows(conn, [_encodable(row) for row in rows])
                 self._save_stats(conn, totals)
         except (sqlite3.Error, OSError) as exc:
             reason = classify_error(exc)
@@ -383,6 +384,32 @@ def _file_id(path: Path) -> tuple[int, int] | None:
     except OSError:
         return None
     return (st.st_dev, st.st_ino)
+
+
+def _multi_row_insert(count: int) -> str:
+    one = "(" + ", ".join("?" * len(ROW_COLUMNS)) + ")"
+    return INSERT_SQL.split(" values ", 1)[0] + " values " + ", ".join([one] * count)
+
+
+# Statement sizes: powers of two up to 512 rows (512 x 34 columns stays under SQLite's
+# 32766 variables), so the statement cache holds at most ten of them.
+_CHUNK_SIZES = tuple(2**i for i in range(9, -1, -1))
+_MULTI_INSERT = {size: _multi_row_insert(size) for size in _CHUNK_SIZES}
+
+
+def insert_rows(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    """Insert rows with multi-row INSERT statements of up to 512 rows each.
+
+    ``executemany`` releases and re-takes the GIL around every row; with the event
+    loop busy each re-take waits for the interpreter's switch interval, and the
+    writer fell to ~2,000 rows/s. One statement per 512 rows waits 512x less often.
+    """
+    start = 0
+    for size in _CHUNK_SIZES:
+        while len(rows) - start >= size:
+            chunk = rows[start : start + size]
+            conn.execute(_MULTI_INSERT[size], list(chain.from_iterable(chunk)))
+            start += size
 
 
 def _encodable(row: tuple[Any, ...]) -> tuple[Any, ...]:
