@@ -233,7 +233,9 @@ class _Generator:
             "request_content_type": "application/x-www-form-urlencoded"
             if hop.method == "POST"
             else None,
-            "response_body_size": 0 if redirect else 1000 + 37 * len(hop.url),
+            "response_body_size": 0
+            if redirect or hop.status in (204, 304)
+            else 1000 + 37 * len(hop.url),
             "response_complete": 1,
             "cache_control": "max-age=3600" if hop.status in (301, 308) else None,
             "x_forwarded_proto": scheme,
