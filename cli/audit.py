@@ -82,13 +82,13 @@ def audit(
     ] = None,
     no_config: Annotated[
         bool,
-        typer.Option("--no-config", help="Ignore [tool.redirect-auditor] in pyproject.toml."),
+        typer.Option("--no-config", help="Ignore \\[tool.redirect-auditor] in pyproject.toml."),
     ] = False,
 ) -> None:
     """Audit recorded traffic: link follow-up hops, build chains, run every rule, and store
     the findings in the database (replacing the previous run's).
 
-    Options also come from [tool.redirect-auditor] in the nearest pyproject.toml
+    Options also come from \\[tool.redirect-auditor] in the nearest pyproject.toml
     (chain-threshold, link-window, ignore-paths, ignore-rules, unfollowed-ratio, ...);
     the command line wins. Exit codes: 0 ok, 1 findings at or above --fail-on,
     2 bad input.

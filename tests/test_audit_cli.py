@@ -155,3 +155,10 @@ def test_unknown_option_values_are_one_line_errors(db: Path, args: list[str], ne
 def test_help_has_an_example() -> None:
     result = runner.invoke(app, ["audit", "--help"])
     assert result.exit_code == 0 and "Example: redirect-auditor audit" in result.stdout
+
+
+def test_help_names_the_pyproject_table_and_gives_an_example() -> None:
+    result = CliRunner().invoke(app, ["audit", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    assert "[tool.redirect-auditor]" in result.output
+    assert "Example: redirect-auditor audit" in result.output
