@@ -1,10 +1,16 @@
 """Shared plumbing for rule queries: grouping rows into findings, naming clients.
 
-A rule's query returns one row per (source, method, status, target, user_agent)
-with ``hits``, ``first_seen``, ``last_seen``, ``example_request_id`` and an
-optional ``extra`` column; ``collect`` folds those rows into ``Group``s (one per
-finding) that remember which clients did it. ``finding`` turns a group into a
-``Finding`` with the rule's registered severity, title and spec.
+A rule's query returns one row per (source, method, status, target[, more keys])
+with ``hits``, ``first_seen``, ``last_seen``, ``example_request_id`` and optional
+columns: ``user_agent`` (counted per client), ``extra`` (counted per value),
+``route``, ``example_chain_id``, ``example_url`` and ``example_user_agent``.
+``collect`` folds those rows into ``Group``s (one per finding); ``finding`` turns
+a group into a ``Finding`` with the rule's registered severity, title and spec.
+
+``grouped_requests`` is the common case: the recorded responses (the temp subset
+``audit_responses``, see ``_subset``) matching a WHERE clause, grouped by
+(source, method, status, target), a source answering more than
+``MAX_TARGETS_PER_SOURCE`` targets folded into one group.
 """
 
 from __future__ import annotations
@@ -12,11 +18,17 @@ from __future__ import annotations
 import re
 import sqlite3
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
-from auditor.rules.base import REGISTRY, AuditContext, Finding, Severity
+from auditor.rules._subset import RESPONSES, ensure_responses
+from auditor.rules.base import REGISTRY, SOURCE_SQL, AuditContext, Finding, Severity
+
+# One (source, method, status) answering more distinct targets than this (say a
+# route template redirecting every id somewhere else) becomes one finding.
+MAX_TARGETS_PER_SOURCE = 20
 
 
 def source_sql(alias: str) -> str:
@@ -32,51 +44,195 @@ def group_columns(alias: str) -> str:
         max({alias}.started_at) as last_seen, min({alias}.id) as example_request_id"""
 
 
+# The aggregate columns a query over ``audit_responses`` selects after its group key.
+GROUP_AGGREGATES = """count(*) as hits, min(started_at) as first_seen,
+    max(started_at) as last_seen, min(id) as example_request_id, max(route) as route"""
+
+
 @dataclass
 class Group:
-    """The rows of one finding: where, how often, when, and which clients."""
+    """The requests of one finding: where, how often, when, and which clients."""
 
     source: str
-    method: str | None
-    status: int | None
+    method: str
+    status: int
     target: str | None
     hits: int = 0
     first_seen: float = float("inf")
     last_seen: float = float("-inf")
     example_request_id: int | None = None
-    agents: Counter[str] = field(default_factory=Counter)
-    extra: Counter[Any] = field(default_factory=Counter)
+    example_url: str | None = None  # URL of the example request
+    user_agent: str | None = None  # User-Agent of the example request
+    agents: Counter[str] = field(default_factory=Counter)  # client name -> hits
+    extra: Counter[Any] = field(default_factory=Counter)  # the query's ``extra`` -> hits
     route: str | None = None  # route template of the source, when the framework gave one
     example_chain_id: int | None = None
+    targets: int = 1  # distinct targets folded into this group
+    keys: dict[str, Any] = field(default_factory=dict)  # extra group-by values (of the example)
+
+    @property
+    def starlette(self) -> bool:
+        """A route template was recorded: only Starlette/FastAPI expose one."""
+        return self.route is not None
+
+    def seen(self) -> str:
+        """'3 requests, e.g. GET http://host/x from curl/8.0'."""
+        text = f"{plural(self.hits, 'request')}, e.g. {self.method} {self.example_url}"
+        return f"{text} from {client_name(self.user_agent)}" if self.user_agent else text
+
+    def add(self, other: Group) -> None:
+        """Count ``other``'s requests in this group (the example stays the lowest id)."""
+        if self.example_request_id is None or (
+            other.example_request_id is not None
+            and other.example_request_id < self.example_request_id
+        ):
+            self.example_request_id = other.example_request_id
+            self.example_url, self.user_agent = other.example_url, other.user_agent
+            self.keys = other.keys
+        self.hits += other.hits
+        self.first_seen = min(self.first_seen, other.first_seen)
+        self.last_seen = max(self.last_seen, other.last_seen)
+        self.agents.update(other.agents)
+        self.extra.update(other.extra)
+        self.route = self.route or other.route
+        if other.example_chain_id is not None and (
+            self.example_chain_id is None or other.example_chain_id < self.example_chain_id
+        ):
+            self.example_chain_id = other.example_chain_id
 
 
-def collect(rows: Iterable[sqlite3.Row]) -> list[Group]:
-    """Fold (group key, user agent[, extra]) rows into groups, most hits first."""
+def _row_group(row: sqlite3.Row, columns: set[str], keys: Iterable[str]) -> Group:
+    hits = int(row["hits"])
+    group = Group(
+        row["source"],
+        row["method"],
+        row["status"],
+        row["target"],
+        hits=hits,
+        first_seen=row["first_seen"],
+        last_seen=row["last_seen"],
+        example_request_id=row["example_request_id"],
+        keys={name: row[name] for name in keys},
+    )
+    if "user_agent" in columns:
+        group.agents[client_name(row["user_agent"])] += hits
+    if "extra" in columns and row["extra"] is not None:
+        group.extra[row["extra"]] += hits
+    if "route" in columns and row["route"]:
+        group.route = row["route"]
+    if "example_chain_id" in columns:
+        group.example_chain_id = row["example_chain_id"]
+    if "example_url" in columns:
+        group.example_url = row["example_url"]
+    if "example_user_agent" in columns:
+        group.user_agent = row["example_user_agent"]
+    return group
+
+
+def collect(
+    rows: Iterable[sqlite3.Row],
+    *,
+    keys: Iterable[str] = (),
+    keep: Callable[[Group], bool] | None = None,
+    fold: bool = False,
+) -> list[Group]:
+    """Fold rows into one group per (source, method, status, target), most hits first.
+
+    ``keys`` are further columns a ``keep`` filter may inspect (each group keeps those
+    of its example request's row); ``fold`` folds a (source, method, status) with more
+    than MAX_TARGETS_PER_SOURCE targets into one group with target None.
+    """
+    keys = tuple(keys)
     groups: dict[tuple[Any, ...], Group] = {}
+    columns: set[str] | None = None
     for row in rows:
-        keys = row.keys()
-        key = (row["source"], row["method"], row["status"], row["target"])
-        group = groups.get(key)
-        if group is None:
-            group = groups[key] = Group(*key)
-        hits = int(row["hits"])
-        group.hits += hits
-        group.first_seen = min(group.first_seen, row["first_seen"])
-        group.last_seen = max(group.last_seen, row["last_seen"])
-        example = row["example_request_id"]
-        if group.example_request_id is None or example < group.example_request_id:
-            group.example_request_id = example
-        if "user_agent" in keys:
-            group.agents[client_name(row["user_agent"])] += hits
-        if "extra" in keys and row["extra"] is not None:
-            group.extra[row["extra"]] += hits
-        if "route" in keys and row["route"]:
-            group.route = row["route"]
-        if "example_chain_id" in keys and row["example_chain_id"] is not None:
-            chain = row["example_chain_id"]
-            if group.example_chain_id is None or chain < group.example_chain_id:
-                group.example_chain_id = chain
-    return sorted(groups.values(), key=lambda g: (-g.hits, g.source, g.method or ""))
+        if columns is None:
+            columns = set(row.keys())
+        group = _row_group(row, columns, keys)
+        if keep is not None and not keep(group):
+            continue
+        key = (group.source, group.method, group.status, group.target)
+        if key in groups:
+            groups[key].add(group)
+        else:
+            groups[key] = group
+    result = list(groups.values())
+    if fold:
+        result = _fold_targets(result)
+    return sorted(result, key=lambda g: (-g.hits, g.source, g.method or "", g.status or 0))
+
+
+def _fold_targets(groups: list[Group]) -> list[Group]:
+    per_source: dict[tuple[Any, ...], list[Group]] = {}
+    for group in groups:
+        per_source.setdefault((group.source, group.method, group.status), []).append(group)
+    result = []
+    for same_source in per_source.values():
+        if len(same_source) <= MAX_TARGETS_PER_SOURCE:
+            result.extend(same_source)
+            continue
+        folded = same_source[0]
+        for group in same_source[1:]:
+            folded.add(group)
+        folded.target, folded.targets = None, len(same_source)
+        result.append(folded)
+    return result
+
+
+def query_groups(
+    ctx: AuditContext,
+    grouped_sql: str,
+    params: Iterable[Any] = (),
+    *,
+    keys: Iterable[str] = (),
+    keep: Callable[[Group], bool] | None = None,
+    fold: bool = False,
+) -> list[Group]:
+    """Run a rule's grouped query over ``audit_responses`` (source, method, status,
+    target, ``keys``..., GROUP_AGGREGATES) and ``collect`` it, each group with its
+    example request's URL and client."""
+    ensure_responses(ctx)
+    rows = ctx.query(
+        f"""select g.*, r.url as example_url, r.user_agent as example_user_agent
+            from ({grouped_sql}) as g
+            join {RESPONSES} as r on r.id = g.example_request_id
+            order by g.example_request_id""",
+        params,
+    )
+    return collect(rows, keys=keys, keep=keep, fold=fold)
+
+
+def grouped_requests(
+    ctx: AuditContext,
+    where: str,
+    params: Iterable[Any] = (),
+    *,
+    target: str = "location_url",
+    by: dict[str, str] | None = None,
+    keep: Callable[[Group], bool] | None = None,
+) -> list[Group]:
+    """Responses (``audit_responses``) matching ``where``, grouped by (source, method,
+    status, target), more than MAX_TARGETS_PER_SOURCE targets folded.
+
+    ``by`` adds group-by expressions whose values a ``keep`` filter can inspect
+    (Python over the matching subset only); kept groups are then merged back to
+    (source, method, status, target). (``audit`` applies ``ignore_paths``.)
+    """
+    by = by or {}
+    extra = "".join(f", {expr} as {name}" for name, expr in by.items())
+    extra_by = "".join(f", {expr}" for expr in by.values())
+    return query_groups(
+        ctx,
+        f"""select {SOURCE_SQL} as source, method, status, {target} as target{extra},
+                   {GROUP_AGGREGATES}
+            from {RESPONSES}
+            where {where}
+            group by {SOURCE_SQL}, method, status, {target}{extra_by}""",
+        params,
+        keys=by,
+        keep=keep,
+        fold=True,
+    )
 
 
 _CLIENTS = (
@@ -94,6 +250,7 @@ _CLIENTS = (
 )
 
 
+@lru_cache(maxsize=4096)
 def client_name(user_agent: str | None) -> str:
     """A short client name from a User-Agent: ``httpx 0.28.1``, ``curl 7.88.1``, ``Chromium``."""
     if not user_agent:
@@ -153,12 +310,13 @@ def finding(
     *,
     severity: Severity | None = None,
     spec: str | None = None,
-    example_chain_id: int | None = None,
 ) -> Finding:
-    """A ``Finding`` for one group, with the rule's registered title, severity and spec."""
+    """A ``Finding`` for one group, with the rule's registered title, severity and spec;
+    the example chain is the group's, else the chain its example request is a hop of."""
     registered = REGISTRY[rule_id]
-    if example_chain_id is None:
-        example_chain_id = group.example_chain_id
+    if group.targets > 1:
+        message += f" ({plural(group.targets, 'distinct target')} from this source.)"
+    example_chain_id = group.example_chain_id
     if example_chain_id is None:
         example_chain_id = chain_of_request(ctx, group.example_request_id)
     return Finding(
@@ -178,3 +336,11 @@ def finding(
         example_request_id=group.example_request_id,
         example_chain_id=example_chain_id,
     )
+
+
+def framework_fix(group: Group, *, starlette: str, django: str, litestar: str) -> str:
+    """The fix in the recorded framework's terms: Starlette/FastAPI when a route
+    template was recorded (only they expose one), else all three."""
+    if group.starlette:
+        return f"Starlette/FastAPI: {starlette}"
+    return f"Starlette/FastAPI: {starlette} Django: {django} Litestar: {litestar}"

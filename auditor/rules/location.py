@@ -2,8 +2,7 @@
 
 Each rule is one grouped SQL query over the recorded responses (the WHERE clause
 reads as the rule), plus, for the rules that must parse URLs, a little Python
-over the redirect subset only. This module also holds the grouping helpers the
-permanence and status families share (``grouped_requests``, ``make_finding``).
+over the redirect subset only (``_groups.grouped_requests``).
 """
 
 from __future__ import annotations
@@ -11,27 +10,13 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-from collections.abc import Callable, Iterable, Iterator
-from copy import copy
-from dataclasses import dataclass, field
-from functools import lru_cache
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from auditor.rows import parse_forwarded
-from auditor.rules._groups import chain_of_request, client_name, plural
-from auditor.rules.base import (
-    REGISTRY,
-    SOURCE_SQL,
-    AuditContext,
-    Finding,
-    Severity,
-    rule,
-)
-
-# One (source, method, status) answering more distinct targets than this (say a
-# route template redirecting every id somewhere else) becomes one finding.
-MAX_TARGETS_PER_SOURCE = 20
+from auditor.rules._groups import Group, finding, framework_fix, grouped_requests
+from auditor.rules.base import AuditContext, Finding, rule
 
 # Statuses on which a Location means something (RFC 9110 §10.2.2): 201 names the
 # created resource, every 3xx the redirect target (300: the preferred choice), and
@@ -40,217 +25,6 @@ LOCATION_STATUSES_OUTSIDE_3XX = (201, 202)
 
 # Host names that only resolve inside a private network.
 INTERNAL_SUFFIXES = (".localhost", ".local", ".internal", ".lan", ".home.arpa", ".localdomain")
-
-
-# ---------------------------------------------------------------------------
-# Grouping helpers shared by the location, permanence and status families
-# ---------------------------------------------------------------------------
-
-
-@dataclass
-class RequestGroup:
-    """Requests sharing (source, method, status, target), as one finding sees them."""
-
-    source: str
-    method: str
-    status: int
-    target: str | None
-    hits: int
-    first_seen: float
-    last_seen: float
-    example_request_id: int
-    example_url: str
-    user_agent: str | None
-    starlette: bool  # a route template was recorded: the app is Starlette/FastAPI
-    targets: int = 1  # distinct targets folded into this group
-    keys: dict[str, Any] = field(default_factory=dict)  # extra group-by values
-
-    def seen(self) -> str:
-        """'3 requests, e.g. GET http://host/x from curl/8.0'."""
-        text = f"{plural(self.hits, 'request')}, e.g. {self.method} {self.example_url}"
-        return f"{text} from {_client_name(self.user_agent)}" if self.user_agent else text
-
-
-_client_name = lru_cache(maxsize=4096)(client_name)
-
-
-# Every rule here reads one small subset of ``requests``: the responses that carry a
-# Location or a redirect code, bodies where none may be, and DELETEs answered 200.
-# It is copied once per audit connection (one scan of ``requests``), so each rule is
-# a quick grouped query over the subset instead of its own scan of every request.
-RESPONSES = "audit_responses"
-RESPONSES_SQL = f"""
-create temp table {RESPONSES} as
-select id, started_at, method, scheme, host, path, query, url, route, status,
-       location, location_url, locations, response_body_size, response_complete,
-       cache_control, expires, x_forwarded_proto, x_forwarded_host, forwarded,
-       server_scheme, server_host, server_addr, user_agent
-from requests
-where location is not null
-   or status in (300, 301, 302, 303, 305, 306, 307, 308)
-   or (status in (204, 304) and response_body_size > 0)
-   or (method = 'DELETE' and status = 200)
-"""
-
-
-def ensure_responses(ctx: AuditContext) -> None:
-    """Build (or rebuild, when requests were added since) the temp subset table."""
-    conn = ctx.conn
-    newest = conn.execute("select coalesce(max(id), 0) from requests").fetchone()[0]
-    built = conn.execute(
-        "select 1 from temp.sqlite_master where type = 'table' and name = ?", (f"{RESPONSES}_of",)
-    ).fetchone()
-    if built and conn.execute(f"select max_id from temp.{RESPONSES}_of").fetchone()[0] == newest:
-        return
-    conn.execute(f"drop table if exists temp.{RESPONSES}")
-    conn.execute(f"drop table if exists temp.{RESPONSES}_of")
-    conn.execute(RESPONSES_SQL)
-    conn.execute(f"create index temp.{RESPONSES}_id on {RESPONSES}(id)")
-    conn.execute(f"create temp table {RESPONSES}_of as select ? as max_id", (newest,))
-
-
-# The aggregate columns every grouped rule query selects after its group key.
-GROUP_AGGREGATES = """count(*) as hits, min(started_at) as first_seen,
-    max(started_at) as last_seen, min(id) as example_request_id,
-    max(route is not null) as starlette"""
-
-
-def query_groups(
-    ctx: AuditContext, grouped_sql: str, params: Iterable[Any] = (), keys: Iterable[str] = ()
-) -> list[RequestGroup]:
-    """Run a rule's grouped query (source, method, status, target, ``keys``...,
-    GROUP_AGGREGATES) over ``audit_responses`` and attach each group's example
-    request URL and client."""
-    ensure_responses(ctx)
-    rows = ctx.query(
-        f"""select g.*, r.url as example_url, r.user_agent as example_user_agent
-            from ({grouped_sql}) as g
-            join {RESPONSES} as r on r.id = g.example_request_id""",
-        params,
-    )
-    return [
-        RequestGroup(
-            source=row["source"],
-            method=row["method"],
-            status=row["status"],
-            target=row["target"],
-            hits=row["hits"],
-            first_seen=row["first_seen"],
-            last_seen=row["last_seen"],
-            example_request_id=row["example_request_id"],
-            example_url=row["example_url"],
-            user_agent=row["example_user_agent"],
-            starlette=bool(row["starlette"]),
-            keys={name: row[name] for name in keys},
-        )
-        for row in rows
-    ]
-
-
-def grouped_requests(
-    ctx: AuditContext,
-    where: str,
-    params: Iterable[Any] = (),
-    *,
-    target: str = "location_url",
-    by: dict[str, str] | None = None,
-    keep: Callable[[RequestGroup], bool] | None = None,
-) -> list[RequestGroup]:
-    """Responses (``audit_responses``) matching ``where``, grouped by (source, method,
-    status, target).
-
-    ``by`` adds group-by expressions whose values a ``keep`` filter can inspect
-    (Python over the matching subset only); kept groups are then merged back to
-    (source, method, status, target). (``audit`` applies ``ignore_paths``.)
-    """
-    by = by or {}
-    extra = "".join(f", {expr} as {name}" for name, expr in by.items())
-    extra_by = "".join(f", {expr}" for expr in by.values())
-    groups = query_groups(
-        ctx,
-        f"""select {SOURCE_SQL} as source, method, status, {target} as target{extra},
-                   {GROUP_AGGREGATES}
-            from audit_responses
-            where {where}
-            group by {SOURCE_SQL}, method, status, {target}{extra_by}""",
-        params,
-        by,
-    )
-    if keep is not None:
-        groups = [g for g in groups if keep(g)]
-    return merge_groups(groups)
-
-
-def merge_groups(groups: list[RequestGroup]) -> list[RequestGroup]:
-    """Merge groups with equal (source, method, status, target); fold a source with
-    more than MAX_TARGETS_PER_SOURCE targets into one group with target None."""
-    merged: dict[tuple[Any, ...], RequestGroup] = {}
-    for group in sorted(groups, key=lambda g: g.example_request_id):
-        key = (group.source, group.method, group.status, group.target)
-        merged[key] = _combine(merged[key], group) if key in merged else copy(group)
-    per_source: dict[tuple[Any, ...], list[RequestGroup]] = {}
-    for group in merged.values():
-        per_source.setdefault((group.source, group.method, group.status), []).append(group)
-    result = []
-    for same_source in per_source.values():
-        if len(same_source) <= MAX_TARGETS_PER_SOURCE:
-            result.extend(same_source)
-            continue
-        folded = same_source[0]
-        for group in same_source[1:]:
-            folded = _combine(folded, group)
-        folded.target, folded.targets = None, len(same_source)
-        result.append(folded)
-    return sorted(result, key=lambda g: (-g.hits, g.source, g.method, g.status))
-
-
-def _combine(first: RequestGroup, other: RequestGroup) -> RequestGroup:
-    # ``first`` holds the lower example id (groups are merged in id order).
-    first.hits += other.hits
-    first.first_seen = min(first.first_seen, other.first_seen)
-    first.last_seen = max(first.last_seen, other.last_seen)
-    first.starlette = first.starlette or other.starlette
-    return first
-
-
-def make_finding(
-    ctx: AuditContext,
-    rule_id: str,
-    group: RequestGroup,
-    message: str,
-    recommendation: str,
-    *,
-    severity: Severity | None = None,
-) -> Finding:
-    """A Finding for ``group`` with the registered rule's severity, title and spec."""
-    registered = REGISTRY[rule_id]
-    if group.targets > 1:
-        message += f" ({plural(group.targets, 'distinct target')} from this source.)"
-    return Finding(
-        rule=rule_id,
-        severity=severity or registered.severity,
-        title=registered.title,
-        message=message,
-        recommendation=recommendation,
-        spec=registered.spec,
-        method=group.method,
-        status=group.status,
-        source=group.source,
-        target=group.target,
-        hits=group.hits,
-        first_seen=group.first_seen,
-        last_seen=group.last_seen,
-        example_request_id=group.example_request_id,
-        example_chain_id=chain_of_request(ctx, group.example_request_id),
-    )
-
-
-def framework_fix(group: RequestGroup, *, starlette: str, django: str, litestar: str) -> str:
-    """The fix in the recorded framework's terms: Starlette/FastAPI when a route
-    template was recorded (only they expose one), else all three."""
-    if group.starlette:
-        return f"Starlette/FastAPI: {starlette}"
-    return f"Starlette/FastAPI: {starlette} Django: {django} Litestar: {litestar}"
 
 
 # ---------------------------------------------------------------------------
@@ -338,7 +112,7 @@ def missing_location(ctx: AuditContext) -> Iterator[Finding]:
         "status in (301, 302, 303, 307, 308) and (location is null or trim(location) = '')",
         target="null",
     ):
-        yield make_finding(
+        yield finding(
             ctx,
             "missing-location",
             group,
@@ -427,7 +201,7 @@ def invalid_location(ctx: AuditContext) -> Iterator[Finding]:
     ):
         problem = location_problem(group.target or "", **group.keys) or ""
         clients = next(text for start, text in CLIENTS_ON_PROBLEM.items() if start in problem)
-        yield make_finding(
+        yield finding(
             ctx,
             "invalid-location",
             group,
@@ -461,7 +235,7 @@ def location_on_non_redirect(ctx: AuditContext) -> Iterator[Finding]:
         f"location is not null and status not between 300 and 399 and status not in ({meaningful})",
         target="coalesce(location_url, location)",
     ):
-        yield make_finding(
+        yield finding(
             ctx,
             "location-on-non-redirect",
             group,
@@ -513,7 +287,7 @@ def scheme_downgrade(ctx: AuditContext) -> Iterator[Finding]:
             if behind_proxy
             else "The app itself received https and still redirected to http://."
         )
-        yield make_finding(
+        yield finding(
             ctx,
             "scheme-downgrade",
             group,
@@ -575,7 +349,7 @@ def internal_host_leak(ctx: AuditContext) -> Iterator[Finding]:
         keep=lambda g: leaked_host(g.keys["location"], g.keys) is not None,
     ):
         asked = asked_host(group.keys) or "(no Host)"
-        yield make_finding(
+        yield finding(
             ctx,
             "internal-host-leak",
             group,
@@ -632,7 +406,7 @@ def open_redirect(ctx: AuditContext) -> Iterator[Finding]:
         "server_host": "server_host",
     }
 
-    def from_request(g: RequestGroup) -> bool:
+    def from_request(g: Group) -> bool:
         k = g.keys
         return target_from_request(k["location"], k["req_path"], k["req_query"], k)
 
@@ -646,7 +420,7 @@ def open_redirect(ctx: AuditContext) -> Iterator[Finding]:
         keep=from_request,
     ):
         site = browser_location_host(group.keys["location"])
-        yield make_finding(
+        yield finding(
             ctx,
             "open-redirect",
             group,

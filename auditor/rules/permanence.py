@@ -14,16 +14,16 @@ from collections.abc import Iterator
 from dataclasses import replace
 from email.utils import parsedate_to_datetime
 
-from auditor.rules.base import SOURCE_SQL, AuditContext, Finding, rule
-from auditor.rules.location import (
+from auditor.rules._groups import (
     GROUP_AGGREGATES,
-    RequestGroup,
+    Group,
+    finding,
     framework_fix,
     grouped_requests,
-    make_finding,
     plural,
     query_groups,
 )
+from auditor.rules.base import SOURCE_SQL, AuditContext, Finding, rule
 
 FAMILY = "permanence"
 DAY = 86400.0
@@ -70,7 +70,7 @@ def freshness_lifetime(cache_control: str | None, expires: str | None, at: float
         return 0.0
 
 
-def caching_fix(group: RequestGroup, status: int, header: str) -> str:
+def caching_fix(group: Group, status: int, header: str) -> str:
     return framework_fix(
         group,
         starlette=f"RedirectResponse(url, status_code={status}, headers="
@@ -107,7 +107,7 @@ def temporary_looks_permanent(ctx: AuditContext) -> Iterator[Finding]:
     for group in groups:
         permanent = 308 if group.status == 307 or group.method not in ("GET", "HEAD") else 301
         span = group.last_seen - group.first_seen
-        yield make_finding(
+        yield finding(
             ctx,
             "temporary-looks-permanent",
             group,
@@ -149,7 +149,7 @@ def permanent_target_changed(ctx: AuditContext) -> Iterator[Finding]:
             where r.status in (301, 308) and r.location_url is not null
             group by {SOURCE_SQL}, r.method, r.status, r.location_url""",
     )
-    per_source: dict[tuple[str, str], list[RequestGroup]] = {}
+    per_source: dict[tuple[str, str], list[Group]] = {}
     for group in sorted(groups, key=lambda g: g.first_seen):
         per_source.setdefault((group.source, group.method), []).append(group)
     for history in per_source.values():
@@ -159,7 +159,7 @@ def permanent_target_changed(ctx: AuditContext) -> Iterator[Finding]:
             f"{_day(g.first_seen)} to {_day(g.last_seen)})"
             for g in history[:5]
         )
-        example = min(history, key=lambda g: g.example_request_id)
+        example = min(history, key=lambda g: g.example_request_id or 0)
         combined = replace(
             example,
             status=newest.status,
@@ -167,9 +167,9 @@ def permanent_target_changed(ctx: AuditContext) -> Iterator[Finding]:
             hits=sum(g.hits for g in history),
             first_seen=min(g.first_seen for g in history),
             last_seen=max(g.last_seen for g in history),
-            starlette=any(g.starlette for g in history),
+            route=next((g.route for g in history if g.route), None),
         )
-        yield make_finding(
+        yield finding(
             ctx,
             "permanent-target-changed",
             combined,
@@ -213,7 +213,7 @@ def legacy_302(ctx: AuditContext) -> Iterator[Finding]:
                 f"repeat it with its body, httpx and requests send a GET without it."
             )
             fix_status = 307
-        yield make_finding(
+        yield finding(
             ctx,
             "legacy-302",
             group,
@@ -251,7 +251,7 @@ def permanent_without_cache_control(ctx: AuditContext) -> Iterator[Finding]:
                     and cache_control not like '%no-store%'
                     and cache_control not like '%no-cache%'))""",
     ):
-        yield make_finding(
+        yield finding(
             ctx,
             "permanent-without-cache-control",
             group,
@@ -277,7 +277,7 @@ def temporary_with_long_cache(ctx: AuditContext) -> Iterator[Finding]:
     """302/307 whose max-age, s-maxage or Expires exceeds options.long_cache_seconds."""
     limit = ctx.options.long_cache_seconds
 
-    def cached_long(group: RequestGroup) -> bool:
+    def cached_long(group: Group) -> bool:
         # first_seen is the group's earliest response: the longest Expires lifetime.
         k = group.keys
         k["lifetime"] = freshness_lifetime(k["cache_control"], k["expires"], group.first_seen)
@@ -296,7 +296,7 @@ def temporary_with_long_cache(ctx: AuditContext) -> Iterator[Finding]:
             for name, value in (("Cache-Control", k["cache_control"]), ("Expires", k["expires"]))
             if value
         )
-        yield make_finding(
+        yield finding(
             ctx,
             "temporary-with-long-cache",
             group,
@@ -326,7 +326,7 @@ def deprecated_status(ctx: AuditContext) -> Iterator[Finding]:
             if group.status == 305
             else "306 is reserved and means nothing"
         )
-        yield make_finding(
+        yield finding(
             ctx,
             "deprecated-status",
             group,

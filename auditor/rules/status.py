@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from auditor.rules._groups import finding, framework_fix, grouped_requests
 from auditor.rules.base import AuditContext, Finding, rule
-from auditor.rules.location import framework_fix, grouped_requests, make_finding
 
 FAMILY = "status"
 
@@ -26,7 +26,7 @@ def delete_200_no_content(ctx: AuditContext) -> Iterator[Finding]:
            and response_body_size = 0 and response_complete = 1""",
         target="null",
     ):
-        yield make_finding(
+        yield finding(
             ctx,
             "delete-200-no-content",
             group,
@@ -60,7 +60,7 @@ def body_on_no_content(ctx: AuditContext) -> Iterator[Finding]:
     for group in grouped_requests(
         ctx, "status in (204, 304) and response_body_size > 0", target="null"
     ):
-        yield make_finding(
+        yield finding(
             ctx,
             "body-on-no-content",
             group,
