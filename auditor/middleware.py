@@ -8,7 +8,7 @@ writer thread (``writer.py``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from pathlib import Path
 from time import time
 from typing import Literal
@@ -44,7 +44,9 @@ class Exchange:
         self.error: BaseException | None = None
         self._send = send
 
-    async def send(self, message: Message) -> None:
+    def send(self, message: Message) -> Awaitable[None]:
+        # A plain function returning the server's awaitable (ASGI allows any awaitable):
+        # no coroutine frame of our own per message.
         kind = message["type"]
         if kind == "http.response.body":
             self.body_size += len(message.get("body", b""))
@@ -58,7 +60,7 @@ class Exchange:
                 headers = list(headers)
                 message = {**message, "headers": headers}
             self.headers = headers
-        await self._send(message)
+        return self._send(message)
 
 
 class RedirectRecorder:
