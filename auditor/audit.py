@@ -99,7 +99,6 @@ def audit(
         _commit(conn)
 
         conn.row_factory = sqlite3.Row
-        conn.execute("drop table if exists temp.audit_hop_chain")
         ctx = AuditContext(conn, options)
         findings: list[Finding] = []
         rule_errors: dict[str, str] = {}

@@ -62,14 +62,16 @@ class StaticPath:
         return len(self.statuses)
 
 
-def redirect_edges(conn: sqlite3.Connection) -> list[RedirectEdge]:
-    """Every distinct (method, source URL, status, target URL) redirect, most hit first."""
+def redirect_edges(conn: sqlite3.Connection, *, table: str = "requests") -> list[RedirectEdge]:
+    """Every distinct (method, source URL, status, target URL) redirect, most hit first.
+
+    ``table`` may name a subset of ``requests`` holding at least its redirects."""
     cursor = conn.cursor()
     cursor.row_factory = None
     rows = cursor.execute(
         f"""select method, url, status, location_url, count(*), min(id),
                    min(started_at), max(started_at)
-            from requests
+            from {table}
             where {REDIRECT_SQL} and location_url is not null
             group by method, url, status, location_url
             order by count(*) desc, min(id)"""

@@ -129,6 +129,32 @@ def _row_group(row: sqlite3.Row, columns: set[str], keys: Iterable[str]) -> Grou
     return group
 
 
+def _add_row(group: Group, row: sqlite3.Row, columns: set[str], keys: tuple[str, ...]) -> None:
+    """``Group.add`` for one more row of the same group, without building a Group for it."""
+    hits = int(row["hits"])
+    group.hits += hits
+    group.first_seen = min(group.first_seen, row["first_seen"])
+    group.last_seen = max(group.last_seen, row["last_seen"])
+    example = row["example_request_id"]
+    if group.example_request_id is None or example < group.example_request_id:
+        group.example_request_id = example
+        group.keys = {name: row[name] for name in keys}
+        if "example_url" in columns:
+            group.example_url = row["example_url"]
+        if "example_user_agent" in columns:
+            group.user_agent = row["example_user_agent"]
+    if "user_agent" in columns:
+        group.agents[client_name(row["user_agent"])] += hits
+    if "extra" in columns and row["extra"] is not None:
+        group.extra[row["extra"]] += hits
+    if "route" in columns and row["route"] and not group.route:
+        group.route = row["route"]
+    if "example_chain_id" in columns:
+        chain = row["example_chain_id"]
+        if chain is not None and (group.example_chain_id is None or chain < group.example_chain_id):
+            group.example_chain_id = chain
+
+
 def collect(
     rows: Iterable[sqlite3.Row],
     *,
@@ -144,16 +170,20 @@ def collect(
     """
     keys = tuple(keys)
     groups: dict[tuple[Any, ...], Group] = {}
-    columns: set[str] | None = None
+    columns: set[str] = set()
     for row in rows:
-        if columns is None:
+        if not columns:
             columns = set(row.keys())
+        key = (row["source"], row["method"], row["status"], row["target"])
+        existing = groups.get(key)
+        if keep is None and existing is not None:
+            _add_row(existing, row, columns, keys)
+            continue
         group = _row_group(row, columns, keys)
         if keep is not None and not keep(group):
             continue
-        key = (group.source, group.method, group.status, group.target)
-        if key in groups:
-            groups[key].add(group)
+        if existing is not None:
+            existing.add(group)
         else:
             groups[key] = group
     result = list(groups.values())
@@ -279,26 +309,20 @@ def plural(count: int, word: str, suffix: str = "s") -> str:
 
 
 def chain_of_request(ctx: AuditContext, request_id: int | None) -> int | None:
-    """The id of the chain a request is a hop of (via a per-connection temp index)."""
+    """The id of the (first) chain a request is a hop of, read once per audit context."""
     if request_id is None:
         return None
-    conn = ctx.conn
-    exists = conn.execute(
-        "select 1 from temp.sqlite_master where type = 'table' and name = 'audit_hop_chain'"
-    ).fetchone()
-    if not exists:
-        conn.execute(
-            """create temp table audit_hop_chain as
-               select cast(json_extract(j.value, '$.request_id') as integer) as request_id,
-                      min(c.id) as chain_id
-               from chains c, json_each(c.hops) j
-               group by 1"""
+    hop_chain = ctx.cache.get("hop_chain")
+    if hop_chain is None:
+        hop_chain = ctx.cache["hop_chain"] = dict(
+            ctx.conn.execute(
+                """select cast(json_extract(j.value, '$.request_id') as integer), min(c.id)
+                   from chains c, json_each(c.hops) j
+                   group by 1"""
+            ).fetchall()
         )
-        conn.execute("create index temp.audit_hop_chain_request on audit_hop_chain(request_id)")
-    row = conn.execute(
-        "select chain_id from temp.audit_hop_chain where request_id = ?", (request_id,)
-    ).fetchone()
-    return int(row[0]) if row else None
+    chain = hop_chain.get(request_id)
+    return None if chain is None else int(chain)
 
 
 def finding(

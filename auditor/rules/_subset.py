@@ -24,6 +24,7 @@ select id, started_at, method, scheme, host, path, query, url, route, status,
        0 as followed
 from requests
 where location is not null
+   or location_url is not null
    or status in (300, 301, 302, 303, 305, 306, 307, 308)
    or (status in (204, 304) and response_body_size > 0)
    or (method = 'DELETE' and status = 200)

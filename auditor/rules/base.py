@@ -80,6 +80,8 @@ class AuditContext:
 
     conn: sqlite3.Connection  # row_factory = sqlite3.Row; chains and follow_up_of are filled
     options: AuditOptions = field(default_factory=AuditOptions)
+    # What several rules of one audit share (e.g. the static redirect graph), by name.
+    cache: dict[str, Any] = field(default_factory=dict)
 
     def query(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
         """Run an analysis query over the ``requests`` / ``chains`` tables."""

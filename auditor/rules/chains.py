@@ -20,6 +20,7 @@ from auditor.rules._groups import (
     plural,
     source_sql,
 )
+from auditor.rules._subset import RESPONSES, ensure_responses
 from auditor.rules.base import AuditContext, Finding, rule
 from auditor.rules.method import short
 
@@ -83,11 +84,20 @@ def _static(ctx: AuditContext, path: graph.StaticPath, target: str) -> StaticPat
     return StaticPath(path.urls, path.length, group)
 
 
+def redirect_edges(ctx: AuditContext) -> list[graph.RedirectEdge]:
+    """The static redirect graph's edges, read once per audit from the redirect subset."""
+    edges = ctx.cache.get("redirect_edges")
+    if edges is None:
+        ensure_responses(ctx)
+        edges = ctx.cache["redirect_edges"] = graph.redirect_edges(ctx.conn, table=RESPONSES)
+    return list(edges)
+
+
 def static_chains(ctx: AuditContext, min_length: int) -> list[StaticPath]:
     """Chains of at least ``min_length`` redirects in the static graph (not loops)."""
     return [
         _static(ctx, path, path.urls[-1])
-        for path in graph.static_chains(ctx.conn, min_length)
+        for path in graph.static_chains(ctx.conn, min_length, edges=redirect_edges(ctx))
         if path.urls[-1] not in path.urls[:-1]
     ]
 
@@ -95,7 +105,8 @@ def static_chains(ctx: AuditContext, min_length: int) -> list[StaticPath]:
 def static_loops(ctx: AuditContext) -> list[StaticPath]:
     """Cycles of the static redirect graph, the target being the first hop's Location."""
     return [
-        _static(ctx, path, path.urls[1 % len(path.urls)]) for path in graph.static_loops(ctx.conn)
+        _static(ctx, path, path.urls[1 % len(path.urls)])
+        for path in graph.static_loops(ctx.conn, edges=redirect_edges(ctx))
     ]
 
 
@@ -202,11 +213,12 @@ def loop_fix(group: Group, urls: list[str]) -> str:
 )
 def self_redirect(ctx: AuditContext) -> Iterator[Finding]:
     """The Location resolves to the request's own URL."""
+    ensure_responses(ctx)
     groups = collect(
         ctx.query(
             f"""select {group_columns("r")}, r.user_agent as user_agent,
                        max(coalesce(r.x_forwarded_proto, r.forwarded)) as extra
-                from requests r
+                from {RESPONSES} r
                 where r.status between 300 and 399 and r.location_url = r.url
                 group by 1, 2, 3, 4, r.user_agent"""
         )
@@ -284,16 +296,29 @@ def redirect_to_error(ctx: AuditContext) -> Iterator[Finding]:
 def unfollowed_redirect(ctx: AuditContext) -> Iterator[Finding]:
     """Same-site redirects that most clients never followed (``unfollowed_ratio``)."""
     options = ctx.options
-    same_site = "r.scheme || '://' || r.host || '/'"
+
+    def same_site_redirects(r: str) -> str:
+        same_site = f"{r}.scheme || '://' || {r}.host || '/'"
+        return f"""{r}.status in {REDIRECT_STATUSES} and {r}.location_url is not null
+                   and {r}.location_url != {r}.url
+                   and substr({r}.location_url, 1, length({same_site})) = {same_site}"""
+
+    ensure_responses(ctx)
+    # SQL keeps the mostly unfollowed (source, method, status, target) only; then the
+    # clients of those few are counted.
     groups = collect(
         ctx.query(
-            f"""select {group_columns("r")}, r.user_agent as user_agent,
-                       exists(select 1 from requests f where f.follow_up_of = r.id) as extra
-                from requests r
-                where r.status in {REDIRECT_STATUSES} and r.location_url is not null
-                  and r.location_url != r.url
-                  and substr(r.location_url, 1, length({same_site})) = {same_site}
-                group by 1, 2, 3, 4, r.user_agent, extra"""
+            f"""select {group_columns("r")}, r.user_agent as user_agent, r.followed as extra
+                from {RESPONSES} r
+                where {same_site_redirects("r")}
+                  and ({source_sql("r")}, r.method, r.status, r.location_url) in (
+                    select {source_sql("u")}, u.method, u.status, u.location_url
+                    from {RESPONSES} u
+                    where {same_site_redirects("u")}
+                    group by 1, 2, 3, 4
+                    having count(*) >= ? and sum(u.followed = 0) >= ? * count(*))
+                group by 1, 2, 3, 4, r.user_agent, extra""",
+            (options.unfollowed_min_hits, options.unfollowed_ratio),
         )
     )
     for g in groups:

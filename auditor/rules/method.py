@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from auditor.rules._groups import Group, collect, describe_agents, finding, group_columns, plural
+from auditor.rules._subset import FOLLOW_UPS, RESPONSES, ensure_responses
 from auditor.rules.base import AuditContext, Finding, Severity, rule
 from auditor.urls import path_and_query
 
@@ -79,11 +80,12 @@ def keep_method_fix(group: Group) -> str:
 
 def follow_ups(ctx: AuditContext, where_sql: str, extra: str = "f.method") -> list[Group]:
     """Redirects ``r`` with a follow-up ``f`` matching ``where_sql``, grouped by ``r``."""
+    ensure_responses(ctx)
     return collect(
         ctx.query(
             f"""select {group_columns("r")}, f.user_agent as user_agent, {extra} as extra,
                        max(r.route) as route
-                from requests f join requests r on r.id = f.follow_up_of
+                from {FOLLOW_UPS} f join {RESPONSES} r on r.id = f.follow_up_of
                 where {where_sql}
                 group by 1, 2, 3, 4, f.user_agent, {extra}"""
         )
@@ -216,10 +218,11 @@ def method_change_broke_request(ctx: AuditContext) -> Iterator[Finding]:
 )
 def ambiguous_method_redirect(ctx: AuditContext) -> Iterator[Finding]:
     """A non-GET/HEAD request got 301/302: clients disagree on what to send next."""
+    ensure_responses(ctx)
     groups = collect(
         ctx.query(
             f"""select {group_columns("r")}, r.user_agent as user_agent, max(r.route) as route
-                from requests r
+                from {RESPONSES} r
                 where r.status in (301, 302) and r.method not in ('GET', 'HEAD')
                 group by 1, 2, 3, 4, r.user_agent"""
         )
@@ -258,11 +261,13 @@ _QUERY = "case when instr({0}, '?') then substr({0}, instr({0}, '?')) else '' en
 def slash_redirect(ctx: AuditContext) -> Iterator[Finding]:
     """A redirect whose target differs from the request URL only by a trailing slash."""
     url_base, loc_base = _BASE.format("r.url"), _BASE.format("r.location_url")
+    ensure_responses(ctx)
     groups = collect(
         ctx.query(
             f"""select {group_columns("r")}, r.user_agent as user_agent,
-                       (select f.route from requests f where f.follow_up_of = r.id limit 1) as route
-                from requests r
+                       (select f.route from {FOLLOW_UPS} f where f.follow_up_of = r.id limit 1)
+                         as route
+                from {RESPONSES} r
                 where r.status between 300 and 399 and r.location_url is not null
                   and {_QUERY.format("r.url")} = {_QUERY.format("r.location_url")}
                   and ({loc_base} = {url_base} || '/' or {url_base} = {loc_base} || '/')
