@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cli import audit, demo, explore, har, probe, prune, run
+from cli import audit, demo, explore, har, merge, probe, prune, run
 
 app = typer.Typer(
     name="redirect-auditor",
@@ -23,6 +23,7 @@ app.command("demo")(demo.demo)
 app.command("import-har")(har.import_har)
 app.command("probe")(probe.probe)
 app.command("prune")(prune.prune_command)
+app.command("merge")(merge.merge_command)
 
 
 def main() -> None:
