@@ -13,6 +13,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 from auditor.audit import AuditResult
 from auditor.audit import audit as run_audit
 from auditor.config import ConfigError, build_options
+from auditor.merge import merge
 from auditor.report import failed, to_json, to_markdown, to_rich
 from auditor.rules.base import Severity, all_rules
 from auditor.schema import SchemaError
@@ -84,6 +85,13 @@ def audit(
         bool,
         typer.Option("--no-config", help="Ignore \\[tool.redirect-auditor] in pyproject.toml."),
     ] = False,
+    combined: Annotated[
+        Path | None,
+        typer.Option(
+            help="Merge the databases (one per host) into this file and audit them together, "
+            "so hops that crossed hosts link; the input files are left as they are."
+        ),
+    ] = None,
 ) -> None:
     """Audit recorded traffic: link follow-up hops, build chains, run every rule, and store
     the findings in the database (replacing the previous run's).
@@ -94,6 +102,8 @@ def audit(
     2 bad input.
 
     Example: redirect-auditor audit traffic.db --fail-on error --format markdown
+
+    Example: redirect-auditor audit web1.db web2.db --combined all.db
     """
     if format not in FORMATS:
         fail(f"--format must be one of {', '.join(FORMATS)}, not {format!r}")
@@ -112,6 +122,12 @@ def audit(
         fail(str(exc))
     for db in dbs:  # check every file before writing to any
         require_traffic_db(db)
+    if combined is not None:
+        try:
+            merge(combined, list(dbs))
+        except (SchemaError, ValueError) as exc:
+            fail(str(exc))
+        dbs = [combined]
 
     results: list[AuditResult] = []
     for db in dbs:

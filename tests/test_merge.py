@@ -101,3 +101,16 @@ def test_merge_cli_reports_what_each_shard_added(
     assert result.exit_code == 0, result.output
     assert "web1.db: 1 new request(s)" in result.output
     assert "2 request(s) in all" in result.output
+
+
+def test_audit_combined_links_hops_across_host_files(
+    two_hosts: tuple[Path, Path], tmp_path: Path
+) -> None:
+    before = [digest(p) for p in two_hosts]
+    out = tmp_path / "all.db"
+    result = CliRunner().invoke(
+        cli_app, ["audit", *map(str, two_hosts), "--combined", str(out), "--format", "json"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "method-changed" in result.output
+    assert [digest(p) for p in two_hosts] == before  # the shards are left as they are
