@@ -16,9 +16,9 @@ from pathlib import Path
 
 from auditor.rows import ROW_COLUMNS
 from auditor.schema import (
+    BUSY_TIMEOUT_MS,
     RECORDER_STATS_COLUMNS,
     check_traffic_db,
-    connect,
     create_private_file,
     ensure_schema,
 )
@@ -54,7 +54,9 @@ def merge(out_path: str | Path, shard_paths: list[str | Path]) -> MergeResult:
     if out.exists():
         check_traffic_db(out)
     create_private_file(out)
-    conn = connect(out)
+    # URI filenames, so each shard can be attached read-only: a read-write attach
+    # would checkpoint the shard's WAL on detach and change its bytes.
+    conn = sqlite3.connect(out.resolve().as_uri(), uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
     try:
         ensure_schema(conn)
         conn.execute(MERGE_KEY_INDEX)
@@ -68,7 +70,7 @@ def merge(out_path: str | Path, shard_paths: list[str | Path]) -> MergeResult:
 def _merge_one(conn: sqlite3.Connection, shard: Path) -> int:
     columns = ", ".join(ROW_COLUMNS)
     stats = ", ".join(RECORDER_STATS_COLUMNS)
-    conn.execute("attach database ? as shard", (str(shard),))
+    conn.execute("attach database ? as shard", (f"{shard.resolve().as_uri()}?mode=ro",))
     try:
         with conn:
             before = conn.total_changes
