@@ -22,6 +22,7 @@ from typing import Any
 
 from auditor import linking, schema
 from auditor.config import build_options, validate
+from auditor.rules import _subset as subset
 from auditor.rules.base import SEVERITIES, AuditContext, AuditOptions, Finding, Severity, all_rules
 
 logger = logging.getLogger(__name__)
@@ -91,12 +92,15 @@ def audit(
     try:
         schema.ensure_schema(conn)
         report("linking follow-up requests", 0, total)
-        linking.link_requests(conn, window=options.link_window)
+        # One scan copies the rows linking, chains and the rules read (see rules._subset).
+        newest = subset.copy_responses(conn)
+        linking.link_requests(conn, window=options.link_window, redirects_from=subset.RESPONSES)
         _refresh_link_statistics(conn)
         _commit(conn)
         report("building chains", 1, total)
-        linking.build_chains(conn)
+        linking.build_chains(conn, redirects_from=subset.RESPONSES)
         _commit(conn)
+        subset.copy_follow_ups(conn, newest)
 
         conn.row_factory = sqlite3.Row
         ctx = AuditContext(conn, options)
@@ -200,7 +204,7 @@ def _store(conn: sqlite3.Connection, result: AuditResult) -> int:
             conn.executemany(
                 f"insert into findings ({', '.join(columns)}) "
                 f"values ({', '.join('?' for _ in columns)})",
-                [tuple(r[c] for c in columns) for r in rows],
+                [tuple(r.values()) for r in rows],  # every row has the same keys, in order
             )
         conn.execute("commit")
     except BaseException:

@@ -97,6 +97,24 @@ def _path(nodes: list[Node], edges: list[RedirectEdge]) -> StaticPath:
     )
 
 
+def _cyclic_part(graph: dict[Node, list[RedirectEdge]]) -> dict[Node, list[RedirectEdge]]:
+    """The graph without the nodes no cycle can pass through: repeatedly drop nodes that
+    have no out-edge left or that no remaining edge points to (most redirects lead to a
+    page that does not redirect, so little is left for Tarjan)."""
+    part = dict(graph)
+    while True:
+        targets = {edge.next_node for out in part.values() for edge in out}
+        kept = {
+            node: [edge for edge in out if edge.next_node in part]
+            for node, out in part.items()
+            if node in targets
+        }
+        kept = {node: out for node, out in kept.items() if out}
+        if len(kept) == len(part):
+            return part
+        part = kept
+
+
 def _components(graph: dict[Node, list[RedirectEdge]]) -> list[list[Node]]:
     """Strongly connected components (iterative Tarjan)."""
     index: dict[Node, int] = {}
@@ -178,7 +196,7 @@ def static_loops(
     Pass ``edges`` from ``redirect_edges`` to reuse them."""
     graph = _graph(redirect_edges(conn) if edges is None else edges)
     loops = []
-    for component in _components(graph):
+    for component in _components(_cyclic_part(graph)):
         members = set(component)
         start = min(component, key=lambda n: (n[1], n[0]))
         if len(component) == 1 and all(e.next_node != start for e in graph.get(start, [])):

@@ -102,14 +102,14 @@ def _latest_free(
     return None
 
 
-def _load_redirects(conn: sqlite3.Connection) -> list[_Redirect]:
+def _load_redirects(conn: sqlite3.Connection, table: str = "requests") -> list[_Redirect]:
     """Redirects with a client and an http(s) target, in order of their end."""
     redirects = []
     for rid, method, ended, client_key, agent, conn_key, location, location_url in _rows(
         conn,
         f"""select id, method, started_at + coalesce(duration_ms, 0) / 1000.0, client_key,
                    user_agent, connection_key, location, location_url
-            from requests
+            from {table}
             where {REDIRECT_SQL} and location_url is not null and client_key is not null""",
     ):
         absolute = location is None or is_absolute_location(location)
@@ -208,14 +208,18 @@ def _writing(conn: sqlite3.Connection, in_callers_transaction: bool) -> Iterator
     conn.commit()
 
 
-def link_requests(conn: sqlite3.Connection, *, window: float = 30.0) -> int:
+def link_requests(
+    conn: sqlite3.Connection, *, window: float = 30.0, redirects_from: str = "requests"
+) -> int:
     """Recompute ``requests.follow_up_of`` for every row; return the number of links.
 
     Updates only that column, inside the caller's transaction if one is open, else
     in a short BEGIN IMMEDIATE transaction of its own that it commits.
+    ``redirects_from`` may name a (temp) copy of the rows of ``requests`` holding at
+    least every redirect, read instead of scanning ``requests`` for them.
     """
     in_callers_transaction = conn.in_transaction
-    redirects = _load_redirects(conn)
+    redirects = _load_redirects(conn, redirects_from)
     candidates = _load_candidates(conn, redirects) if redirects else []
     follow_ups = _match(redirects, candidates, window)
     with _writing(conn, in_callers_transaction):
@@ -321,25 +325,29 @@ def path_text(hops: list[_Hop]) -> str:
     return f"{text}{steps[-1]} —{last.status}→ {target} (not followed)"
 
 
-def build_chains(conn: sqlite3.Connection) -> int:
+def build_chains(conn: sqlite3.Connection, *, redirects_from: str = "requests") -> int:
     """Delete and rebuild ``chains`` from ``follow_up_of``; return the number of chains.
 
     One chain per redirect that is not itself a follow-up, walking its links. Writes
     inside the caller's transaction if one is open, else in its own (see ``_writing``).
+    ``redirects_from`` as for ``link_requests``; follow-ups are read through the
+    ``follow_up_of`` index.
     """
     in_callers_transaction = conn.in_transaction
-    roots: list[_Hop] = []
+    columns = "id, started_at, method, url, status, location_url, client_key"
     next_hop: dict[int, _Hop] = {}
+    follow_ups: set[int] = set()
     for row in _rows(
         conn,
-        f"""select id, started_at, method, url, status, location_url, client_key, follow_up_of
-            from requests where ({REDIRECT_SQL}) or follow_up_of is not null""",
+        f"select {columns}, follow_up_of from requests where follow_up_of is not null",
     ):
-        hop = _Hop(*row[:7])
-        if row[7] is not None:
-            next_hop[row[7]] = hop
-        elif is_redirect(hop.status):
-            roots.append(hop)
+        next_hop[row[7]] = _Hop(*row[:7])
+        follow_ups.add(row[0])
+    roots = [
+        _Hop(*row)
+        for row in _rows(conn, f"select {columns} from {redirects_from} where {REDIRECT_SQL}")
+        if row[0] not in follow_ups
+    ]
     roots.sort(key=lambda hop: (hop.started_at, hop.id))
     known_hosts = KnownHosts(conn)
     chains = []

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from auditor.rules._subset import RESPONSES, ensure_responses
+from auditor.rules._subset import FOLLOW_UPS, RESPONSES, ensure_responses
 from auditor.rules.base import REGISTRY, SOURCE_SQL, AuditContext, Finding, Severity
 
 # One (source, method, status) answering more distinct targets than this (say a
@@ -309,20 +309,29 @@ def plural(count: int, word: str, suffix: str = "s") -> str:
 
 
 def chain_of_request(ctx: AuditContext, request_id: int | None) -> int | None:
-    """The id of the (first) chain a request is a hop of, read once per audit context."""
+    """The id of the chain a request is a hop of.
+
+    Links form disjoint paths (a request follows at most one redirect and a redirect
+    has at most one follow-up), and a chain is the path from its first request: so
+    walk ``follow_up_of`` back to a first request and look up its chain.
+    """
     if request_id is None:
         return None
-    hop_chain = ctx.cache.get("hop_chain")
-    if hop_chain is None:
-        hop_chain = ctx.cache["hop_chain"] = dict(
-            ctx.conn.execute(
-                """select cast(json_extract(j.value, '$.request_id') as integer), min(c.id)
-                   from chains c, json_each(c.hops) j
-                   group by 1"""
-            ).fetchall()
+    if "chain_of_first" not in ctx.cache:
+        ensure_responses(ctx)
+        ctx.cache["chain_of_first"] = dict(
+            ctx.conn.execute("select first_request_id, min(id) from chains group by 1")
         )
-    chain = hop_chain.get(request_id)
-    return None if chain is None else int(chain)
+        ctx.cache["followed"] = dict(ctx.conn.execute(f"select id, follow_up_of from {FOLLOW_UPS}"))
+    chain_of_first: dict[int, int] = ctx.cache["chain_of_first"]
+    followed: dict[int, int] = ctx.cache["followed"]
+    seen = set()
+    while request_id in followed:
+        if request_id in seen:
+            return None  # a cycle of links: no chain starts anywhere on it
+        seen.add(request_id)
+        request_id = followed[request_id]
+    return chain_of_first.get(request_id)
 
 
 def finding(

@@ -1,69 +1,87 @@
-"""The temp subset of ``requests`` every rule reads, copied once per audit connection.
+"""The temp subset of ``requests`` that linking, chains and every rule read.
 
-Rules never rescan the million rows of ``requests``: ``ensure_responses`` copies, in
-one scan, the rows a rule can be about (a Location or a redirect code, bodies where
-none may be, DELETEs answered 200) into ``temp.audit_responses``, with ``followed``
-saying whether some request followed the redirect, and the follow-up requests into
-``temp.audit_follow_ups``. Each rule is then a quick grouped query over the subset.
+Nothing after the first scan rereads the million rows of ``requests``:
+``copy_responses`` copies, in one scan, the rows an audit step can be about (every
+redirect, anything with a Location, bodies where none may be, DELETEs answered 200)
+into ``temp.audit_responses``. After linking, ``copy_follow_ups`` copies the linked
+follow-up requests into ``temp.audit_follow_ups`` and marks each redirect
+``followed``. Each rule is then a quick grouped query over the subset.
 """
 
 from __future__ import annotations
+
+import sqlite3
 
 from auditor.rules.base import AuditContext
 
 RESPONSES = "audit_responses"
 FOLLOW_UPS = "audit_follow_ups"
+_BUILT = f"{RESPONSES}_of"  # the newest request id the subset holds, once complete
 
 RESPONSES_SQL = f"""
 create temp table {RESPONSES} as
-select id, started_at, method, scheme, host, path, query, url, route, status,
+select id, started_at, duration_ms, method, scheme, host, path, query, url, route, status,
        location, location_url, locations, request_body_size, request_body_chunked,
        response_body_size, response_complete, cache_control, expires,
        x_forwarded_proto, x_forwarded_host, forwarded,
-       server_scheme, server_host, server_addr, user_agent,
+       server_scheme, server_host, server_addr, user_agent, client_key, connection_key,
        0 as followed
 from requests
-where location is not null
-   or location_url is not null
-   or status in (300, 301, 302, 303, 305, 306, 307, 308)
-   or (status in (204, 304) and response_body_size > 0)
-   or (method = 'DELETE' and status = 200)
+where id <= ?
+  and (location is not null
+       or location_url is not null
+       or (status between 300 and 399 and status != 304)
+       or (status in (204, 304) and response_body_size > 0)
+       or (method = 'DELETE' and status = 200))
 order by id
 """
 
 FOLLOW_UPS_SQL = f"""
 create temp table {FOLLOW_UPS} as
-select id, follow_up_of, method, status, route, user_agent,
-       request_body_size, request_body_chunked
-from requests indexed by idx_requests_follow_up_of
-where follow_up_of is not null
+select id, follow_up_of, started_at, method, url, status, location_url, client_key, route,
+       user_agent, request_body_size, request_body_chunked
+from requests {{indexed}}
+where follow_up_of is not null and id <= ?
+order by id
 """
 
 
-def ensure_responses(ctx: AuditContext) -> None:
-    """Build (or rebuild, when requests were added since) the temp subset tables."""
-    conn = ctx.conn
-    newest = conn.execute("select coalesce(max(id), 0) from requests").fetchone()[0]
-    built = conn.execute(
-        "select 1 from temp.sqlite_master where type = 'table' and name = ?", (f"{RESPONSES}_of",)
-    ).fetchone()
-    if built and conn.execute(f"select max_id from temp.{RESPONSES}_of").fetchone()[0] == newest:
-        return
-    for table in (RESPONSES, FOLLOW_UPS, f"{RESPONSES}_of"):
+def _newest(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("select coalesce(max(id), 0) from requests").fetchone()[0])
+
+
+def copy_responses(conn: sqlite3.Connection) -> int:
+    """(Re)build ``audit_responses`` (not yet ``followed``); return the newest id it covers."""
+    newest = _newest(conn)
+    for table in (RESPONSES, FOLLOW_UPS, _BUILT):
         conn.execute(f"drop table if exists temp.{table}")
-    conn.execute(RESPONSES_SQL)
+    conn.execute(RESPONSES_SQL, (newest,))
     conn.execute(f"create unique index temp.{RESPONSES}_id on {RESPONSES}(id)")
+    return newest
+
+
+def copy_follow_ups(conn: sqlite3.Connection, newest: int) -> None:
+    """After linking: copy the follow-ups, mark the followed redirects, mark it complete."""
+    conn.execute(f"drop table if exists temp.{FOLLOW_UPS}")
     has_index = conn.execute(
         "select 1 from sqlite_master where type = 'index' and name = 'idx_requests_follow_up_of'"
     ).fetchone()
-    sql = (
-        FOLLOW_UPS_SQL
-        if has_index
-        else FOLLOW_UPS_SQL.replace("indexed by idx_requests_follow_up_of", "")
-    )
-    conn.execute(sql)
+    indexed = "indexed by idx_requests_follow_up_of" if has_index else ""
+    conn.execute(FOLLOW_UPS_SQL.format(indexed=indexed), (newest,))
     conn.execute(f"create index temp.{FOLLOW_UPS}_of on {FOLLOW_UPS}(follow_up_of)")
     conn.execute(
         f"update {RESPONSES} set followed = 1 where id in (select follow_up_of from {FOLLOW_UPS})"
     )
-    conn.execute(f"create temp table {RESPONSES}_of as select ? as max_id", (newest,))
+    conn.execute(f"drop table if exists temp.{_BUILT}")
+    conn.execute(f"create temp table {_BUILT} as select ? as max_id", (newest,))
+
+
+def ensure_responses(ctx: AuditContext) -> None:
+    """Build the subset unless it is complete and no request was added since."""
+    conn = ctx.conn
+    built = conn.execute(
+        "select 1 from temp.sqlite_master where type = 'table' and name = ?", (_BUILT,)
+    ).fetchone()
+    if built and conn.execute(f"select max_id from temp.{_BUILT}").fetchone()[0] == _newest(conn):
+        return
+    copy_follow_ups(conn, copy_responses(conn))

@@ -6,6 +6,7 @@ chains no client followed come from the static redirect graph (``graph.py``).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -59,29 +60,39 @@ class StaticPath:
     group: Group
 
 
-def _static(ctx: AuditContext, path: graph.StaticPath, target: str) -> StaticPath:
-    ids = path.example_request_ids
-    marks = ", ".join("?" for _ in ids)
-    rows = ctx.query(
-        f"""select id, {source_sql("r")} as source, route, user_agent, started_at
-            from requests r where id in ({marks}) order by id""",
-        ids,
-    )
-    first = next((row for row in rows if row["id"] == ids[0]), rows[0])
-    group = Group(
-        source=first["source"],
-        method=path.methods[0],
-        status=path.statuses[0],
-        target=target,
-        hits=path.hits,
-        first_seen=min(row["started_at"] for row in rows),
-        last_seen=max(row["started_at"] for row in rows),
-        example_request_id=ids[0],
-        route=first["route"],
-    )
-    for row in rows:
-        group.agents[client_name(row["user_agent"])] += 1
-    return StaticPath(path.urls, path.length, group)
+def _static(ctx: AuditContext, paths: list[tuple[graph.StaticPath, str]]) -> list[StaticPath]:
+    """Finding groups for static paths (each with its target), their example requests
+    read in one query."""
+    wanted = sorted({i for path, _ in paths for i in path.example_request_ids})
+    ensure_responses(ctx)
+    requests = {
+        row["id"]: row
+        for row in ctx.query(
+            f"""select id, {source_sql("r")} as source, route, user_agent, started_at
+                from {RESPONSES} r where id in (select value from json_each(?))""",
+            (json.dumps(wanted),),
+        )
+    }
+    found = []
+    for path, target in paths:
+        ids = path.example_request_ids
+        rows = [requests[i] for i in sorted(set(ids)) if i in requests]
+        first = requests.get(ids[0], rows[0])
+        group = Group(
+            source=first["source"],
+            method=path.methods[0],
+            status=path.statuses[0],
+            target=target,
+            hits=path.hits,
+            first_seen=min(row["started_at"] for row in rows),
+            last_seen=max(row["started_at"] for row in rows),
+            example_request_id=ids[0],
+            route=first["route"],
+        )
+        for row in rows:
+            group.agents[client_name(row["user_agent"])] += 1
+        found.append(StaticPath(path.urls, path.length, group))
+    return found
 
 
 def redirect_edges(ctx: AuditContext) -> list[graph.RedirectEdge]:
@@ -95,19 +106,25 @@ def redirect_edges(ctx: AuditContext) -> list[graph.RedirectEdge]:
 
 def static_chains(ctx: AuditContext, min_length: int) -> list[StaticPath]:
     """Chains of at least ``min_length`` redirects in the static graph (not loops)."""
-    return [
-        _static(ctx, path, path.urls[-1])
-        for path in graph.static_chains(ctx.conn, min_length, edges=redirect_edges(ctx))
-        if path.urls[-1] not in path.urls[:-1]
-    ]
+    return _static(
+        ctx,
+        [
+            (path, path.urls[-1])
+            for path in graph.static_chains(ctx.conn, min_length, edges=redirect_edges(ctx))
+            if path.urls[-1] not in path.urls[:-1]
+        ],
+    )
 
 
 def static_loops(ctx: AuditContext) -> list[StaticPath]:
     """Cycles of the static redirect graph, the target being the first hop's Location."""
-    return [
-        _static(ctx, path, path.urls[1 % len(path.urls)])
-        for path in graph.static_loops(ctx.conn, edges=redirect_edges(ctx))
-    ]
+    return _static(
+        ctx,
+        [
+            (path, path.urls[1 % len(path.urls)])
+            for path in graph.static_loops(ctx.conn, edges=redirect_edges(ctx))
+        ],
+    )
 
 
 def example_path(group: Group) -> str:

@@ -7,6 +7,7 @@ redirect ``r`` it followed through ``f.follow_up_of``.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import lru_cache
 
 from auditor.rules._groups import Group, collect, describe_agents, finding, group_columns, plural
 from auditor.rules._subset import FOLLOW_UPS, RESPONSES, ensure_responses
@@ -43,6 +44,7 @@ STATUS_SPEC = {
 }
 
 
+@lru_cache(maxsize=65536)
 def short(url: str | None) -> str:
     """A target as a reader wants it: path and query when it is a URL."""
     if not url:
