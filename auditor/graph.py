@@ -15,6 +15,7 @@ from __future__ import annotations
 import sqlite3
 from collections import defaultdict, deque
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from auditor.linking import REDIRECT_SQL, follow_up_method
 
@@ -23,8 +24,7 @@ MAX_CHAIN_HOPS = 64  # static chains stop here (and at any revisited node)
 Node = tuple[str, str]  # (method, url)
 
 
-@dataclass(frozen=True)
-class RedirectEdge:
+class RedirectEdge(NamedTuple):
     """Distinct recorded redirects from one source to one target with one status."""
 
     method: str

@@ -112,7 +112,12 @@ def _load_redirects(conn: sqlite3.Connection, table: str = "requests") -> list[_
             from {table}
             where {REDIRECT_SQL} and location_url is not null and client_key is not null""",
     ):
-        absolute = location is None or is_absolute_location(location)
+        if location is None:
+            absolute = True
+        elif location[:1] == "/" and location[1:2] != "/":
+            absolute = False  # a path, the common case, without the regex
+        else:
+            absolute = is_absolute_location(location)
         if absolute and not location_url.startswith(("http://", "https://")):
             continue  # mailto:, javascript: ... never reach this app
         target = location_url if absolute else split_url(location_url)[1]
@@ -325,6 +330,19 @@ def path_text(hops: list[_Hop]) -> str:
     return f"{text}{steps[-1]} —{last.status}→ {target} (not followed)"
 
 
+_json_string = json.encoder.encode_basestring_ascii  # what json.dumps uses for a str
+
+
+def hops_json(hops: list[_Hop]) -> str:
+    """``json.dumps`` of the hops' request_id, method, url and status, built directly."""
+    items = ", ".join(
+        f'{{"request_id": {h.id}, "method": {_json_string(h.method)}, '
+        f'"url": {_json_string(h.url)}, "status": {"null" if h.status is None else h.status}}}'
+        for h in hops
+    )
+    return f"[{items}]"
+
+
 def build_chains(conn: sqlite3.Connection, *, redirects_from: str = "requests") -> int:
     """Delete and rebuild ``chains`` from ``follow_up_of``; return the number of chains.
 
@@ -365,12 +383,7 @@ def build_chains(conn: sqlite3.Connection, *, redirects_from: str = "requests") 
                 last.id,
                 len(chain) if is_redirect(last.status) else len(chain) - 1,
                 path_text(chain),
-                json.dumps(
-                    [
-                        {"request_id": h.id, "method": h.method, "url": h.url, "status": h.status}
-                        for h in chain
-                    ]
-                ),
+                hops_json(chain),
                 root.url,
                 last.url,
                 last.status,
