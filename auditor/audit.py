@@ -23,6 +23,7 @@ from typing import Any
 from auditor import linking, schema
 from auditor.config import build_options, validate
 from auditor.rules import _subset as subset
+from auditor.rules import chains as chain_rules
 from auditor.rules.base import SEVERITIES, AuditContext, AuditOptions, Finding, Severity, all_rules
 
 logger = logging.getLogger(__name__)
@@ -94,16 +95,21 @@ def audit(
         report("linking follow-up requests", 0, total)
         # One scan copies the rows linking, chains and the rules read (see rules._subset).
         newest = subset.copy_responses(conn)
-        linking.link_requests(conn, window=options.link_window, redirects_from=subset.RESPONSES)
-        _refresh_link_statistics(conn)
+        ctx = AuditContext(conn, options)
+        # The static redirect graph is walked while linking scans for follow-ups, and
+        # chains are built from what linking read while the links are written.
+        walk = None
+        if {"redirect-chain", "redirect-loop"} & {r.id for r in rules}:
+            walk = chain_rules.static_graph_task(ctx)
+        linking.link_and_build_chains(
+            conn, window=options.link_window, redirects_from=subset.RESPONSES, meanwhile=walk
+        )
         _commit(conn)
         report("building chains", 1, total)
-        linking.build_chains(conn, redirects_from=subset.RESPONSES)
-        _commit(conn)
+        _refresh_link_statistics(conn)
         subset.copy_follow_ups(conn, newest)
 
         conn.row_factory = sqlite3.Row
-        ctx = AuditContext(conn, options)
         findings: list[Finding] = []
         rule_errors: dict[str, str] = {}
         for done, registered in enumerate(rules, start=2):

@@ -28,7 +28,8 @@ import json
 import sqlite3
 from bisect import bisect_right
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from operator import attrgetter
@@ -78,8 +79,8 @@ class _Redirect:
 
 
 # A possible follow-up: (started_at, id, method, client_key, user_agent, connection_key,
-# url, path), ordered by time.
-_Candidate = tuple[float, int, str, str, str | None, str | None, str, str]
+# url, path, status, location_url), ordered by time.
+_Candidate = tuple[float, int, str, str, str | None, str | None, str, str, int, str | None]
 
 
 def _latest_free(
@@ -102,16 +103,25 @@ def _latest_free(
     return None
 
 
-def _load_redirects(conn: sqlite3.Connection, table: str = "requests") -> list[_Redirect]:
-    """Redirects with a client and an http(s) target, in order of their end."""
+# Every redirect as read once: a hop of a chain (``_Hop``'s columns first) and what
+# linking needs.
+_REDIRECT_COLUMNS = (
+    "id, started_at, method, url, status, location_url, client_key, "
+    "started_at + coalesce(duration_ms, 0) / 1000.0, user_agent, connection_key, location"
+)
+
+
+def _read_redirects(conn: sqlite3.Connection, table: str) -> list[tuple[Any, ...]]:
+    return list(_rows(conn, f"select {_REDIRECT_COLUMNS} from {table} where {REDIRECT_SQL}"))
+
+
+def _link_redirects(rows: list[tuple[Any, ...]]) -> list[_Redirect]:
+    """The redirects a request can follow: with a client and an http(s) target, in
+    order of their end."""
     redirects = []
-    for rid, method, ended, client_key, agent, conn_key, location, location_url in _rows(
-        conn,
-        f"""select id, method, started_at + coalesce(duration_ms, 0) / 1000.0, client_key,
-                   user_agent, connection_key, location, location_url
-            from {table}
-            where {REDIRECT_SQL} and location_url is not null and client_key is not null""",
-    ):
+    for rid, _, method, _, _, location_url, client_key, ended, agent, conn_key, location in rows:
+        if location_url is None or client_key is None:
+            continue
         if location is None:
             absolute = True
         elif location[:1] == "/" and location[1:2] != "/":
@@ -126,10 +136,21 @@ def _load_redirects(conn: sqlite3.Connection, table: str = "requests") -> list[_
     return redirects
 
 
-def _load_candidates(conn: sqlite3.Connection, redirects: list[_Redirect]) -> list[_Candidate]:
+def _load_redirects(conn: sqlite3.Connection, table: str = "requests") -> list[_Redirect]:
+    """Redirects with a client and an http(s) target, in order of their end."""
+    return _link_redirects(_read_redirects(conn, table))
+
+
+def _load_candidates(
+    conn: sqlite3.Connection,
+    redirects: list[_Redirect],
+    meanwhile: Callable[[], object] | None = None,
+) -> list[_Candidate]:
     """Requests whose (client key, path) is some redirect's target, in time order.
 
-    One scan of ``requests`` with one index probe per row; the rest is compared in Python.
+    One scan of ``requests`` with one index probe per row, as one statement that SQLite
+    runs without Python, so ``meanwhile`` (pure Python, not using ``conn``) runs in
+    another thread during it; the rest is compared in Python.
     """
     conn.execute("create temp table if not exists link_targets (client_key text, path text)")
     conn.execute("delete from temp.link_targets")
@@ -140,18 +161,24 @@ def _load_candidates(conn: sqlite3.Connection, redirects: list[_Redirect]) -> li
     conn.execute(
         "create index if not exists temp.link_targets_key on link_targets (client_key, path)"
     )
+    conn.execute("drop table if exists temp.link_candidates")
+    scan = f"""create temp table link_candidates as
+               select q.started_at, q.id, q.method, q.client_key, q.user_agent,
+                      q.connection_key, q.url, {PATH_SQL}, q.status, q.location_url
+               from requests q
+               where exists (select 1 from temp.link_targets t
+                             where t.client_key = q.client_key and t.path = {PATH_SQL})"""
     try:
-        return sorted(
-            _rows(
-                conn,
-                f"""select q.started_at, q.id, q.method, q.client_key, q.user_agent,
-                           q.connection_key, q.url, {PATH_SQL}
-                    from requests q
-                    where exists (select 1 from temp.link_targets t
-                                  where t.client_key = q.client_key and t.path = {PATH_SQL})""",
-            )
-        )
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            done = pool.submit(meanwhile) if meanwhile is not None else None
+            try:
+                conn.execute(scan)
+            finally:
+                if done is not None:
+                    done.result()  # before reading rows: both would want the GIL per row
+        return sorted(_rows(conn, "select * from temp.link_candidates"))
     finally:
+        conn.execute("drop table if exists temp.link_candidates")
         conn.execute("drop table temp.link_targets")
 
 
@@ -169,7 +196,7 @@ def _match(
     follow_ups: dict[int, int] = {}
 
     def link(q: _Candidate, same_connection: bool) -> bool:
-        started_at, qid, method, client_key, agent, conn_key, url, path = q
+        started_at, qid, method, client_key, agent, conn_key, url, path = q[:8]
         queues, prefix = (by_connection, (conn_key,)) if same_connection else (by_client, ())
         latest = None
         for target in (url, path):
@@ -213,6 +240,55 @@ def _writing(conn: sqlite3.Connection, in_callers_transaction: bool) -> Iterator
     conn.commit()
 
 
+def _compute_links(
+    conn: sqlite3.Connection,
+    window: float,
+    redirects_from: str,
+    meanwhile: Callable[[], object] | None = None,
+) -> tuple[list[tuple[Any, ...]], list[_Candidate], dict[int, int]]:
+    """(redirect rows, candidate rows, follow-up id -> redirect id)."""
+    rows = _read_redirects(conn, redirects_from)
+    redirects = _link_redirects(rows)
+    if redirects:
+        candidates = _load_candidates(conn, redirects, meanwhile)
+    else:
+        candidates = []
+        if meanwhile is not None:
+            meanwhile()
+    return rows, candidates, _match(redirects, candidates, window)
+
+
+def _stage_links(conn: sqlite3.Connection, follow_ups: dict[int, int]) -> None:
+    """Put the links that change (stale ones as null) into ``temp.link_changes``."""
+    current = dict(
+        _rows(conn, "select id, follow_up_of from requests where follow_up_of is not null")
+    )
+    conn.execute(
+        "create temp table if not exists link_changes (id integer primary key, follow_up_of int)"
+    )
+    conn.execute("delete from temp.link_changes")
+    conn.executemany(
+        "insert into temp.link_changes values (?, ?)",
+        sorted(
+            [(q, None) for q in current if q not in follow_ups]
+            + [(q, r) for q, r in follow_ups.items() if current.get(q) != r]
+        ),
+    )
+
+
+def _apply_links(conn: sqlite3.Connection, in_callers_transaction: bool) -> None:
+    """Write the staged links: one statement, which SQLite runs without Python (so another
+    thread may compute meanwhile); re-runs touch few pages."""
+    with _writing(conn, in_callers_transaction):
+        conn.execute(
+            """update requests
+               set follow_up_of = (select c.follow_up_of from temp.link_changes as c
+                                   where c.id = requests.id)
+               where id in (select id from temp.link_changes)"""
+        )
+        conn.execute("delete from temp.link_changes")
+
+
 def link_requests(
     conn: sqlite3.Connection, *, window: float = 30.0, redirects_from: str = "requests"
 ) -> int:
@@ -224,21 +300,42 @@ def link_requests(
     least every redirect, read instead of scanning ``requests`` for them.
     """
     in_callers_transaction = conn.in_transaction
-    redirects = _load_redirects(conn, redirects_from)
-    candidates = _load_candidates(conn, redirects) if redirects else []
-    follow_ups = _match(redirects, candidates, window)
-    with _writing(conn, in_callers_transaction):
-        # Clear then set, writing only the rows whose link changed (re-runs touch few pages).
-        current = dict(
-            _rows(conn, "select id, follow_up_of from requests where follow_up_of is not null")
-        )
-        stale = [(q,) for q in current if q not in follow_ups]
-        conn.executemany("update requests set follow_up_of = null where id = ?", stale)
-        changed = [
-            (follow_ups[q], q) for q in sorted(follow_ups) if current.get(q) != follow_ups[q]
-        ]
-        conn.executemany("update requests set follow_up_of = ? where id = ?", changed)
+    _, _, follow_ups = _compute_links(conn, window, redirects_from)
+    _stage_links(conn, follow_ups)
+    _apply_links(conn, in_callers_transaction)
     return len(follow_ups)
+
+
+def link_and_build_chains(
+    conn: sqlite3.Connection,
+    *,
+    window: float = 30.0,
+    redirects_from: str = "requests",
+    meanwhile: Callable[[], object] | None = None,
+) -> tuple[int, int]:
+    """``link_requests`` then ``build_chains``; return (links, chains).
+
+    The chains come from the rows linking read, not from reading the links back, and
+    are computed (pure Python, another thread) while SQLite writes the links.
+    ``meanwhile``, pure Python work that does not use ``conn``, runs in another thread
+    during the scan for candidate follow-ups.
+    """
+    in_callers_transaction = conn.in_transaction
+    rows, candidates, follow_ups = _compute_links(conn, window, redirects_from, meanwhile)
+    next_hop = {
+        follow_ups[q[1]]: _Hop(q[1], q[0], q[2], q[6], q[8], q[9], q[3])
+        for q in candidates
+        if q[1] in follow_ups
+    }
+    roots = [_Hop(*row[:7]) for row in rows if row[0] not in follow_ups]
+    known_hosts = recorded_hosts(conn)  # read here: the other thread must not use conn
+    _stage_links(conn, follow_ups)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        computing = pool.submit(_chain_rows, roots, next_hop, known_hosts)
+        _apply_links(conn, in_callers_transaction)
+        chains = computing.result()
+    _write_chains(conn, chains, in_callers_transaction)
+    return len(follow_ups), len(chains)
 
 
 # --- chains -------------------------------------------------------------------------
@@ -262,7 +359,7 @@ def follow_up_method(method: str, status: int) -> str:
     return method
 
 
-def chain_outcome(hops: list[_Hop], known_hosts: KnownHosts) -> str:
+def chain_outcome(hops: list[_Hop], known_hosts: Container[str]) -> str:
     """loop (revisits a method and URL), error (ends in 4xx/5xx), completed, external
     (the last Location names a host never recorded) or unfollowed."""
     seen = {(hop.method, hop.url) for hop in hops}
@@ -362,12 +459,18 @@ def build_chains(conn: sqlite3.Connection, *, redirects_from: str = "requests") 
         next_hop[row[7]] = _Hop(*row[:7])
         follow_ups.add(row[0])
     roots = [
-        _Hop(*row)
-        for row in _rows(conn, f"select {columns} from {redirects_from} where {REDIRECT_SQL}")
-        if row[0] not in follow_ups
+        _Hop(*row[:7]) for row in _read_redirects(conn, redirects_from) if row[0] not in follow_ups
     ]
-    roots.sort(key=lambda hop: (hop.started_at, hop.id))
-    known_hosts = KnownHosts(conn)
+    chains = _chain_rows(roots, next_hop, KnownHosts(conn))
+    _write_chains(conn, chains, in_callers_transaction)
+    return len(chains)
+
+
+def _chain_rows(
+    roots: list[_Hop], next_hop: dict[int, _Hop], known_hosts: Container[str]
+) -> list[tuple[Any, ...]]:
+    """One ``chains`` row per root, walking its links, in the roots' time order."""
+    roots = sorted(roots, key=lambda hop: (hop.started_at, hop.id))
     chains = []
     for root in roots:
         chain, visited = [root], {root.id}
@@ -392,6 +495,12 @@ def build_chains(conn: sqlite3.Connection, *, redirects_from: str = "requests") 
                 root.started_at,
             )
         )
+    return chains
+
+
+def _write_chains(
+    conn: sqlite3.Connection, chains: list[tuple[Any, ...]], in_callers_transaction: bool
+) -> None:
     with _writing(conn, in_callers_transaction):
         conn.execute("delete from chains")
         conn.executemany(
@@ -400,4 +509,3 @@ def build_chains(conn: sqlite3.Connection, *, redirects_from: str = "requests") 
                values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
             chains,
         )
-    return len(chains)

@@ -25,7 +25,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from auditor import RedirectRecorder
-from auditor.linking import build_chains, link_requests
+from auditor.linking import build_chains, link_and_build_chains, link_requests
 from tests.servers import serve_in_thread, wait_for
 
 AGENT = "walker/1.0"  # every client below shares it (and 127.0.0.1)
@@ -425,3 +425,34 @@ def test_without_a_transaction_linking_commits_its_own_while_the_recorder_writes
         "/walk/y/0": ids["/walk/y/1"],
     }
     assert other.execute("select count(*) from chains").fetchone()[0] == 1
+
+
+def test_linking_and_chains_in_one_pass_from_a_copy_equal_the_two_steps(traffic: Traffic) -> None:
+    async def client_walks(number: int) -> None:
+        async with traffic.client(follow_redirects=True) as client:
+            for step in range(3):
+                name = "abc"[(number + step) % 3]
+                traffic.walked(await client.get(f"/walk/{name}/{1 + (number + step) % 3}"))
+                traffic.walked(await client.get(f"/abs/{name}"))
+
+    async def main() -> None:
+        await asyncio.gather(*(client_walks(n) for n in range(10)))
+
+    asyncio.run(main())
+    conn = traffic.linked()  # link_requests, then build_chains
+    columns = "first_request_id, last_request_id, length, path_text, hops, outcome, final_url"
+    chains = conn.execute(f"select {columns} from chains order by id").fetchall()
+    conn.execute("update requests set follow_up_of = null")
+    conn.execute("delete from chains")
+    conn.commit()
+    conn.execute("create temp table redirects as select * from requests where status >= 300")
+    walked: list[bool] = []
+    links, built = link_and_build_chains(
+        conn, redirects_from="temp.redirects", meanwhile=lambda: walked.append(True)
+    )
+    assert walked == [True]
+    assert not conn.in_transaction
+    assert links_by_request_id(conn) == traffic.expected
+    assert links == sum(1 for v in traffic.expected.values() if v)
+    assert built == len(chains) > 0
+    assert conn.execute(f"select {columns} from chains order by id").fetchall() == chains

@@ -7,7 +7,7 @@ chains no client followed come from the static redirect graph (``graph.py``).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from auditor import graph
@@ -106,25 +106,37 @@ def redirect_edges(ctx: AuditContext) -> list[graph.RedirectEdge]:
 
 def static_chains(ctx: AuditContext, min_length: int) -> list[StaticPath]:
     """Chains of at least ``min_length`` redirects in the static graph (not loops)."""
+    cached = ctx.cache.get("static_chains")
+    if cached is not None and cached[0] == min_length:
+        paths = cached[1]
+    else:
+        paths = graph.static_chains(ctx.conn, min_length, edges=redirect_edges(ctx))
     return _static(
-        ctx,
-        [
-            (path, path.urls[-1])
-            for path in graph.static_chains(ctx.conn, min_length, edges=redirect_edges(ctx))
-            if path.urls[-1] not in path.urls[:-1]
-        ],
+        ctx, [(path, path.urls[-1]) for path in paths if path.urls[-1] not in path.urls[:-1]]
     )
 
 
 def static_loops(ctx: AuditContext) -> list[StaticPath]:
     """Cycles of the static redirect graph, the target being the first hop's Location."""
-    return _static(
-        ctx,
-        [
-            (path, path.urls[1 % len(path.urls)])
-            for path in graph.static_loops(ctx.conn, edges=redirect_edges(ctx))
-        ],
-    )
+    paths = ctx.cache.get("static_loops")
+    if paths is None:
+        paths = graph.static_loops(ctx.conn, edges=redirect_edges(ctx))
+    return _static(ctx, [(path, path.urls[1 % len(path.urls)]) for path in paths])
+
+
+def static_graph_task(ctx: AuditContext) -> Callable[[], None]:
+    """Read the static graph's edges now (from ``audit_responses``, which must exist) and
+    return the walk for its chains and loops: pure Python, not using the connection, so
+    ``audit`` runs it in another thread while linking scans; the rules reuse its result."""
+    edges = ctx.cache["redirect_edges"] = graph.redirect_edges(ctx.conn, table=RESPONSES)
+    threshold = ctx.options.chain_threshold
+
+    def walk() -> None:
+        found = graph.static_chains(ctx.conn, threshold, edges=edges)  # conn unused with edges
+        ctx.cache["static_chains"] = (threshold, found)
+        ctx.cache["static_loops"] = graph.static_loops(ctx.conn, edges=edges)
+
+    return walk
 
 
 def example_path(group: Group) -> str:
