@@ -91,6 +91,8 @@ def audit(
 
     conn = schema.connect(db_path)
     try:
+        # The audit's temp tables (a copy of the redirects, linking's scratch) in memory.
+        conn.execute("pragma temp_store = memory")
         schema.ensure_schema(conn)
         report("linking follow-up requests", 0, total)
         # One scan copies the rows linking, chains and the rules read (see rules._subset).

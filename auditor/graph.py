@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import sqlite3
 from collections import defaultdict, deque
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from auditor.linking import REDIRECT_SQL, follow_up_method
 
@@ -77,6 +78,27 @@ def redirect_edges(conn: sqlite3.Connection, *, table: str = "requests") -> list
             order by count(*) desc, min(id)"""
     )
     return [RedirectEdge(*row) for row in rows]
+
+
+def edges_from_rows(rows: Iterable[Sequence[Any]]) -> list[RedirectEdge]:
+    """``redirect_edges`` from redirect rows already read: (id, started_at, method, url,
+    status, location_url, ...) of every redirect (3xx but 304)."""
+    grouped: dict[tuple[str, str, int, str], list[Any]] = {}
+    for rid, started_at, method, url, status, location_url, *_ in rows:
+        if location_url is None:
+            continue
+        key = (method, url, status, location_url)
+        group = grouped.get(key)
+        if group is None:
+            grouped[key] = [1, rid, started_at, started_at]
+        else:
+            group[0] += 1
+            group[1] = min(group[1], rid)
+            group[2] = min(group[2], started_at)
+            group[3] = max(group[3], started_at)
+    edges = [RedirectEdge(*key, *group) for key, group in grouped.items()]
+    edges.sort(key=lambda e: (-e.hits, e.example_request_id))
+    return edges
 
 
 def _graph(edges: list[RedirectEdge]) -> dict[Node, list[RedirectEdge]]:

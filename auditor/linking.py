@@ -244,17 +244,18 @@ def _compute_links(
     conn: sqlite3.Connection,
     window: float,
     redirects_from: str,
-    meanwhile: Callable[[], object] | None = None,
+    meanwhile: Callable[[list[tuple[Any, ...]]], object] | None = None,
 ) -> tuple[list[tuple[Any, ...]], list[_Candidate], dict[int, int]]:
     """(redirect rows, candidate rows, follow-up id -> redirect id)."""
     rows = _read_redirects(conn, redirects_from)
     redirects = _link_redirects(rows)
+    work = (lambda: meanwhile(rows)) if meanwhile is not None else None
     if redirects:
-        candidates = _load_candidates(conn, redirects, meanwhile)
+        candidates = _load_candidates(conn, redirects, work)
     else:
         candidates = []
-        if meanwhile is not None:
-            meanwhile()
+        if work is not None:
+            work()
     return rows, candidates, _match(redirects, candidates, window)
 
 
@@ -311,31 +312,42 @@ def link_and_build_chains(
     *,
     window: float = 30.0,
     redirects_from: str = "requests",
-    meanwhile: Callable[[], object] | None = None,
+    meanwhile: Callable[[list[tuple[Any, ...]]], object] | None = None,
 ) -> tuple[int, int]:
     """``link_requests`` then ``build_chains``; return (links, chains).
 
     The chains come from the rows linking read, not from reading the links back, and
     are computed (pure Python, another thread) while SQLite writes the links.
     ``meanwhile``, pure Python work that does not use ``conn``, runs in another thread
-    during the scan for candidate follow-ups.
+    during the scan for candidate follow-ups, given the redirect rows read: (id,
+    started_at, method, url, status, location_url, ...) of every redirect.
     """
     in_callers_transaction = conn.in_transaction
     rows, candidates, follow_ups = _compute_links(conn, window, redirects_from, meanwhile)
+    known_hosts = recorded_hosts(conn)  # read here: the other thread must not use conn
+    _stage_links(conn, follow_ups)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        computing = pool.submit(_chains_in_memory, rows, candidates, follow_ups, known_hosts)
+        _apply_links(conn, in_callers_transaction)
+        chains = computing.result()
+    _write_chains(conn, chains, in_callers_transaction)
+    return len(follow_ups), len(chains)
+
+
+def _chains_in_memory(
+    rows: list[tuple[Any, ...]],
+    candidates: list[_Candidate],
+    follow_ups: dict[int, int],
+    known_hosts: Container[str],
+) -> list[tuple[Any, ...]]:
+    """``_chain_rows`` from the redirect and candidate rows linking read."""
     next_hop = {
         follow_ups[q[1]]: _Hop(q[1], q[0], q[2], q[6], q[8], q[9], q[3])
         for q in candidates
         if q[1] in follow_ups
     }
     roots = [_Hop(*row[:7]) for row in rows if row[0] not in follow_ups]
-    known_hosts = recorded_hosts(conn)  # read here: the other thread must not use conn
-    _stage_links(conn, follow_ups)
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        computing = pool.submit(_chain_rows, roots, next_hop, known_hosts)
-        _apply_links(conn, in_callers_transaction)
-        chains = computing.result()
-    _write_chains(conn, chains, in_callers_transaction)
-    return len(follow_ups), len(chains)
+    return _chain_rows(roots, next_hop, known_hosts)
 
 
 # --- chains -------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from auditor import RedirectRecorder
-from auditor.graph import redirect_edges, static_chains, static_loops
+from auditor.graph import edges_from_rows, redirect_edges, static_chains, static_loops
 from tests.servers import serve_in_thread, wait_for
 
 MakeRecorder = Callable[..., RedirectRecorder]
@@ -116,3 +116,21 @@ def test_redirect_edges_count_hits_per_source_status_and_target(
         edges[0].last_seen,
     ) == first.fetchone()
     assert edges[0].next_node == ("GET", edges[0].target)
+
+
+def test_edges_from_redirect_rows_already_read_equal_redirect_edges(
+    make_recorder: MakeRecorder,
+) -> None:
+    conn = record(
+        make_recorder,
+        [
+            *[("GET", "/c1"), ("GET", "/c1"), ("GET", "/c2"), ("GET", "/c3/"), ("GET", "/loop/a")],
+            *[("GET", "/self"), ("POST", "/form"), ("GET", "/loop/b"), ("GET", "/c1")],
+        ],
+    )
+    rows = conn.execute(
+        """select id, started_at, method, url, status, location_url from requests
+           where status between 300 and 399 and status != 304"""
+    ).fetchall()
+    assert len(rows) >= 8
+    assert edges_from_rows(rows) == redirect_edges(conn)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from auditor import graph
 from auditor.rules._groups import (
@@ -124,14 +125,14 @@ def static_loops(ctx: AuditContext) -> list[StaticPath]:
     return _static(ctx, [(path, path.urls[1 % len(path.urls)]) for path in paths])
 
 
-def static_graph_task(ctx: AuditContext) -> Callable[[], None]:
-    """Read the static graph's edges now (from ``audit_responses``, which must exist) and
-    return the walk for its chains and loops: pure Python, not using the connection, so
+def static_graph_task(ctx: AuditContext) -> Callable[[list[tuple[Any, ...]]], None]:
+    """The static graph's edges, chains and loops from the redirect rows linking reads
+    (see ``linking.link_and_build_chains``): pure Python, not using the connection, so
     ``audit`` runs it in another thread while linking scans; the rules reuse its result."""
-    edges = ctx.cache["redirect_edges"] = graph.redirect_edges(ctx.conn, table=RESPONSES)
     threshold = ctx.options.chain_threshold
 
-    def walk() -> None:
+    def walk(rows: list[tuple[Any, ...]]) -> None:
+        edges = ctx.cache["redirect_edges"] = graph.edges_from_rows(rows)
         found = graph.static_chains(ctx.conn, threshold, edges=edges)  # conn unused with edges
         ctx.cache["static_chains"] = (threshold, found)
         ctx.cache["static_loops"] = graph.static_loops(ctx.conn, edges=edges)
