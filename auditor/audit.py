@@ -8,11 +8,13 @@ one ``audit_runs`` row. The previous findings are replaced in one transaction.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fnmatch
 import json
 import logging
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -90,9 +92,13 @@ def audit(
     started_at, clock = time.time(), time.perf_counter()
 
     conn = schema.connect(db_path)
+    checkpoint: threading.Thread | None = None
     try:
         # The audit's temp tables (a copy of the redirects, linking's scratch) in memory.
         conn.execute("pragma temp_store = memory")
+        # Linking rewrites pages all over the table: our commits do not copy them back
+        # from the WAL; a thread does, on its own connection, while the rules run.
+        conn.execute("pragma wal_autocheckpoint = 0")
         schema.ensure_schema(conn)
         report("linking follow-up requests", 0, total)
         # One scan copies the rows linking, chains and the rules read (see rules._subset).
@@ -107,6 +113,8 @@ def audit(
             conn, window=options.link_window, redirects_from=subset.RESPONSES, meanwhile=walk
         )
         _commit(conn)
+        checkpoint = threading.Thread(target=_checkpoint, args=(db_path,), daemon=True)
+        checkpoint.start()
         report("building chains", 1, total)
         _refresh_link_statistics(conn)
         subset.copy_follow_ups(conn, newest)
@@ -143,7 +151,23 @@ def audit(
         report("done", total, total)
         return result
     finally:
+        if checkpoint is not None:
+            checkpoint.join()
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("pragma wal_checkpoint(passive)")  # what our commits wrote since
         conn.close()
+
+
+def _checkpoint(db_path: str | Path) -> None:
+    """Copy the WAL back into the database (passive: never blocks a writer)."""
+    try:
+        conn = schema.connect(db_path)
+        try:
+            conn.execute("pragma wal_checkpoint(passive)")
+        finally:
+            conn.close()
+    except sqlite3.Error:  # pragma: no cover - a later checkpoint catches up
+        logger.warning("background checkpoint failed", exc_info=True)
 
 
 def _refresh_link_statistics(conn: sqlite3.Connection) -> None:

@@ -382,7 +382,8 @@ def mixed_permanence_chain(ctx: AuditContext) -> Iterator[Finding]:
     hop_status = "json_extract(j.value, '$.status')"
     groups = observed_chains(
         ctx,
-        f"""exists(select 1 from json_each(c.hops) j where {hop_status} in {PERMANENT})
+        f"""c.length >= 2  -- both kinds: at least two redirects
+            and exists(select 1 from json_each(c.hops) j where {hop_status} in {PERMANENT})
             and exists(select 1 from json_each(c.hops) j where {hop_status} in {TEMPORARY})""",
     )
     for g in groups:

@@ -6,6 +6,7 @@ redirect ``r`` it followed through ``f.follow_up_of``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from functools import lru_cache
 
@@ -49,7 +50,17 @@ def short(url: str | None) -> str:
     """A target as a reader wants it: path and query when it is a URL."""
     if not url:
         return "(no Location)"
-    return path_and_query(url) if "://" in url else url
+    if "://" not in url:
+        return url
+    simple = _SIMPLE_URL.match(url)
+    if simple:  # what path_and_query returns, without urlsplit
+        path, _, query = simple.group(1).partition("?")
+        return f"{path or '/'}?{query}" if query else (path or "/")
+    return path_and_query(url)
+
+
+# An http(s) URL that urlsplit would not alter: no fragment, white space, controls or brackets.
+_SIMPLE_URL = re.compile(r"https?://[^/?#\[\]\x00-\x20\x7f]+([^#\x00-\x20\x7f]*)\Z")
 
 
 def where(group: Group) -> str:
@@ -271,6 +282,7 @@ def slash_redirect(ctx: AuditContext) -> Iterator[Finding]:
                          as route
                 from {RESPONSES} r
                 where r.status between 300 and 399 and r.location_url is not null
+                  and abs(length(r.location_url) - length(r.url)) = 1  -- cheap first
                   and {_QUERY.format("r.url")} = {_QUERY.format("r.location_url")}
                   and ({loc_base} = {url_base} || '/' or {url_base} = {loc_base} || '/')
                 group by 1, 2, 3, 4, r.user_agent"""
