@@ -94,7 +94,13 @@ def _latest_free(
     """The latest redirect of ``queue`` (ordered by end) that ended by ``started_at``, at
     most ``window`` earlier, is not linked yet, is not the request itself, and that a
     request with ``method`` can follow (the same method, or GET after any)."""
-    i = bisect_right(queue, started_at + CLOCK_SLACK, key=attrgetter("ended_at")) - 1
+    latest_end = started_at + CLOCK_SLACK
+    if len(queue) > 8:
+        i = bisect_right(queue, latest_end, key=attrgetter("ended_at")) - 1
+    else:  # most queues hold one or two redirects: walk back from the end
+        i = len(queue) - 1
+        while i >= 0 and queue[i].ended_at > latest_end:
+            i -= 1
     while i >= 0 and queue[i].ended_at + window >= started_at:
         r = queue[i]
         if r.id not in linked and r.id != request_id and method in ("GET", r.method):
@@ -141,6 +147,44 @@ def _load_redirects(conn: sqlite3.Connection, table: str = "requests") -> list[_
     return _link_redirects(_read_redirects(conn, table))
 
 
+# Above this many requests the candidate scan is split in two id ranges, the second
+# scanned by another connection in another thread (SQLite runs both without Python).
+PARALLEL_SCAN_ROWS = 200_000
+BUSY_TIMEOUT_S = 5.0
+MAX_ID = 2**63 - 1
+
+
+def _database_file(conn: sqlite3.Connection) -> str | None:
+    """The main database's file, None for an in-memory or temporary database."""
+    for _, name, file in _rows(conn, "pragma database_list"):
+        if name == "main":
+            return str(file) or None
+    return None
+
+
+def _prepare_scan(conn: sqlite3.Connection, targets: list[tuple[str, str]]) -> None:
+    conn.execute("create temp table if not exists link_targets (client_key text, path text)")
+    conn.execute("delete from temp.link_targets")
+    conn.executemany("insert into temp.link_targets values (?, ?)", targets)
+    conn.execute(
+        "create index if not exists temp.link_targets_key on link_targets (client_key, path)"
+    )
+    conn.execute("drop table if exists temp.link_candidates")
+
+
+def _scan(conn: sqlite3.Connection, first_id: int, last_id: int) -> None:
+    conn.execute(
+        f"""create temp table link_candidates as
+            select q.started_at, q.id, q.method, q.client_key, q.user_agent,
+                   q.connection_key, q.url, {PATH_SQL}, q.status, q.location_url
+            from requests q
+            where q.id between ? and ?
+              and exists (select 1 from temp.link_targets t
+                          where t.client_key = q.client_key and t.path = {PATH_SQL})""",
+        (first_id, last_id),
+    )
+
+
 def _load_candidates(
     conn: sqlite3.Connection,
     redirects: list[_Redirect],
@@ -148,38 +192,42 @@ def _load_candidates(
 ) -> list[_Candidate]:
     """Requests whose (client key, path) is some redirect's target, in time order.
 
-    One scan of ``requests`` with one index probe per row, as one statement that SQLite
-    runs without Python, so ``meanwhile`` (pure Python, not using ``conn``) runs in
-    another thread during it; the rest is compared in Python.
+    One scan of ``requests`` with one index probe per row, as statements that SQLite
+    runs without Python: on a large table two, over two id ranges, on two connections
+    in two threads. ``meanwhile`` (pure Python, not using ``conn``) runs in another
+    thread during the scan. The rest is compared in Python.
     """
-    conn.execute("create temp table if not exists link_targets (client_key text, path text)")
-    conn.execute("delete from temp.link_targets")
-    conn.executemany(
-        "insert into temp.link_targets values (?, ?)",
-        {(r.client_key, split_url(r.target)[1]) for r in redirects},
-    )
-    conn.execute(
-        "create index if not exists temp.link_targets_key on link_targets (client_key, path)"
-    )
-    conn.execute("drop table if exists temp.link_candidates")
-    scan = f"""create temp table link_candidates as
-               select q.started_at, q.id, q.method, q.client_key, q.user_agent,
-                      q.connection_key, q.url, {PATH_SQL}, q.status, q.location_url
-               from requests q
-               where exists (select 1 from temp.link_targets t
-                             where t.client_key = q.client_key and t.path = {PATH_SQL})"""
+    targets = sorted({(r.client_key, split_url(r.target)[1]) for r in redirects})
+    first_id, last_id = _rows(conn, "select min(id), max(id) from requests").__next__()
+    first_id, last_id = first_id or 0, last_id or 0
+    file = _database_file(conn)
+    scanners = [conn]
+    if file is not None and last_id - first_id > PARALLEL_SCAN_ROWS:
+        scanners.append(sqlite3.connect(file, timeout=BUSY_TIMEOUT_S, check_same_thread=False))
+        scanners[-1].execute("pragma temp_store = memory")
+    # One scanner reads every row, even one recorded since max(id) was read.
+    middle = (first_id + last_id) // 2 if len(scanners) > 1 else MAX_ID
     try:
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            done = pool.submit(meanwhile) if meanwhile is not None else None
+        for scanner in scanners:
+            _prepare_scan(scanner, targets)
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            done = [pool.submit(meanwhile)] if meanwhile is not None else []
+            done += [pool.submit(_scan, other, middle + 1, last_id) for other in scanners[1:]]
             try:
-                conn.execute(scan)
+                _scan(conn, first_id, middle)
             finally:
-                if done is not None:
-                    done.result()  # before reading rows: both would want the GIL per row
-        return sorted(_rows(conn, "select * from temp.link_candidates"))
+                for future in done:  # before reading rows: threads would want the GIL per row
+                    future.result()
+        candidates: list[_Candidate] = []
+        for scanner in scanners:
+            candidates.extend(_rows(scanner, "select * from temp.link_candidates"))
+        return sorted(candidates)
     finally:
-        conn.execute("drop table if exists temp.link_candidates")
-        conn.execute("drop table temp.link_targets")
+        for scanner in scanners:
+            scanner.execute("drop table if exists temp.link_candidates")
+            scanner.execute("drop table if exists temp.link_targets")
+        for other in scanners[1:]:
+            other.close()
 
 
 def _match(
@@ -197,10 +245,12 @@ def _match(
 
     def link(q: _Candidate, same_connection: bool) -> bool:
         started_at, qid, method, client_key, agent, conn_key, url, path = q[:8]
-        queues, prefix = (by_connection, (conn_key,)) if same_connection else (by_client, ())
         latest = None
         for target in (url, path):
-            queue = queues.get((*prefix, client_key, agent, target))
+            if same_connection:
+                queue = by_connection.get((conn_key, client_key, agent, target))
+            else:
+                queue = by_client.get((client_key, agent, target))
             found = queue and _latest_free(queue, started_at, method, qid, window, linked)
             if found and (latest is None or found.ended_at > latest.ended_at):
                 latest = found

@@ -40,8 +40,8 @@ FOLLOW_UPS_SQL = f"""
 create temp table {FOLLOW_UPS} as
 select id, follow_up_of, started_at, method, url, status, location_url, client_key, route,
        user_agent, request_body_size, request_body_chunked
-from requests {{indexed}}
-where follow_up_of is not null and id <= ?
+from requests
+where id in (select id from requests {{indexed}} where follow_up_of is not null) and id <= ?
 order by id
 """
 
