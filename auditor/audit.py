@@ -14,9 +14,9 @@ import fnmatch
 import json
 import logging
 import sqlite3
-import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -92,7 +92,7 @@ def audit(
     started_at, clock = time.time(), time.perf_counter()
 
     conn = schema.connect(db_path)
-    checkpoint: threading.Thread | None = None
+    background = ThreadPoolExecutor(max_workers=1)
     try:
         # The audit's temp tables (a copy of the redirects, linking's scratch) in memory.
         conn.execute("pragma temp_store = memory")
@@ -113,8 +113,8 @@ def audit(
             conn, window=options.link_window, redirects_from=subset.RESPONSES, meanwhile=walk
         )
         _commit(conn)
-        checkpoint = threading.Thread(target=_checkpoint, args=(db_path,), daemon=True)
-        checkpoint.start()
+        # Copy the WAL back and count the totals on another connection while rules run.
+        background_totals = background.submit(_checkpoint_and_count, db_path)
         report("building chains", 1, total)
         _refresh_link_statistics(conn)
         subset.copy_follow_ups(conn, newest)
@@ -144,30 +144,32 @@ def audit(
             findings=findings,
             rule_errors=rule_errors,
             counts={s: sum(1 for f in findings if f.severity == s) for s in SEVERITIES},
-            **_totals(conn),
+            **(background_totals.result() or _totals(conn)),
         )
         result.duration_s = round(time.perf_counter() - clock, 3)
         result.run_id = _store(conn, result)
         report("done", total, total)
         return result
     finally:
-        if checkpoint is not None:
-            checkpoint.join()
+        background.shutdown(wait=True)
         with contextlib.suppress(sqlite3.Error):
             conn.execute("pragma wal_checkpoint(passive)")  # what our commits wrote since
         conn.close()
 
 
-def _checkpoint(db_path: str | Path) -> None:
-    """Copy the WAL back into the database (passive: never blocks a writer)."""
+def _checkpoint_and_count(db_path: str | Path) -> dict[str, int] | None:
+    """Copy the WAL back into the database (passive: never blocks a writer), then
+    ``_totals``; None when that failed (the caller counts itself)."""
     try:
         conn = schema.connect(db_path)
         try:
             conn.execute("pragma wal_checkpoint(passive)")
+            return _totals(conn)
         finally:
             conn.close()
     except sqlite3.Error:  # pragma: no cover - a later checkpoint catches up
         logger.warning("background checkpoint failed", exc_info=True)
+        return None
 
 
 def _refresh_link_statistics(conn: sqlite3.Connection) -> None:
