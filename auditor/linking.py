@@ -18,8 +18,10 @@ of a later redirect to the same URL. Chains are the linked runs that start at a
 redirect which is not itself a follow-up.
 
 Scale: one SQL scan with an index probe per row picks the candidate requests (whose
-path is some redirect's target for that client), then one sorted pass in Python
-matches them.
+path is some redirect's target for that client; on a large table two connections
+scan half each, at once), then one sorted pass in Python matches them. The links are
+written in one statement; ``link_and_build_chains`` (what ``audit`` runs) builds the
+chains from the rows it read, in another thread, meanwhile.
 """
 
 from __future__ import annotations
@@ -140,11 +142,6 @@ def _link_redirects(rows: list[tuple[Any, ...]]) -> list[_Redirect]:
         redirects.append(_Redirect(rid, method, ended, client_key, agent, conn_key, target))
     redirects.sort(key=lambda r: (r.ended_at, r.id))
     return redirects
-
-
-def _load_redirects(conn: sqlite3.Connection, table: str = "requests") -> list[_Redirect]:
-    """Redirects with a client and an http(s) target, in order of their end."""
-    return _link_redirects(_read_redirects(conn, table))
 
 
 # Above this many requests the candidate scan is split in two id ranges, the second
