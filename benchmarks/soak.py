@@ -140,7 +140,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--phase", type=float, default=10.0, help="seconds per fault phase")
     parser.add_argument("--connections", type=int, default=16)
-    parser.add_argument("--tmpfs-mb", type=int, default=256)
+    parser.add_argument("--tmpfs-mb", type=int, default=1024)
     parser.add_argument("--json", type=Path, help="also write the report here")
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -246,8 +246,13 @@ def main() -> None:
                   sum(dropped_disk_full), sum(dropped_read_only), sum(dropped_other)
            from recorder_stats"""
     ).fetchone()
+    per_worker = conn.execute(
+        """select worker_id, rows_written, dropped_queue_full, dropped_locked,
+                  dropped_disk_full, dropped_read_only, dropped_other from recorder_stats"""
+    ).fetchall()
     integrity = conn.execute("pragma integrity_check").fetchone()[0]
     conn.close()
+    db_mib = round(db.stat().st_size / 2**20, 1)
     subprocess.run(["umount", str(mount)], check=False)
     wrk_stats = report["wrk"]
     assert isinstance(wrk_stats, dict)
@@ -265,6 +270,25 @@ def main() -> None:
             "rows_dropped_counted": counted,
             "dropped_by_reason": dropped,
             "worker_processes_seen": stats[0],
+            "per_worker": [
+                dict(
+                    zip(
+                        (
+                            "worker",
+                            "written",
+                            "queue_full",
+                            "locked",
+                            "disk_full",
+                            "read_only",
+                            "other",
+                        ),
+                        row,
+                        strict=True,
+                    )
+                )
+                for row in per_worker
+            ],
+            "database_mib": db_mib,
             "uncounted": served - written - counted,
             "integrity_check": integrity,
         }
