@@ -35,21 +35,11 @@ from starlette.responses import HTMLResponse, PlainTextResponse, RedirectRespons
 from starlette.routing import Route
 from websockets.sync.client import ClientConnection, connect
 
+from tests.browser import FLAGS
 from tests.servers import wait_for
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
-    "--remote-debugging-port=0",
-]
+CHROMIUM_FLAGS = [*FLAGS, "--remote-debugging-port=0"]
 
 # A page that PUTs with fetch() to a 301, then submits a POST form to a 301 -> 302 chain.
 FORM_PAGE = """<!doctype html>
