@@ -135,7 +135,10 @@ class Writer:
         self.rows_skipped = 0
         self.dropped = dict.fromkeys(DROP_REASONS, 0)
         self._saved_totals: tuple[int, ...] = (0,) * (2 + len(DROP_REASONS))
-        self.dropped_queue_full = 0  # incremented on the event loop, folded in here
+        # Written only by the event loop (submit); the writer folds in what is new since
+        # it last looked, so no increment is lost between a read and a reset.
+        self.dropped_queue_full = 0
+        self._queue_full_folded = 0
         self.last_error: str | None = None
         self._queue: deque[CapturedExchange] = deque()
         self._limit = options.queue_size
@@ -254,7 +257,8 @@ class Writer:
                 self._count_drop("other", 1, exc)
         if self.options.record == "redirects":
             rows = self._select_redirect_rows(conn, rows, final)
-        queue_full, self.dropped_queue_full = self.dropped_queue_full, 0
+        seen = self.dropped_queue_full
+        queue_full, self._queue_full_folded = seen - self._queue_full_folded, seen
         if queue_full:
             self._count_drop("queue_full", queue_full, OverflowError(f"{self._limit} rows queued"))
         totals = self._stats_totals(len(rows))
