@@ -176,14 +176,20 @@ def create_private_file(db_path: str | Path) -> None:
 def ensure_schema(conn: sqlite3.Connection) -> None:
     """Create or migrate every table, index and view; safe for concurrent workers."""
     db = sqlite_utils.Database(conn)
-    if db.journal_mode != "wal":
-        db.enable_wal()
     version = _stored_version(db)
     if version is not None and version > SCHEMA_VERSION:
         raise SchemaError(
             f"database schema version {version} is newer than this release supports "
             f"({SCHEMA_VERSION}); upgrade redirect-auditor"
         )
+    if version is None and (foreign := _foreign_tables(db)):
+        # Someone else's database (the app's own, say): refuse before changing anything.
+        raise SchemaError(
+            f"this SQLite database belongs to something else (tables: {', '.join(foreign)}); "
+            "record traffic into a file of its own"
+        )
+    if db.journal_mode != "wal":
+        db.enable_wal()
     if version == SCHEMA_VERSION:
         return
     # BEGIN IMMEDIATE serializes the first start-up of several workers on one file.
@@ -199,6 +205,14 @@ def ensure_schema(conn: sqlite3.Connection) -> None:
     except BaseException:
         conn.execute("rollback")
         raise
+
+
+def _foreign_tables(db: sqlite_utils.Database) -> list[str]:
+    names = db.execute(
+        "select name from sqlite_master where type in ('table', 'view') "
+        "and name not like 'sqlite_%' order by name limit 5"
+    ).fetchall()
+    return [name for (name,) in names]
 
 
 def _stored_version(db: sqlite_utils.Database) -> int | None:

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import sqlite3
 import stat
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 
 import httpx
 import pytest
+from typer.testing import CliRunner
 
 from auditor import RedirectRecorder
 from auditor.schema import META_TABLE, SCHEMA_VERSION, connect, create_private_file, ensure_schema
+from cli.main import app as cli_app
 from tests.servers import fetch_rows, serve_in_thread
 
 Recorder = Callable[..., RedirectRecorder]
@@ -85,3 +89,16 @@ def test_newer_schema_version_is_refused_and_counted(
     warnings = [r.getMessage() for r in caplog.records if r.name == "redirect_auditor"]
     assert len(warnings) == 1
     assert "newer than this release supports" in warnings[0]
+
+
+def test_the_apps_own_database_is_refused_and_left_unchanged(tmp_path: Path) -> None:
+    app_db = tmp_path / "app.db"
+    with closing(sqlite3.connect(app_db)) as conn:
+        conn.execute("create table users (id integer primary key, name text)")
+        conn.execute("insert into users (name) values ('alice')")
+        conn.commit()
+    before = app_db.read_bytes()
+    result = CliRunner().invoke(cli_app, ["run", "tests.apps.site:app", "--db", str(app_db)])
+    assert result.exit_code == 2
+    assert "belongs to something else (tables: users)" in result.output
+    assert app_db.read_bytes() == before
