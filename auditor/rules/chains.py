@@ -36,7 +36,9 @@ LIMITS = "Chromium and httpx give up after 20 redirects, requests after 30, curl
 def observed_chains(
     ctx: AuditContext, where_sql: str, params: tuple[object, ...] = ()
 ) -> list[Group]:
-    """Chains matching ``where_sql``, grouped by their first request (``r``) and final URL."""
+    """Chains matching ``where_sql``, grouped by their first request (``r``, a redirect,
+    read from the subset) and final URL."""
+    ensure_responses(ctx)
     return collect(
         ctx.query(
             f"""select {source_sql("r")} as source, r.method as method, r.status as status,
@@ -44,7 +46,7 @@ def observed_chains(
                        max(c.started_at) as last_seen, min(r.id) as example_request_id,
                        min(c.id) as example_chain_id, r.user_agent as user_agent,
                        c.path_text as extra, max(r.route) as route
-                from chains c join requests r on r.id = c.first_request_id
+                from chains c join {RESPONSES} r on r.id = c.first_request_id
                 where {where_sql}
                 group by 1, 2, 3, 4, r.user_agent, c.path_text""",
             params,
