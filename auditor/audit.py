@@ -109,15 +109,21 @@ def audit(
         # One scan copies the rows linking, chains and the rules read (see rules._subset).
         newest = subset.copy_responses(conn)
         ctx = AuditContext(conn, options)
-        # The static redirect graph is walked while linking scans for follow-ups, and
-        # chains are built from what linking read while the links are written.
-        walk = None
-        if {"redirect-chain", "redirect-loop"} & {r.id for r in rules}:
-            walk = chain_rules.static_graph_task(ctx)
+        # Chains are built from what linking read while the links are written; the static
+        # redirect graph is walked from the redirect rows linking read, in the background
+        # while the first rules run (the scan for follow-ups already keeps both cores busy).
+        graph_rules = {"redirect-chain", "redirect-loop"} & {r.id for r in rules}
+        redirect_rows: list[list[tuple[Any, ...]]] = []
         linking.link_and_build_chains(
-            conn, window=options.link_window, redirects_from=subset.RESPONSES, meanwhile=walk
+            conn,
+            window=options.link_window,
+            redirects_from=subset.RESPONSES,
+            meanwhile=redirect_rows.append if graph_rules else None,
         )
         _commit(conn)
+        walking = None
+        if graph_rules:
+            walking = background.submit(chain_rules.static_graph_task(ctx), redirect_rows[0])
         # Copy the WAL back and count the totals on another connection while rules run.
         background_totals = background.submit(_checkpoint_and_count, db_path)
         report("building chains", 1, total)
@@ -129,6 +135,8 @@ def audit(
         rule_errors: dict[str, str] = {}
         for done, registered in enumerate(rules, start=2):
             report(f"rule {registered.id}", done, total)
+            if walking is not None and registered.id in graph_rules:
+                walking.result()
             try:
                 found = list(registered.check(ctx))
             except Exception as exc:  # one broken rule must not hide the others' findings
