@@ -99,6 +99,8 @@ def audit(
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
+        # The hosts chains compare Locations with, read on another connection meanwhile.
+        hosts = background.submit(_recorded_hosts, db_path)
         # The audit's temp tables (a copy of the redirects, linking's scratch) in memory.
         conn.execute("pragma temp_store = memory")
         # Linking rewrites pages all over the table: our commits do not copy them back
@@ -119,6 +121,7 @@ def audit(
             window=options.link_window,
             redirects_from=subset.RESPONSES,
             meanwhile=redirect_rows.append if graph_rules else None,
+            known_hosts=hosts.result,
         )
         _commit(conn)
         walking = None
@@ -185,6 +188,14 @@ def _checkpoint_and_count(db_path: str | Path) -> dict[str, int] | None:
     except sqlite3.Error:  # pragma: no cover - a later checkpoint catches up
         logger.warning("background checkpoint failed", exc_info=True)
         return None
+
+
+def _recorded_hosts(db_path: str | Path) -> set[str]:
+    conn = schema.connect(db_path)
+    try:
+        return linking.recorded_hosts(conn)
+    finally:
+        conn.close()
 
 
 def _refresh_link_statistics(conn: sqlite3.Connection) -> None:

@@ -360,6 +360,7 @@ def link_and_build_chains(
     window: float = 30.0,
     redirects_from: str = "requests",
     meanwhile: Callable[[list[tuple[Any, ...]]], object] | None = None,
+    known_hosts: Callable[[], Container[str]] | None = None,
 ) -> tuple[int, int]:
     """``link_requests`` then ``build_chains``; return (links, chains).
 
@@ -368,13 +369,16 @@ def link_and_build_chains(
     ``meanwhile``, pure Python work that does not use ``conn``, runs in another thread
     during the scan for candidate follow-ups, given the redirect rows read: (id,
     started_at, method, url, status, location_url, ...) of every redirect.
+    ``known_hosts`` returns ``recorded_hosts`` (say read on another connection
+    meanwhile); by default they are read on ``conn``.
     """
     in_callers_transaction = conn.in_transaction
     rows, candidates, follow_ups = _compute_links(conn, window, redirects_from, meanwhile)
-    known_hosts = recorded_hosts(conn)  # read here: the other thread must not use conn
+    # read here: the other thread must not use conn
+    hosts = known_hosts() if known_hosts is not None else recorded_hosts(conn)
     _stage_links(conn, follow_ups)
     with ThreadPoolExecutor(max_workers=1) as pool:
-        computing = pool.submit(_chains_in_memory, rows, candidates, follow_ups, known_hosts)
+        computing = pool.submit(_chains_in_memory, rows, candidates, follow_ups, hosts)
         _apply_links(conn, in_callers_transaction)
         chains = computing.result()
     _write_chains(conn, chains, in_callers_transaction)
