@@ -44,6 +44,8 @@ def test_chain_threshold_raises_the_bar(tmp_path_factory: pytest.TempPathFactory
 def test_followed_loop_is_a_redirect_loop(result: AuditResult) -> None:
     [finding] = found(result, "redirect-loop", "/c/loop-a")
     assert finding.severity == "error" and "/c/loop-b" in finding.message
+    # The target is where the route redirects, not the URL the loop came back to.
+    assert finding.target is not None and finding.target.endswith("/c/loop-b")
 
 
 def test_loop_nobody_followed_is_found_in_the_static_graph(result: AuditResult) -> None:

@@ -34,15 +34,19 @@ LIMITS = "Chromium and httpx give up after 20 redirects, requests after 30, curl
 
 
 def observed_chains(
-    ctx: AuditContext, where_sql: str, params: tuple[object, ...] = ()
+    ctx: AuditContext,
+    where_sql: str,
+    params: tuple[object, ...] = (),
+    *,
+    target_sql: str = "c.final_url",
 ) -> list[Group]:
     """Chains matching ``where_sql``, grouped by their first request (``r``, a redirect,
-    read from the subset) and final URL."""
+    read from the subset) and ``target_sql`` (by default the chain's final URL)."""
     ensure_responses(ctx)
     return collect(
         ctx.query(
             f"""select {source_sql("r")} as source, r.method as method, r.status as status,
-                       c.final_url as target, count(*) as hits, min(c.started_at) as first_seen,
+                       {target_sql} as target, count(*) as hits, min(c.started_at) as first_seen,
                        max(c.started_at) as last_seen, min(r.id) as example_request_id,
                        min(c.id) as example_chain_id, r.user_agent as user_agent,
                        c.path_text as extra, max(r.route) as route
@@ -203,7 +207,9 @@ def redirect_loop(ctx: AuditContext) -> Iterator[Finding]:
         "(select count(distinct json_extract(j.value, '$.url')) from json_each(c.hops) j) > 1"
     )
     seen: set[str] = set()
-    for g in observed_chains(ctx, f"c.outcome = 'loop' and {distinct_urls}"):
+    # A loop's final URL is one it already visited: the target shown is the first hop's.
+    loops = f"c.outcome = 'loop' and {distinct_urls}"
+    for g in observed_chains(ctx, loops, target_sql="r.location_url"):
         seen.add(g.source)
         message = (
             f"{plural(g.hits, 'request')} to {g.method} {g.source} ran into a redirect loop: "
