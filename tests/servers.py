@@ -76,32 +76,8 @@ def serve_in_process(
     timeout: float = 30.0,
 ) -> Iterator[str]:
     """Run a server command (e.g. ``redirect-auditor run ...``) until it answers on ``port``."""
-    proc = subprocess.Popen(
-        args,
-        cwd=cwd,
-        env={**os.environ, **(env or {})},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout
-        while not _ready(url):
-            if proc.poll() is not None:
-                output = proc.stdout.read() if proc.stdout else ""
-                raise AssertionError(f"server exited with {proc.returncode}: {output}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"server did not answer on {url} within {timeout}s")
-            time.sleep(0.05)
+    with serve_processes([(args, port)], env=env, cwd=cwd, timeout=timeout) as [url]:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def cli_command(*args: str) -> list[str]:
@@ -146,8 +122,8 @@ def serve_processes(
     cwd: Path | None = None,
     timeout: float = 45.0,
 ) -> Iterator[list[str]]:
-    """Like ``serve_in_process`` for several servers started together: yields their base URLs
-    once all answer, and stops them in order (first command first)."""
+    """Run several server commands together: yields their base URLs once all answer,
+    and stops them in order (first command first)."""
     procs = [
         subprocess.Popen(
             args,
