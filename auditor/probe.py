@@ -28,7 +28,7 @@ from urllib.parse import unquote
 
 import httpx
 
-from auditor.rows import INSERT_SQL, RowBuilder, TrustedProxies
+from auditor.rows import INSERT_SQL, Capture, RowBuilder, TrustedProxies
 from auditor.schema import (
     SchemaError,
     check_traffic_db,
@@ -273,20 +273,6 @@ async def probe(
 # --- recording hops of a live server, rows built like the recorder's ----------------------
 
 
-@dataclass
-class _Exchange:
-    """A probe hop in the shape the recorder's ``RowBuilder`` reads."""
-
-    scope: dict[str, Any]
-    started_at: float
-    ended_at: float
-    status: int
-    headers: list[tuple[bytes, bytes]] | None
-    body_size: int
-    complete: bool
-    error: BaseException | None = None
-
-
 class HopRecorder:
     """Builds ``requests`` rows for a live server's hops, as if the recorder were in front.
 
@@ -336,7 +322,7 @@ class HopRecorder:
             "client": (self._identity, 0),
             "server": (url.host, url.port or (443 if url.scheme == "https" else 80)),
         }
-        exchange = _Exchange(
+        exchange = Capture(
             scope=scope,
             started_at=started,
             ended_at=ended,

@@ -11,6 +11,7 @@ import ipaddress
 import json
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 from hashlib import blake2b
 from typing import Any, Protocol
 from urllib.parse import quote
@@ -71,6 +72,20 @@ class CapturedExchange(Protocol):
     body_size: int
     complete: bool
     error: BaseException | None
+
+
+@dataclass
+class Capture:
+    """A ``CapturedExchange`` made outside the middleware (probe hops, tests)."""
+
+    scope: Any
+    started_at: float
+    ended_at: float
+    status: int
+    headers: list[tuple[bytes, bytes]] | None
+    body_size: int
+    complete: bool
+    error: BaseException | None = None
 
 
 def _text(value: bytes, limit: int = MAX_VALUE_CHARS) -> str:

@@ -9,7 +9,7 @@ from urllib.parse import parse_qsl, urljoin, urlsplit, urlunsplit
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from auditor.rows import INSERT_SQL, ROW_COLUMNS, RowBuilder, TrustedProxies
+from auditor.rows import INSERT_SQL, ROW_COLUMNS, Capture, RowBuilder, TrustedProxies
 from auditor.schema import ensure_schema
 from auditor.urls import (
     REDACTED,
@@ -131,18 +131,6 @@ def _scope(draw: Any) -> dict[str, Any]:
     }
 
 
-class _Exchange:
-    def __init__(self, scope: dict[str, Any], status: int, headers: list[Any]) -> None:
-        self.scope = scope
-        self.started_at = 1.0
-        self.ended_at = 1.5
-        self.status = status
-        self.headers = headers
-        self.body_size = 0
-        self.complete = True
-        self.error = None
-
-
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_any_client_input_builds_a_row_sqlite_accepts(data: st.DataObject) -> None:
@@ -158,7 +146,7 @@ def test_any_client_input_builds_a_row_sqlite_accepts(data: st.DataObject) -> No
     )
     status = data.draw(st.sampled_from([0, 200, 204, 301, 302, 303, 307, 308, 404, 500]))
     builder = RowBuilder(b"k" * 32, "test:1", TrustedProxies(["*"]), store_client_ip=False)
-    row = builder.build(_Exchange(scope, status, response_headers))
+    row = builder.build(Capture(scope, 1.0, 1.5, status, response_headers, 0, True))
     assert len(row) == len(ROW_COLUMNS)
     conn = sqlite3.connect(":memory:")
     ensure_schema(conn)
