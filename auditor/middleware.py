@@ -2,8 +2,9 @@
 
 On the event loop it only captures references (the scope, status, response
 headers, byte counts, two timestamps) and appends them to the writer's bounded
-queue. Decoding, URL resolution, hashing, redaction and SQLite happen in the
-writer thread (``writer.py``).
+queue. Decoding, URL resolution, hashing, redaction and SQLite happen in a
+writer process (``process_writer.py``, ``writer_process.py``), or with
+``writer="thread"`` in a thread of this process (``writer.py``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from typing import Literal
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from auditor.writer import RecorderOptions, Writer, writer_for
+from auditor.registry import TrafficWriter, writer_for
+from auditor.writer import RecorderOptions
 
 
 class Exchange:
@@ -74,8 +76,10 @@ class RedirectRecorder:
     (IP addresses or CIDR networks, ``"*"`` for any). The recorder never raises
     into the app: rows it cannot write (``busy_timeout`` seconds of another
     process's lock, a read-only or vanished file) are counted in ``recorder_stats``.
-    ``max_rows`` / ``max_age`` (seconds) keep the file small: the writer thread
-    deletes the oldest requests beyond them once a minute.
+    ``max_rows`` / ``max_age`` (seconds) keep the file small: the writer
+    deletes the oldest requests beyond them once a minute. ``writer="process"``
+    (the default) builds and writes rows in a separate process so they never
+    hold the GIL the event loop needs; ``"thread"`` keeps everything in this process.
     """
 
     def __init__(
@@ -94,6 +98,7 @@ class RedirectRecorder:
         busy_timeout: float = 5.0,
         max_rows: int | None = None,
         max_age: float | None = None,
+        writer: Literal["process", "thread"] = "process",
     ) -> None:
         self.app = app
         options = RecorderOptions.build(
@@ -108,8 +113,9 @@ class RedirectRecorder:
             busy_timeout=busy_timeout,
             max_rows=max_rows,
             max_age=max_age,
+            writer=writer,
         )
-        self.writer: Writer = writer_for(db_path, options)
+        self.writer: TrafficWriter = writer_for(db_path, options)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

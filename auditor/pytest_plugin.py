@@ -36,9 +36,9 @@ import pytest
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from auditor.middleware import RedirectRecorder
+from auditor.registry import TrafficWriter
 from auditor.rules.base import Severity
 from auditor.schema import SchemaError, check_traffic_db
-from auditor.writer import Writer
 
 DB_ENV = "REDIRECT_AUDIT_DB"  # hands the database path to pytest-xdist workers
 SEVERITIES = ("error", "warning", "info")
@@ -122,7 +122,7 @@ class RedirectAuditSession:
         self.fail_on = fail_on
         self.current_test: str | None = None
         self.tests: set[str] = set()
-        self.writers: dict[int, Writer] = {}
+        self.writers: dict[int, TrafficWriter] = {}
         self.undo: list[Callable[[], None]] = []
         self.result: Any = None
         self.problem: str | None = None

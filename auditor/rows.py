@@ -88,6 +88,14 @@ class Capture:
     error: BaseException | None = None
 
 
+@dataclass
+class ShippedCapture(Capture):
+    """A capture rebuilt in the writer process (``frames.from_portable``). Its route
+    template was read in the serving process: route objects do not travel."""
+
+    route: str | None = None
+
+
 def _text(value: bytes, limit: int = MAX_VALUE_CHARS) -> str:
     # latin-1 maps every byte, so hostile bytes never fail to decode.
     text = value.decode("latin-1")
@@ -279,7 +287,7 @@ class RowBuilder:
             path,
             query,
             url,
-            route_template(scope),
+            exchange.route if type(exchange) is ShippedCapture else route_template(scope),
             status,
             location,
             location_url,

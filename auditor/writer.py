@@ -11,7 +11,6 @@ raises into the app.
 from __future__ import annotations
 
 import asyncio
-import atexit
 import contextlib
 import logging
 import os
@@ -21,6 +20,7 @@ import sqlite3
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
@@ -64,12 +64,15 @@ class RecorderOptions:
     busy_timeout: float = 5.0  # seconds a write waits for another process's lock
     max_rows: int | None = None  # retention: keep at most this many newest requests
     max_age: float | None = None  # retention: delete requests older than this (seconds)
+    writer: str = "process"  # "process": rows built and written in a writer process
 
     @classmethod
     def build(cls, **kwargs: Any) -> RecorderOptions:
         """Validate and freeze options; raises ValueError at start-up, never per request."""
         if kwargs["record"] not in ("all", "redirects"):
             raise ValueError(f"record must be 'all' or 'redirects', not {kwargs['record']!r}")
+        if kwargs.get("writer", "process") not in ("process", "thread"):
+            raise ValueError(f"writer must be 'process' or 'thread', not {kwargs['writer']!r}")
         if not 0.0 <= kwargs["sample_rate"] <= 1.0:
             raise ValueError("sample_rate must be between 0 and 1")
         if kwargs.get("busy_timeout", 0.0) < 0:
@@ -122,14 +125,30 @@ def load_secret(db_path: Path) -> bytes:
 class Writer:
     """Drains captured exchanges into SQLite from one daemon thread."""
 
-    def __init__(self, db_path: Path, options: RecorderOptions) -> None:
+    def __init__(
+        self, db_path: Path, options: RecorderOptions, worker_id: str | None = None
+    ) -> None:
         self.db_path = db_path
         self.options = options
+        self._worker_id = worker_id
+        # Queue-full drops counted outside this object (the serving process, when this
+        # writer runs in the writer process); folded in like our own.
+        self.queue_full_elsewhere: Callable[[], int] = lambda: 0
+        self._start()
+
+    @property
+    def closed(self) -> bool:
+        """True once ``close`` ran; the registry then makes a new writer for the file."""
+        return self._stop.is_set()
+
+    def after_fork(self) -> None:
+        """In a forked child: the thread did not survive the fork; start as a new worker."""
+        self._worker_id = None
         self._start()
 
     def _start(self) -> None:
         options = self.options
-        self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
+        self.worker_id = self._worker_id or f"{socket.gethostname()}:{os.getpid()}"
         self.started_at = time.time()
         self.rows_written = 0
         self.rows_skipped = 0
@@ -180,9 +199,6 @@ class Writer:
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout=10)
         self.flush()
-        with _WRITERS_LOCK:
-            if _WRITERS.get(self.db_path) is self:
-                del _WRITERS[self.db_path]
         self._reset()
 
     def _run(self) -> None:
@@ -257,7 +273,7 @@ class Writer:
                 self._count_drop("other", 1, exc)
         if self.options.record == "redirects":
             rows = self._select_redirect_rows(conn, rows, final)
-        seen = self.dropped_queue_full
+        seen = self.dropped_queue_full + self.queue_full_elsewhere()
         queue_full, self._queue_full_folded = seen - self._queue_full_folded, seen
         if queue_full:
             self._count_drop("queue_full", queue_full, OverflowError(f"{self._limit} rows queued"))
@@ -311,6 +327,11 @@ class Writer:
                  last_error = coalesce(excluded.last_error, last_error)""",
             (self.worker_id, self.started_at, time.time(), *deltas, self.last_error),
         )
+
+    def count_drop(self, reason: str, count: int, exc: BaseException) -> None:
+        """Count rows lost outside the writer thread; saved with the next batch."""
+        with self._lock:
+            self._count_drop(reason, count, exc)
 
     def _count_drop(self, reason: str, count: int, exc: BaseException) -> None:
         self.dropped[reason] += count
@@ -421,42 +442,3 @@ def _encodable(row: tuple[Any, ...]) -> tuple[Any, ...]:
         v.encode("utf-8", "backslashreplace").decode("utf-8") if isinstance(v, str) else v
         for v in row
     )
-
-
-_WRITERS: dict[Path, Writer] = {}
-_WRITERS_LOCK = threading.Lock()
-
-
-def writer_for(db_path: str | Path, options: RecorderOptions) -> Writer:
-    """The process's writer for this database file, created on first use."""
-    path = Path(db_path).expanduser().absolute()
-    with _WRITERS_LOCK:
-        writer = _WRITERS.get(path)
-        if writer is None:
-            writer = _WRITERS[path] = Writer(path, options)
-        elif writer.options != options:
-            logger.warning(
-                "redirect-auditor: a recorder for %s already exists in this process; "
-                "keeping its options",
-                path,
-            )
-        return writer
-
-
-def flush_all() -> None:
-    """Flush every writer of this process (interpreter exit, tests)."""
-    for writer in list(_WRITERS.values()):
-        writer.close()
-
-
-def _restart_writers_after_fork() -> None:
-    # A forked child (gunicorn --preload) inherits writers without their threads
-    # and with the parent's pending rows: start each afresh as a new worker.
-    global _WRITERS_LOCK
-    _WRITERS_LOCK = threading.Lock()
-    for writer in _WRITERS.values():
-        writer._start()
-
-
-atexit.register(flush_all)
-os.register_at_fork(after_in_child=_restart_writers_after_fork)
