@@ -184,6 +184,13 @@ class ProcessWriter:
     # -- shipping --------------------------------------------------------------
 
     def _run(self) -> None:
+        # Start the writer process now, not on the first batch: it must be there to
+        # count the queue if this process is killed before it ever ships.
+        with self._ship_lock:
+            try:
+                self._ensure_process()
+            except Exception as exc:  # never into the app; record in a thread instead
+                self._fail_over(f"could not start the writer process ({exc})", lost=0)
         while not self._stop.wait(self.options.flush_interval):
             self._ship()
 
