@@ -4,7 +4,10 @@
 - ``noop_app``: the same app behind a pure ASGI middleware that does nothing,
   the floor any middleware pays.
 - ``recorder_app``: the same app behind ``RedirectRecorder(record="all")``
-  writing to ``$BENCH_DB``.
+  writing to ``$BENCH_DB`` (the default ``writer="process"``: rows are built and
+  written in a writer process).
+- ``recorder_thread_app``: the same with ``writer="thread"`` (rows built and
+  written by a thread of the serving process), for comparison.
 
 Each factory builds a fresh Starlette app, so variants never share state.
 """
@@ -25,7 +28,14 @@ from auditor import RedirectRecorder
 
 DB_ENV = "BENCH_DB"
 SWITCH_ENV = "BENCH_SWITCH_INTERVAL"  # sys.setswitchinterval for every variant, if set
-VARIANTS = ("bare", "noop", "recorder")
+VARIANTS = ("bare", "noop", "recorder", "recorder(thread)")
+# The factory uvicorn imports for each variant (``benchmarks.apps:<factory>``).
+FACTORIES = {
+    "bare": "bare_app",
+    "noop": "noop_app",
+    "recorder": "recorder_app",
+    "recorder(thread)": "recorder_thread_app",
+}
 
 
 async def hello(request: Request) -> Response:
@@ -65,6 +75,11 @@ def recorder_app(db_path: str | None = None, **options: Any) -> RedirectRecorder
     return RedirectRecorder(bare_app(), db_path=path, record="all", **options)
 
 
+def recorder_thread_app(db_path: str | None = None, **options: Any) -> RedirectRecorder:
+    """``recorder_app`` with the in-process writer thread (``writer="thread"``)."""
+    return recorder_app(db_path, writer="thread", **options)
+
+
 def build(variant: str, db_path: str | None = None, **options: Any) -> ASGIApp:
     """One variant by name (``VARIANTS``)."""
     if variant == "bare":
@@ -73,4 +88,6 @@ def build(variant: str, db_path: str | None = None, **options: Any) -> ASGIApp:
         return noop_app()
     if variant == "recorder":
         return recorder_app(db_path, **options)
+    if variant == "recorder(thread)":
+        return recorder_thread_app(db_path, **options)
     raise ValueError(f"unknown variant {variant!r}")

@@ -29,7 +29,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from auditor import writer as writer_module
+from auditor import registry
 from auditor.middleware import Exchange
 from auditor.rows import INSERT_SQL, ROW_COLUMNS, RowBuilder, TrustedProxies
 from auditor.schema import connect, ensure_schema
@@ -90,7 +90,7 @@ class LeanExchange:
                 self.ended_at = time.time()
         else:
             self.start = message
-        return self._send(message)  # type: ignore[no-any-return]
+        return self._send(message)
 
 
 class LeanRecorder:
@@ -230,7 +230,7 @@ def writer_parts(rows_n: int, profile: bool) -> dict[str, float]:
 
     rows = [builder.build(c) for c in captures]
 
-    def insert(label: str, setup: Callable[[sqlite3.Connection], None], batch: int = 500) -> None:
+    def insert(label: str, setup: Callable[[sqlite3.Connection], object], batch: int = 500) -> None:
         path = TMP / f"ins-{len(out)}.db"
         conn = connect(path)
         ensure_schema(conn)
@@ -282,8 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         for label, ns in writer_parts(args.rows, args.profile).items():
             print(f"  {label:64} {ns / 1000:8.2f} us")
     finally:
-        writer_module.flush_all()
-        writer_module._WRITERS.clear()
+        registry.flush_all()
         for p in TMP.iterdir():
             p.unlink()
         TMP.rmdir()

@@ -1,16 +1,24 @@
 """What the recorder costs: in-process, in the writer, and over HTTP.
 
 Measures, in one run, the bare Starlette app (``apps.bare_app``), the same app
-behind a no-op pure ASGI middleware and behind ``RedirectRecorder(record="all")``:
+behind a no-op pure ASGI middleware, behind ``RedirectRecorder(record="all")``
+with its default writer process (``writer="process"``) and, for comparison,
+behind the recorder with its in-process writer thread (``writer="thread"``):
 
 (a) in-process: the ASGI app awaited directly in a loop (no server, no sockets):
-    wall and event-loop-thread CPU per request, and what the recorder adds;
-    the writer's own cost (build + insert per row, end-to-end rows/s) and a
-    paced 30k requests/s push that shows the queue and memory stay bounded.
+    wall and event-loop-thread CPU per request, and what the recorder adds; the
+    CPU per row of the shipper thread and of the writer process (or of the
+    writer thread); the cost per row of shipping (``to_portable`` + marshal),
+    of row building and inserts, and of the ``Writer`` (what runs in the writer
+    process) and the whole ``ProcessWriter`` pipeline end to end; and a paced
+    30k requests/s push through each kind of writer that shows the queue and
+    memory stay bounded and every request is written or counted as dropped.
 (b) over HTTP: uvicorn on 127.0.0.1 (uvloop+httptools and asyncio+h11), loaded
     by ``wrk``, variants interleaved in every round; requests/s as a ratio to the
-    bare app of the same round; per-thread CPU of the server; and, for the
-    recorder, rows in the database == requests wrk completed.
+    bare app of the same round; CPU per request of the server's event-loop
+    thread and of everything the recorder adds beside it (other threads of the
+    server plus its child processes, i.e. the writer process); and, for both
+    recorder variants, rows in the database == requests wrk completed.
 
 Usage: ``python -m benchmarks.overhead [--quick] [--rounds N] [--duration S] [--json OUT]``
 """
@@ -21,6 +29,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import io
 import json
 import os
 import platform
@@ -33,16 +42,17 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from auditor import writer as writer_module
+from auditor import registry
 from benchmarks import apps
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,11 +98,71 @@ def thread_cpu(pid: int | str = "self") -> dict[int, float]:
     return result
 
 
-def rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system, all its threads) of a process; 0.0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def child_pids(pid: int) -> set[int]:
+    """Direct children of a process: /proc/PID/task/*/children, else a scan of /proc."""
+    found: set[int] = set()
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            found.update(int(c) for c in (task / "children").read_text().split())
+        return found
+    except FileNotFoundError:  # a kernel without CONFIG_PROC_CHILDREN
+        found.clear()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                if int(fields[1]) == pid:
+                    found.add(int(entry.name))
+    return found
+
+
+def children_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds per child process of ``pid`` (the recorder's writer process)."""
+    return {child: process_cpu(child) for child in child_pids(pid)}
+
+
+def cpu_since(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU spent between two readings, over the ids of the second (new ones from 0)."""
+    return sum(v - before.get(k, 0.0) for k, v in after.items())
+
+
+def rss_mb(pid: int | str = "self") -> float:
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def writer_thread(writer: Any) -> threading.Thread:
+    """The writer's thread in this process: for the process writer its shipper
+    ("redirect-auditor-shipper"), for the thread writer the writer itself
+    ("redirect-auditor-writer")."""
+    thread: threading.Thread = writer._thread
+    assert thread in threading.enumerate(), f"{thread.name} is not running"
+    return thread
+
+
+def own_thread_cpu(thread: threading.Thread) -> float:
+    """CPU seconds of a thread of this process, to the nanosecond (/proc counts ticks)."""
+    assert thread.ident is not None
+    return time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+
+
+def writer_pid(writer: Any) -> int | None:
+    """The pid of the process writer's writer process (None for the thread writer).
+    Call after a flush: it starts with the first batch shipped."""
+    process = getattr(writer, "_process", None)
+    return process.pid if process is not None else None
 
 
 def loadavg() -> str:
@@ -130,7 +200,7 @@ async def _receive() -> dict[str, Any]:
     return {"type": "http.request", "body": b"", "more_body": False}
 
 
-async def _send(message: dict[str, Any]) -> None:
+async def _send(message: MutableMapping[str, Any]) -> None:
     return None
 
 
@@ -165,7 +235,9 @@ class InProcess:
     rounds: int
     wall_us: dict[str, list[float]] = field(default_factory=dict)
     loop_cpu_us: dict[str, list[float]] = field(default_factory=dict)
-    writer_cpu_us: list[float] = field(default_factory=list)
+    # CPU per row off the event loop: "shipper_thread" and "writer_process" for the
+    # recorder+writer variant, "writer_thread" for recorder+writer(thread).
+    off_loop_cpu_us: dict[str, list[float]] = field(default_factory=dict)
 
     def added(self, variant: str, base: str, kind: str = "wall") -> float:
         data = self.wall_us if kind == "wall" else self.loop_cpu_us
@@ -181,50 +253,66 @@ class InProcess:
             "us_added_vs_bare": {v: self.added(v, "bare") for v in variants},
             "us_added_vs_noop": {v: self.added(v, "noop") for v in variants},
             "loop_cpu_us_added_vs_bare": {v: self.added(v, "bare", "cpu") for v in variants},
-            "writer_thread_cpu_us_per_row": median(self.writer_cpu_us),
+            "off_loop_cpu_us_per_row": {k: median(v) for k, v in self.off_loop_cpu_us.items()},
         }
 
 
 def run_inprocess(tmp: Path, rounds: int, n: int) -> InProcess:
-    """bare / noop / recorder (the hot path alone: its writer drained untimed every 500
-    requests) /
-    recorder+writer (the writer draining every 50 ms, competing for the GIL)."""
+    """bare / noop / recorder (the hot path alone: its writer flushed untimed every 500
+    requests) / recorder+writer (the default process writer live: its shipper thread
+    ships every 50 ms, competing for the GIL; its writer process competes for the CPU) /
+    recorder+writer(thread) (the in-process writer thread live, every 50 ms)."""
     idle = apps.recorder_app(str(tmp / "inproc-idle.db"), flush_interval=3600, queue_size=n + 1)
-    live = apps.recorder_app(str(tmp / "inproc-live.db"), queue_size=max(20_000, n + 1))
+    queue_size = max(20_000, n + 1)
+    live = apps.recorder_app(str(tmp / "inproc-live.db"), queue_size=queue_size)
+    live_thread = apps.recorder_thread_app(str(tmp / "inproc-thread.db"), queue_size=queue_size)
     variants: dict[str, Any] = {
         "bare": apps.bare_app(),
         "noop": apps.noop_app(),
         "recorder": idle,
         "recorder+writer": live,
+        "recorder+writer(thread)": live_thread,
     }
     templates = scope_templates()
     result = InProcess(n, rounds, {v: [] for v in variants}, {v: [] for v in variants})
-    writer_tid = None
+    result.off_loop_cpu_us = {"shipper_thread": [], "writer_process": [], "writer_thread": []}
 
     async def main() -> None:
-        nonlocal writer_tid
-        for app in variants.values():  # warm-up, also opens both databases
+        for app in variants.values():  # warm-up, also opens the databases
             await drive(app, min(n, 2000), templates)
-        idle.writer.flush()
-        live.writer.flush()
-        writer_tid = live.writer._thread.native_id
+        for app in (idle, live, live_thread):
+            app.writer.flush()
+        shipper, writer = writer_thread(live.writer), writer_thread(live_thread.writer)
+        child_pid = writer_pid(live.writer)
+        assert child_pid is not None, "the process writer has no writer process"
         for r in range(rounds):
             for name in rotated(tuple(variants), r):
                 app = variants[name]
                 gc.collect()
-                before = thread_cpu().get(writer_tid or 0, 0.0)
-                if name == "recorder":  # drain untimed every 500 (50 ms at 10k/s)
+                shipper0, writer0 = own_thread_cpu(shipper), own_thread_cpu(writer)
+                child0 = process_cpu(child_pid)
+                if name == "recorder":  # ship + write untimed every 500 (50 ms at 10k/s)
                     wall, cpu = await drive(app, n, templates, 500, idle.writer.flush)
                 else:
                     wall, cpu = await drive(app, n, templates)
-                if name == "recorder+writer":
-                    await asyncio.to_thread(live.writer.flush)
-                    spent = thread_cpu().get(writer_tid or 0, 0.0) - before
-                    result.writer_cpu_us.append(spent / n * 1e6)
+                if name.startswith("recorder+writer"):
+                    await asyncio.to_thread(app.writer.flush)
+                    off = result.off_loop_cpu_us
+                    if name == "recorder+writer":
+                        spent = own_thread_cpu(shipper) - shipper0
+                        off["shipper_thread"].append(spent / n * 1e6)
+                        off["writer_process"].append((process_cpu(child_pid) - child0) / n * 1e6)
+                    else:
+                        spent = own_thread_cpu(writer) - writer0
+                        off["writer_thread"].append(spent / n * 1e6)
                 result.wall_us[name].append(wall / 1000)
                 result.loop_cpu_us[name].append(cpu / 1000)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        for app in (idle, live, live_thread):
+            app.writer.close()
     return result
 
 
@@ -255,19 +343,60 @@ def capture(tmp: Path, n: int) -> list[Any]:
     return collector.items
 
 
+def _options(n: int, **overrides: Any) -> Any:
+    from auditor.writer import RecorderOptions
+
+    settings: dict[str, Any] = {
+        "record": "all",
+        "sample_rate": 0.0,
+        "trusted_proxies": (),
+        "store_client_ip": False,
+        "queue_size": n + 1,
+        "flush_interval": 3600,
+        "follow_up_delay": 2.0,
+        "follow_up_window": 30.0,
+    }
+    return RecorderOptions.build(**{**settings, **overrides})
+
+
 def run_writer_cost(tmp: Path, n: int) -> dict[str, Any]:
-    """Per-row build and insert cost, by batch size, and the Writer end to end."""
+    """Per-row shipping, build and insert cost, by batch size; the Writer (what runs in
+    the writer process) end to end; and the whole ProcessWriter pipeline end to end."""
+    from auditor.frames import encode, from_portable, read_frame, to_portable
+    from auditor.process_writer import SHIP_BATCH, ProcessWriter
     from auditor.rows import INSERT_SQL, RowBuilder, TrustedProxies
     from auditor.schema import connect, ensure_schema
-    from auditor.writer import RecorderOptions, Writer
+    from auditor.writer import Writer
 
     captures = capture(tmp, n)
+
+    # Shipping, in the serving process's shipper thread: flat tuples, marshalled into
+    # frames of SHIP_BATCH exchanges. Then what the writer process does to read them.
+    for c in captures[:1000]:
+        to_portable(c)
+    t0 = time.thread_time_ns()
+    frames = [
+        encode(("rows", [to_portable(c) for c in captures[i : i + SHIP_BATCH]]))
+        for i in range(0, n, SHIP_BATCH)
+    ]
+    ship_us = (time.thread_time_ns() - t0) / n / 1000
+    stream = io.BytesIO(b"".join(frames))
+    t0 = time.thread_time_ns()
+    shipped: list[Any] = []
+    while (message := read_frame(stream)) is not None:
+        shipped.extend(from_portable(item) for item in message[1])
+    receive_us = (time.thread_time_ns() - t0) / n / 1000
+
     builder = RowBuilder(b"k" * 32, "bench:1", TrustedProxies(()), False)
     for c in captures[:1000]:
         builder.build(c)
     t0 = time.perf_counter_ns()
     rows = [builder.build(c) for c in captures]
     build_us = (time.perf_counter_ns() - t0) / n / 1000
+    t0 = time.perf_counter_ns()
+    for c in shipped:
+        builder.build(c)
+    build_shipped_us = (time.perf_counter_ns() - t0) / n / 1000
 
     insert: dict[str, float] = {}
     for batch in (50, 500, 5000):
@@ -282,34 +411,49 @@ def run_writer_cost(tmp: Path, n: int) -> dict[str, Any]:
         insert[f"batch_{batch}_cpu_us_per_row"] = cpu / n / 1000
         conn.close()
 
-    # The Writer itself: queue n captures, time one flush (batches of 5000 + stats).
-    options = RecorderOptions.build(
-        record="all",
-        sample_rate=0.0,
-        trusted_proxies=(),
-        store_client_ip=False,
-        queue_size=n + 1,
-        flush_interval=3600,
-        follow_up_delay=2.0,
-        follow_up_window=30.0,
-    )
-    writer = Writer(tmp / "writer.db", options)
-    writer.submit(captures[0])
+    # The Writer, as the writer process runs it (on shipped captures): queue n, time
+    # one flush (batches of 5000 + stats).
+    writer = Writer(tmp / "writer.db", _options(n))
+    writer.submit(shipped[0])
     writer.flush()  # opens the database and schema outside the timing
-    for c in captures:
+    for c in shipped:
         writer.submit(c)
     t0 = time.perf_counter_ns()
     writer.flush()
     flush_s = (time.perf_counter_ns() - t0) / 1e9
     ok = writer.rows_written == n + 1
     writer.close()
+
+    # The whole pipeline: queue n captures in a ProcessWriter, time one flush (ships in
+    # this thread while the writer process reads, builds and inserts; waits for its ack).
+    pipeline = ProcessWriter(tmp / "pipeline.db", _options(n))
+    try:
+        pipeline.submit(captures[0])
+        pipeline.flush()  # starts the writer process, opens the database
+        for c in captures:
+            pipeline.submit(c)
+        t0, c0 = time.perf_counter_ns(), time.thread_time_ns()
+        pipeline.flush()
+        pipeline_s = (time.perf_counter_ns() - t0) / 1e9
+        pipeline_ship_us = (time.thread_time_ns() - c0) / n / 1000
+        pipeline_ok = pipeline.rows_written == n + 1
+    finally:
+        pipeline.close()
     return {
         "rows": n,
+        "ship_us_per_row": ship_us,
+        "frame_bytes_per_row": sum(len(f) for f in frames) / n,
+        "receive_us_per_row": receive_us,
         "build_us_per_row": build_us,
+        "build_shipped_us_per_row": build_shipped_us,
         **insert,
         "writer_flush_us_per_row": flush_s / n * 1e6,
         "writer_rows_per_s": n / flush_s,
         "writer_rows_written_ok": ok,
+        "pipeline_flush_us_per_row": pipeline_s / n * 1e6,
+        "pipeline_rows_per_s": n / pipeline_s,
+        "pipeline_caller_cpu_us_per_row": pipeline_ship_us,
+        "pipeline_rows_written_ok": pipeline_ok,
     }
 
 
@@ -318,19 +462,30 @@ async def _raw_app(scope: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b"hello, world"})
 
 
-def run_sustain(tmp: Path, seconds: float, rate: int = SUSTAIN_RATE) -> dict[str, Any]:
-    """Push ``rate`` captures/s through a live recorder (default options) around a
-    trivial raw ASGI app; sample queue length, RSS and rows written."""
+def run_sustain(
+    tmp: Path, seconds: float, kind: Literal["process", "thread"], rate: int = SUSTAIN_RATE
+) -> dict[str, Any]:
+    """Push ``rate`` captures/s through a live recorder (default options, ``writer=kind``)
+    around a trivial raw ASGI app; sample queue length and RSS (of this process and of
+    the writer process), then flush until every request is written or counted dropped."""
     from auditor import RedirectRecorder
 
-    rec = RedirectRecorder(_raw_app, db_path=tmp / "sustain.db")
-    writer = rec.writer
+    rec = RedirectRecorder(_raw_app, db_path=tmp / f"sustain-{kind}.db", writer=kind)
+    writer: Any = rec.writer
     templates = scope_templates()
-    samples: list[tuple[float, int, float, int]] = []
+    samples: list[tuple[float, int, float, float]] = []
+    thread = writer_thread(writer)
+    child_pid: int | None = None
+    child0 = thread0 = 0.0
 
-    async def main() -> int:
+    async def main() -> tuple[int, float]:
+        nonlocal child_pid, child0, thread0
         await rec(dict(templates[0]), _receive, _send)
-        await asyncio.to_thread(writer.flush)
+        await asyncio.to_thread(writer.flush)  # starts the writer process, opens the file
+        child_pid = writer_pid(writer)
+        # the push alone, not the start-up of the writer process
+        child0 = process_cpu(child_pid) if child_pid else 0.0
+        thread0 = own_thread_cpu(thread)
         start = time.perf_counter()
         done = 0
         next_sample = 0.0
@@ -340,37 +495,47 @@ def run_sustain(tmp: Path, seconds: float, rate: int = SUSTAIN_RATE) -> dict[str
                 await rec(dict(templates[done % len(templates)]), _receive, _send)
                 done += 1
             if elapsed >= next_sample:
-                queued = len(writer._queue)
-                samples.append((elapsed, queued, rss_mb(), writer.rows_written))
+                child_rss = rss_mb(child_pid) if child_pid else float("nan")
+                samples.append((elapsed, len(writer._queue), rss_mb(), child_rss))
                 next_sample += 0.1
             await asyncio.sleep(0.001)
-        return done
+        return done, time.perf_counter() - start
 
     rss0 = rss_mb()
-    cpu0 = thread_cpu()
-    wall0 = time.perf_counter()
-    submitted = asyncio.run(main())
-    produce_s = time.perf_counter() - wall0
+    submitted, produce_s = asyncio.run(main())
     drain0 = time.perf_counter()
 
+    # rows_written and dropped are the writer's figures as of its last flush (for the
+    # process writer, the last acknowledgement): flush until they account for every
+    # request. After a flush, dropped["queue_full"] includes the queue-full count of
+    # the serving side (dropped_queue_full) for both kinds of writer: not added again.
     def accounted() -> int:
-        return writer.rows_written + sum(writer.dropped.values()) + writer.dropped_queue_full
+        return writer.rows_written + sum(writer.dropped.values())
 
-    while accounted() < submitted + 1 and time.perf_counter() - drain0 < 30:
-        time.sleep(0.01)
+    deadline = drain0 + 60
+    while True:
+        writer.flush()
+        if accounted() >= submitted + 1 or time.perf_counter() > deadline:
+            break
+        time.sleep(0.05)
     drain_s = time.perf_counter() - drain0
-    cpu1 = thread_cpu()
-    tid = writer._thread.native_id or 0
-    dropped = sum(writer.dropped.values()) + writer.dropped_queue_full
+    thread_s = own_thread_cpu(thread) - thread0
+    child_cpu = process_cpu(child_pid) - child0 if child_pid else 0.0
+    child_rss_end = rss_mb(child_pid) if child_pid else float("nan")
+    dropped = dict(writer.dropped)
     written = writer.rows_written - 1
     writer.close()
+    per_row = 1e6 / max(written, 1)
     return {
+        "writer": kind,
         "target_rate": rate,
         "seconds": seconds,
         "achieved_rate": submitted / produce_s,
         "submitted": submitted,
         "rows_written": written,
-        "dropped": dropped,
+        "dropped": sum(dropped.values()),
+        "dropped_by_reason": {k: v for k, v in dropped.items() if v},
+        "accounted_ok": written + sum(dropped.values()) == submitted,
         "queue_limit": writer.options.queue_size,
         "queue_max": max((s[1] for s in samples), default=0),
         "queue_median": median([s[1] for s in samples]),
@@ -378,10 +543,14 @@ def run_sustain(tmp: Path, seconds: float, rate: int = SUSTAIN_RATE) -> dict[str
         "rss_start_mb": rss0,
         "rss_max_mb": max((s[2] for s in samples), default=rss0),
         "rss_end_mb": rss_mb(),
-        "writer_cpu_us_per_row": (cpu1.get(tid, 0) - cpu0.get(tid, 0)) / max(written, 1) * 1e6,
+        "writer_process_rss_max_mb": max((s[3] for s in samples), default=float("nan")),
+        "writer_process_rss_end_mb": child_rss_end,
+        # kind "process": the shipper thread; kind "thread": the writer thread
+        "thread_cpu_us_per_row": thread_s * per_row,
+        "writer_process_cpu_us_per_row": child_cpu * per_row,
         "samples": [
-            {"t": round(t, 2), "queued": q, "rss_mb": round(m, 1), "written": w}
-            for t, q, m, w in samples
+            {"t": round(t, 2), "queued": q, "rss_mb": round(m, 1), "child_rss_mb": round(c, 1)}
+            for t, q, m, c in samples
         ],
     }
 
@@ -464,7 +633,8 @@ def run_wrk(wrk: str, url: str, seconds: float, connections: int, script: Path) 
 def server(variant: str, loop: str, http: str, db: Path, log: Path) -> Iterator[tuple[int, int]]:
     """A uvicorn subprocess serving one variant; stopped with SIGINT (lifespan shutdown)."""
     port = free_port()
-    cmd = [sys.executable, "-m", "uvicorn", f"benchmarks.apps:{variant}_app", "--factory"]
+    factory = f"benchmarks.apps:{apps.FACTORIES[variant]}"
+    cmd = [sys.executable, "-m", "uvicorn", factory, "--factory"]
     cmd += ["--host", "127.0.0.1", "--port", str(port), "--loop", loop, "--http", http]
     cmd += ["--no-access-log", "--log-level", "warning", "--lifespan", "on"]
     env = {**os.environ, apps.DB_ENV: str(db), "PYTHONPATH": str(ROOT)}
@@ -502,7 +672,8 @@ class HttpRun:
     p50_ms: float
     p99_ms: float
     loop_cpu_us: float  # server main thread CPU per request during the measured run
-    other_cpu_us: float  # all other server threads (the recorder's writer) per request
+    other_cpu_us: float  # all other server threads (writer thread, or shipper) per request
+    child_cpu_us: float  # the server's child processes (the writer process) per request
     errors: str
     rows: int | None = None
     expected_rows: int | None = None
@@ -523,7 +694,7 @@ def check_rows(db: Path, completed: int, connections: int) -> tuple[int, str, di
         stats = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
     finally:
         conn.close()
-    stat = stats[0] if len(stats) == 1 else {"workers": stats}
+    stat: dict[str, Any] = stats[0] if len(stats) == 1 else {"workers": stats}
     dropped = sum(v for k, v in stat.items() if k.startswith("dropped_") and v)
     extra = rows - completed
     if dropped:
@@ -535,6 +706,13 @@ def check_rows(db: Path, completed: int, connections: int) -> tuple[int, str, di
     else:
         verdict = f"MISMATCH: {rows} rows for {completed} completed requests ({extra:+d})"
     return rows, verdict, stat
+
+
+SETTLE_S = 0.3  # after each wrk run: the writer finishes what it was handed
+
+
+def is_recorder(variant: str) -> bool:
+    return variant.startswith("recorder")
 
 
 def run_http(
@@ -554,13 +732,18 @@ def run_http(
         for server_name in servers:
             loop, http = SERVERS[server_name]
             for variant in rotated(apps.VARIANTS, r):
-                db = tmp / f"http-{server_name}-{variant}-{r}.db"
+                db = tmp / f"http-{server_name}-{apps.FACTORIES[variant]}-{r}.db"
                 with server(variant, loop, http, db, log) as (port, pid):
                     url = f"http://127.0.0.1:{port}/"
                     warm = run_wrk(wrk, url, warmup, connections, script)
-                    cpu0 = thread_cpu(pid)
+                    # The writer's work for a run's requests lands up to a flush interval
+                    # (50 ms) after it, the writer process's later still if it is behind:
+                    # let it settle so each run is charged for its own rows.
+                    time.sleep(SETTLE_S)
+                    cpu0, kids0 = thread_cpu(pid), children_cpu(pid)
                     res = run_wrk(wrk, url, seconds, connections, script)
-                    cpu1 = thread_cpu(pid)
+                    time.sleep(SETTLE_S)
+                    cpu1, kids1 = thread_cpu(pid), children_cpu(pid)
                 main_cpu = cpu1.get(pid, 0.0) - cpu0.get(pid, 0.0)
                 other_cpu = sum(v - cpu0.get(t, 0.0) for t, v in cpu1.items() if t != pid)
                 run = HttpRun(
@@ -573,19 +756,20 @@ def run_http(
                     p99_ms=res.p99_ms,
                     loop_cpu_us=main_cpu / res.requests * 1e6,
                     other_cpu_us=other_cpu / res.requests * 1e6,
+                    child_cpu_us=cpu_since(kids0, kids1) / res.requests * 1e6,
                     errors="; ".join(e for e in (warm.errors, res.errors) if e),
                 )
-                if variant == "recorder":
+                if is_recorder(variant):
                     completed = warm.requests + res.requests
                     rows, verdict, stats = check_rows(db, completed, connections)
                     run.rows, run.expected_rows = rows, completed
                     run.rows_check, run.recorder_stats = verdict, stats
                     if verdict.startswith("MISMATCH"):
-                        print(f"!! {server_name} round {r}: {verdict}", flush=True)
+                        print(f"!! {server_name} {variant} round {r}: {verdict}", flush=True)
                 for suffix in ("", "-wal", "-shm", ".key"):
                     Path(f"{db}{suffix}").unlink(missing_ok=True)
                 print(
-                    f"  round {r + 1}/{rounds} {server_name:17} {variant:9} "
+                    f"  round {r + 1}/{rounds} {server_name:17} {variant:16} "
                     f"{res.rps:9.0f} req/s  p99 {res.p99_ms:6.2f} ms"
                     + (f"  rows: {run.rows_check}" if run.rows_check else "")
                     + (f"  [{run.errors}]" if run.errors else ""),
@@ -610,12 +794,15 @@ def summarize_http(runs: list[HttpRun], servers: list[str]) -> dict[str, Any]:
                 "p50_ms": median([x.p50_ms for x in vs]),
                 "p99_ms": median([x.p99_ms for x in vs]),
                 "loop_cpu_us_per_request": median([x.loop_cpu_us for x in vs]),
+                # everything beside the event loop: other threads + the writer process
+                "writer_cpu_us_per_request": median([x.other_cpu_us + x.child_cpu_us for x in vs]),
                 "other_threads_cpu_us_per_request": median([x.other_cpu_us for x in vs]),
+                "child_processes_cpu_us_per_request": median([x.child_cpu_us for x in vs]),
             }
-        rec = [x for x in mine if x.variant == "recorder"]
-        per["recorder"]["rows_checks"] = [x.rows_check for x in rec]
-        per["recorder"]["target_ratio"] = TARGETS[s]
-        per["recorder"]["meets_target"] = per["recorder"]["ratio_to_bare"] >= TARGETS[s]
+            if is_recorder(v):
+                per[v]["rows_checks"] = [x.rows_check for x in vs]
+                per[v]["target_ratio"] = TARGETS[s]
+                per[v]["meets_target"] = per[v]["ratio_to_bare"] >= TARGETS[s]
         out[s] = per
     return out
 
@@ -636,48 +823,81 @@ def print_report(report: dict[str, Any]) -> None:
             f"(a) in-process: {ip['requests_per_round']} requests x {ip['rounds']} rounds, "
             f"1 in {REDIRECT_EVERY} a 302; medians"
         )
-        print(f"  {'variant':17} {'us/req':>8} {'+vs bare':>9} {'+vs noop':>9} {'loop CPU':>9}")
+        print(f"  {'variant':24} {'us/req':>8} {'+vs bare':>9} {'+vs noop':>9} {'loop CPU':>9}")
         for v, us in ip["us_per_request"].items():
             print(
-                f"  {v:17} {us:8.2f} {ip['us_added_vs_bare'][v]:+9.2f} "
+                f"  {v:24} {us:8.2f} {ip['us_added_vs_bare'][v]:+9.2f} "
                 f"{ip['us_added_vs_noop'][v]:+9.2f} {ip['loop_cpu_us_per_request'][v]:9.2f}"
             )
         added = ip["us_added_vs_bare"]["recorder"]
         verdict = "meets" if added <= TARGET_LOOP_US else "MISSES"
         print(f"  recorder hot path adds {added:.2f} us/request on the loop: ", end="")
         print(f"{verdict} the <= {TARGET_LOOP_US:g} us target")
-        print(f"  writer thread CPU per row: {ip['writer_thread_cpu_us_per_row']:.1f} us")
+        off = ip["off_loop_cpu_us_per_row"]
+        print(
+            f"  CPU per row off the loop: recorder+writer: shipper thread "
+            f"{off['shipper_thread']:.1f} us + writer process {off['writer_process']:.1f} us; "
+            f"recorder+writer(thread): writer thread {off['writer_thread']:.1f} us"
+        )
     wc = report.get("writer")
     if wc:
         print()
         print(f"(a) writer cost, {wc['rows']} rows:")
-        print(f"  build (rows.py RowBuilder.build)  {wc['build_us_per_row']:6.1f} us/row")
+        print(
+            f"  ship (to_portable + marshal, shipper thread) {wc['ship_us_per_row']:6.1f} us/row "
+            f"CPU ({wc['frame_bytes_per_row']:.0f} bytes/row)"
+        )
+        print(
+            f"  receive (read_frame + from_portable)      {wc['receive_us_per_row']:6.1f} "
+            "us/row CPU"
+        )
+        print(
+            f"  build (rows.py RowBuilder.build)          {wc['build_us_per_row']:6.1f} us/row "
+            f"({wc['build_shipped_us_per_row']:.1f} us on shipped captures)"
+        )
         for b in (50, 500, 5000):
             print(
-                f"  insert, {b:4} rows/transaction    {wc[f'batch_{b}_us_per_row']:6.1f} us/row "
+                f"  insert, {b:4} rows/transaction            "
+                f"{wc[f'batch_{b}_us_per_row']:6.1f} us/row "
                 f"({wc[f'batch_{b}_cpu_us_per_row']:.1f} us CPU)"
             )
         print(
-            f"  Writer.flush end to end         {wc['writer_flush_us_per_row']:6.1f} us/row = "
-            f"{wc['writer_rows_per_s']:,.0f} rows/s (ok={wc['writer_rows_written_ok']})"
+            f"  Writer.flush end to end (writer process)  {wc['writer_flush_us_per_row']:6.1f} "
+            f"us/row = {wc['writer_rows_per_s']:,.0f} rows/s (ok={wc['writer_rows_written_ok']})"
         )
-    su = report.get("sustain")
-    if su:
+        print(
+            f"  ProcessWriter.flush (ship + process)      {wc['pipeline_flush_us_per_row']:6.1f} "
+            f"us/row = {wc['pipeline_rows_per_s']:,.0f} rows/s, caller CPU "
+            f"{wc['pipeline_caller_cpu_us_per_row']:.1f} us/row "
+            f"(ok={wc['pipeline_rows_written_ok']})"
+        )
+    for su in report.get("sustain", {}).values():
         print()
         print(
-            f"(a) sustained push: target {su['target_rate']:,}/s for {su['seconds']:g} s, "
-            f"achieved {su['achieved_rate']:,.0f}/s"
+            f"(a) sustained push, writer={su['writer']}: target {su['target_rate']:,}/s for "
+            f"{su['seconds']:g} s, achieved {su['achieved_rate']:,.0f}/s"
         )
+        by_reason = ", ".join(f"{k} {v}" for k, v in su["dropped_by_reason"].items())
         print(
-            f"  queue max {su['queue_max']:,} / limit {su['queue_limit']:,} "
-            f"(median {su['queue_median']:,.0f}); dropped {su['dropped']}; "
-            f"rows {su['rows_written']:,} of {su['submitted']:,}; "
+            f"  queue (this process) max {su['queue_max']:,} / limit {su['queue_limit']:,} "
+            f"(median {su['queue_median']:,.0f}); dropped {su['dropped']}"
+            + (f" ({by_reason})" if by_reason else "")
+            + f"; rows {su['rows_written']:,} of {su['submitted']:,} "
+            f"(accounted: {'ok' if su['accounted_ok'] else 'NO'}); "
             f"drained {su['drain_after_stop_s']:.2f} s after stop"
         )
-        print(
+        rss = (
             f"  RSS {su['rss_start_mb']:.0f} -> max {su['rss_max_mb']:.0f} -> "
-            f"{su['rss_end_mb']:.0f} MB; writer CPU {su['writer_cpu_us_per_row']:.1f} us/row"
+            f"{su['rss_end_mb']:.0f} MB"
         )
+        if su["writer"] == "process":
+            print(
+                f"{rss}, writer process max {su['writer_process_rss_max_mb']:.0f} MB; CPU per "
+                f"row: shipper thread {su['thread_cpu_us_per_row']:.1f} us + writer process "
+                f"{su['writer_process_cpu_us_per_row']:.1f} us"
+            )
+        else:
+            print(f"{rss}; writer thread CPU {su['thread_cpu_us_per_row']:.1f} us/row")
     http = report.get("http")
     if http:
         print()
@@ -686,24 +906,27 @@ def print_report(report: dict[str, Any]) -> None:
             f"{meta['rounds']} round(s), 1 in {REDIRECT_EVERY} a 302; medians"
         )
         print(
-            f"  {'server':17} {'variant':9} {'req/s':>9} {'x bare':>7} {'p99 ms':>7} "
-            f"{'loop us':>8} {'writer us':>9}  rows == requests"
+            f"  {'server':17} {'variant':16} {'req/s':>9} {'x bare':>7} {'p99 ms':>7} "
+            f"{'loop us':>8} {'writer us':>9} {'(process)':>9}  rows == requests"
         )
         for s, per in http.items():
             for v in apps.VARIANTS:
                 d = per[v]
-                check = "; ".join(d.get("rows_checks", [])) if v == "recorder" else ""
+                check = "; ".join(d.get("rows_checks", []))
                 print(
-                    f"  {s:17} {v:9} {d['rps']:9.0f} {d['ratio_to_bare']:7.3f} "
+                    f"  {s:17} {v:16} {d['rps']:9.0f} {d['ratio_to_bare']:7.3f} "
                     f"{d['p99_ms']:7.2f} {d['loop_cpu_us_per_request']:8.1f} "
-                    f"{d['other_threads_cpu_us_per_request']:9.1f}  {check}"
+                    f"{d['writer_cpu_us_per_request']:9.1f} "
+                    f"{d['child_processes_cpu_us_per_request']:9.1f}  {check}"
                 )
-            rec = per["recorder"]
-            verdict = "meets" if rec["meets_target"] else "MISSES"
-            print(
-                f"  {s}: recorder {rec['ratio_to_bare']:.3f}x bare ({verdict} the "
-                f">= {rec['target_ratio']}x target; per round {rec['ratios']})"
-            )
+            for v in apps.VARIANTS:
+                if is_recorder(v):
+                    rec = per[v]
+                    verdict = "meets" if rec["meets_target"] else "MISSES"
+                    print(
+                        f"  {s}: {v} {rec['ratio_to_bare']:.3f}x bare ({verdict} the "
+                        f">= {rec['target_ratio']}x target; per round {rec['ratios']})"
+                    )
     print()
 
 
@@ -756,7 +979,12 @@ def main(argv: list[str] | None = None) -> int:
             steps += [
                 ("inprocess", lambda: run_inprocess(tmp, ip_rounds, ip_n).summary()),
                 ("writer", lambda: run_writer_cost(tmp, writer_n)),
-                ("sustain", lambda: run_sustain(tmp, sustain_s)),
+                (
+                    "sustain",
+                    lambda: {
+                        kind: run_sustain(tmp, sustain_s, kind) for kind in ("process", "thread")
+                    },
+                ),
             ]
         if not args.skip_http:
             steps.append(
@@ -777,8 +1005,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             # Close this process's writers while their databases still exist (else the
             # atexit flush would recreate files in the removed directory).
-            writer_module.flush_all()
-            writer_module._WRITERS.clear()
+            registry.flush_all()
     report["meta"]["loadavg_end"] = loadavg()
     print_report(report)
     if args.json:
@@ -786,7 +1013,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {args.json}")
     http = report.get("http", {})
     mismatches = [
-        c for per in http.values() for c in per["recorder"]["rows_checks"] if "MISMATCH" in c
+        c
+        for per in http.values()
+        for v in apps.VARIANTS
+        if is_recorder(v)
+        for c in per[v]["rows_checks"]
+        if "MISMATCH" in c
     ]
     if mismatches:
         print(f"!! ROWS MISMATCH in {len(mismatches)} recorder run(s): {mismatches}")
