@@ -116,12 +116,14 @@ def audit(
         # while the first rules run (the scan for follow-ups already keeps both cores busy).
         graph_rules = {"redirect-chain", "redirect-loop"} & {r.id for r in rules}
         redirect_rows: list[list[tuple[Any, ...]]] = []
+        follow_up_rows: list[list[tuple[Any, ...]]] = []
         linking.link_and_build_chains(
             conn,
             window=options.link_window,
             redirects_from=subset.RESPONSES,
             meanwhile=redirect_rows.append if graph_rules else None,
             known_hosts=hosts.result,
+            follow_ups_read=follow_up_rows.append,
         )
         _commit(conn)
         walking = None
@@ -131,7 +133,9 @@ def audit(
         background_totals = background.submit(_checkpoint_and_count, db_path)
         report("building chains", 1, total)
         _refresh_link_statistics(conn)
-        subset.copy_follow_ups(conn, newest)
+        # The follow-ups as linking read them: not read back through the index.
+        subset.copy_follow_ups(conn, newest, follow_up_rows[0])
+        ctx.cache["followed"] = {row[0]: row[1] for row in follow_up_rows[0] if row[0] <= newest}
 
         conn.row_factory = sqlite3.Row
         findings: list[Finding] = []

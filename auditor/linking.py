@@ -81,8 +81,9 @@ class _Redirect:
 
 
 # A possible follow-up: (started_at, id, method, client_key, user_agent, connection_key,
-# url, path, status, location_url), ordered by time.
-_Candidate = tuple[float, int, str, str, str | None, str | None, str, str, int, str | None]
+# url, path, status, location_url, route, request_body_size, request_body_chunked),
+# ordered by time.
+_Candidate = tuple[Any, ...]
 
 
 def _latest_free(
@@ -173,7 +174,8 @@ def _scan(conn: sqlite3.Connection, first_id: int, last_id: int) -> None:
     conn.execute(
         f"""create temp table link_candidates as
             select q.started_at, q.id, q.method, q.client_key, q.user_agent,
-                   q.connection_key, q.url, {PATH_SQL}, q.status, q.location_url
+                   q.connection_key, q.url, {PATH_SQL}, q.status, q.location_url,
+                   q.route, q.request_body_size, q.request_body_chunked
             from requests q
             where q.id between ? and ?
               and exists (select 1 from temp.link_targets t
@@ -195,8 +197,9 @@ def _load_candidates(
     thread during the scan. The rest is compared in Python.
     """
     targets = sorted({(r.client_key, split_url(r.target)[1]) for r in redirects})
-    first_id, last_id = _rows(conn, "select min(id), max(id) from requests").__next__()
-    first_id, last_id = first_id or 0, last_id or 0
+    # min() and max() in one statement would scan the table: two rowid seeks instead.
+    first_id = _rows(conn, "select min(id) from requests").__next__()[0] or 0
+    last_id = _rows(conn, "select max(id) from requests").__next__()[0] or 0
     file = _database_file(conn)
     scanners = [conn]
     if file is not None and last_id - first_id > PARALLEL_SCAN_ROWS:
@@ -204,14 +207,19 @@ def _load_candidates(
         scanners[-1].execute("pragma temp_store = memory")
     # One scanner reads every row, even one recorded since max(id) was read.
     middle = (first_id + last_id) // 2 if len(scanners) > 1 else MAX_ID
+
+    def prepare_and_scan(scanner: sqlite3.Connection, first: int, last: int) -> None:
+        _prepare_scan(scanner, targets)
+        _scan(scanner, first, last)
+
     try:
-        for scanner in scanners:
-            _prepare_scan(scanner, targets)
         with ThreadPoolExecutor(max_workers=2) as pool:
             done = [pool.submit(meanwhile)] if meanwhile is not None else []
-            done += [pool.submit(_scan, other, middle + 1, last_id) for other in scanners[1:]]
+            done += [
+                pool.submit(prepare_and_scan, other, middle + 1, last_id) for other in scanners[1:]
+            ]
             try:
-                _scan(conn, first_id, middle)
+                prepare_and_scan(conn, first_id, middle)
             finally:
                 for future in done:  # before reading rows: threads would want the GIL per row
                     future.result()
@@ -361,6 +369,7 @@ def link_and_build_chains(
     redirects_from: str = "requests",
     meanwhile: Callable[[list[tuple[Any, ...]]], object] | None = None,
     known_hosts: Callable[[], Container[str]] | None = None,
+    follow_ups_read: Callable[[list[tuple[Any, ...]]], object] | None = None,
 ) -> tuple[int, int]:
     """``link_requests`` then ``build_chains``; return (links, chains).
 
@@ -370,10 +379,34 @@ def link_and_build_chains(
     during the scan for candidate follow-ups, given the redirect rows read: (id,
     started_at, method, url, status, location_url, ...) of every redirect.
     ``known_hosts`` returns ``recorded_hosts`` (say read on another connection
-    meanwhile); by default they are read on ``conn``.
+    meanwhile); by default they are read on ``conn``. ``follow_ups_read`` is given the
+    linked follow-up requests as read: (id, follow_up_of, started_at, method, url,
+    status, location_url, client_key, route, user_agent, request_body_size,
+    request_body_chunked).
     """
     in_callers_transaction = conn.in_transaction
     rows, candidates, follow_ups = _compute_links(conn, window, redirects_from, meanwhile)
+    if follow_ups_read is not None:
+        follow_ups_read(
+            [
+                (
+                    q[1],
+                    follow_ups[q[1]],
+                    q[0],
+                    q[2],
+                    q[6],
+                    q[8],
+                    q[9],
+                    q[3],
+                    q[10],
+                    q[4],
+                    q[11],
+                    q[12],
+                )
+                for q in candidates
+                if q[1] in follow_ups
+            ]
+        )
     # read here: the other thread must not use conn
     hosts = known_hosts() if known_hosts is not None else recorded_hosts(conn)
     _stage_links(conn, follow_ups)

@@ -319,10 +319,15 @@ def chain_of_request(ctx: AuditContext, request_id: int | None) -> int | None:
         return None
     if "chain_of_first" not in ctx.cache:
         ensure_responses(ctx)
+        cursor = ctx.conn.cursor()
+        cursor.row_factory = None  # plain tuples: a dict of 100k pairs
         ctx.cache["chain_of_first"] = dict(
-            ctx.conn.execute("select first_request_id, min(id) from chains group by 1")
+            cursor.execute("select first_request_id, min(id) from chains group by 1")
         )
-        ctx.cache["followed"] = dict(ctx.conn.execute(f"select id, follow_up_of from {FOLLOW_UPS}"))
+        if "followed" not in ctx.cache:  # audit passes the links it just made
+            ctx.cache["followed"] = dict(
+                cursor.execute(f"select id, follow_up_of from {FOLLOW_UPS}")
+            )
     chain_of_first: dict[int, int] = ctx.cache["chain_of_first"]
     followed: dict[int, int] = ctx.cache["followed"]
     seen = set()

@@ -11,21 +11,32 @@ follow-up requests into ``temp.audit_follow_ups`` and marks each redirect
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterable
+from typing import Any
 
+from auditor import schema
 from auditor.rules.base import AuditContext
 
 RESPONSES = "audit_responses"
 FOLLOW_UPS = "audit_follow_ups"
 _BUILT = f"{RESPONSES}_of"  # the newest request id the subset holds, once complete
 
+# The columns each table copies from ``requests``; ``id`` becomes the table's rowid.
+RESPONSE_COLUMNS = (
+    "id, started_at, duration_ms, method, scheme, host, path, query, url, route, status, "
+    "location, location_url, locations, request_body_size, request_body_chunked, "
+    "response_body_size, response_complete, cache_control, expires, "
+    "x_forwarded_proto, x_forwarded_host, forwarded, "
+    "server_scheme, server_host, server_addr, user_agent, client_key, connection_key"
+)
+FOLLOW_UP_COLUMNS = (
+    "id, follow_up_of, started_at, method, url, status, location_url, client_key, route, "
+    "user_agent, request_body_size, request_body_chunked"
+)
+
 RESPONSES_SQL = f"""
-create temp table {RESPONSES} as
-select id, started_at, duration_ms, method, scheme, host, path, query, url, route, status,
-       location, location_url, locations, request_body_size, request_body_chunked,
-       response_body_size, response_complete, cache_control, expires,
-       x_forwarded_proto, x_forwarded_host, forwarded,
-       server_scheme, server_host, server_addr, user_agent, client_key, connection_key,
-       0 as followed
+insert into {RESPONSES}
+select {RESPONSE_COLUMNS}, 0 as followed
 from requests
 where id <= ?
   and (location is not null
@@ -37,13 +48,24 @@ order by id
 """
 
 FOLLOW_UPS_SQL = f"""
-create temp table {FOLLOW_UPS} as
-select id, follow_up_of, started_at, method, url, status, location_url, client_key, route,
-       user_agent, request_body_size, request_body_chunked
+insert into {FOLLOW_UPS}
+select {FOLLOW_UP_COLUMNS}
 from requests
 where id in (select id from requests {{indexed}} where follow_up_of is not null) and id <= ?
 order by id
 """
+
+_AFFINITY = {int: "INT", float: "REAL", str: "TEXT"}
+
+
+def _create(conn: sqlite3.Connection, table: str, columns: str, *extra: str) -> None:
+    """An empty temp table of ``requests`` columns (their types), ``id`` its rowid."""
+    types = {name: _AFFINITY[kind] for name, kind in schema.REQUEST_COLUMNS.items()}
+    names = [name.strip() for name in columns.split(",")]
+    ddl = ", ".join(
+        "id integer primary key" if name == "id" else f'"{name}" {types[name]}' for name in names
+    )
+    conn.execute(f"create temp table {table} ({ddl}{''.join(f', {e}' for e in extra)})")
 
 
 def _newest(conn: sqlite3.Connection) -> int:
@@ -55,19 +77,37 @@ def copy_responses(conn: sqlite3.Connection) -> int:
     newest = _newest(conn)
     for table in (RESPONSES, FOLLOW_UPS, _BUILT):
         conn.execute(f"drop table if exists temp.{table}")
+    _create(conn, RESPONSES, RESPONSE_COLUMNS, "followed")
+    in_transaction = conn.in_transaction
     conn.execute(RESPONSES_SQL, (newest,))
-    conn.execute(f"create unique index temp.{RESPONSES}_id on {RESPONSES}(id)")
+    if not in_transaction:  # our insert began one: end it (linking reads in fresh ones)
+        conn.commit()
     return newest
 
 
-def copy_follow_ups(conn: sqlite3.Connection, newest: int) -> None:
-    """After linking: copy the follow-ups, mark the followed redirects, mark it complete."""
+def copy_follow_ups(
+    conn: sqlite3.Connection, newest: int, rows: Iterable[tuple[Any, ...]] | None = None
+) -> None:
+    """After linking: copy the follow-ups, mark the followed redirects, mark it complete.
+
+    ``rows`` are the follow-up requests (``FOLLOW_UP_COLUMNS``, say as linking read and
+    linked them), instead of reading them back from ``requests``.
+    """
     conn.execute(f"drop table if exists temp.{FOLLOW_UPS}")
-    has_index = conn.execute(
-        "select 1 from sqlite_master where type = 'index' and name = 'idx_requests_follow_up_of'"
-    ).fetchone()
-    indexed = "indexed by idx_requests_follow_up_of" if has_index else ""
-    conn.execute(FOLLOW_UPS_SQL.format(indexed=indexed), (newest,))
+    _create(conn, FOLLOW_UPS, FOLLOW_UP_COLUMNS)
+    if rows is not None:
+        marks = ", ".join("?" for _ in FOLLOW_UP_COLUMNS.split(","))
+        conn.executemany(
+            f"insert into {FOLLOW_UPS} values ({marks})",
+            sorted(row for row in rows if row[0] <= newest),
+        )
+    else:
+        has_index = conn.execute(
+            "select 1 from sqlite_master where type = 'index' "
+            "and name = 'idx_requests_follow_up_of'"
+        ).fetchone()
+        indexed = "indexed by idx_requests_follow_up_of" if has_index else ""
+        conn.execute(FOLLOW_UPS_SQL.format(indexed=indexed), (newest,))
     conn.execute(f"create index temp.{FOLLOW_UPS}_of on {FOLLOW_UPS}(follow_up_of)")
     conn.execute(
         f"update {RESPONSES} set followed = 1 where id in (select follow_up_of from {FOLLOW_UPS})"
