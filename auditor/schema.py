@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -171,6 +172,32 @@ def create_private_file(db_path: str | Path) -> None:
     -shm files inherit these permissions). An existing file is left as it is."""
     with contextlib.suppress(FileExistsError):
         os.close(os.open(db_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
+def restore_sidecar_modes(db_path: str | Path) -> bool:
+    """Give our -wal/-shm files the database file's permissions again; True if any changed.
+
+    SQLite creates them with the database's mode. One created while the database was
+    read-only stays read-only after the database is writable again, and then every
+    write fails with "readonly database" until someone notices.
+    """
+    try:
+        mode = stat.S_IMODE(os.stat(db_path).st_mode)
+    except OSError:
+        return False
+    if not mode & stat.S_IWUSR:
+        return False
+    changed = False
+    for suffix in ("-wal", "-shm"):
+        sidecar = f"{db_path}{suffix}"
+        try:
+            info = os.stat(sidecar)
+            if info.st_uid == os.geteuid() and stat.S_IMODE(info.st_mode) != mode:
+                os.chmod(sidecar, mode)
+                changed = True
+        except OSError:
+            continue
+    return changed
 
 
 def ensure_schema(conn: sqlite3.Connection) -> None:

@@ -34,6 +34,7 @@ from auditor.schema import (
     connect,
     create_private_file,
     ensure_schema,
+    restore_sidecar_modes,
 )
 from auditor.urls import path_and_query
 
@@ -186,6 +187,11 @@ class Writer:
         """Write everything pending now, including rows held for follow-up matching."""
         self._drain(final=True)
 
+    @property
+    def unsaved(self) -> bool:
+        """Counts (or rows) not yet in the database, e.g. while it is read-only or full."""
+        return bool(self._queue or self._held) or self._stats_totals(0) != self._saved_totals
+
     async def flush_async(self) -> None:
         """``flush`` without blocking the event loop."""
         await asyncio.to_thread(self.flush)
@@ -262,8 +268,11 @@ class Writer:
         try:
             conn, builder = self._open()
         except (sqlite3.Error, OSError, SchemaError) as exc:
-            self._count_drop(classify_error(exc), len(batch) + len(self._held), exc)
+            reason = classify_error(exc)
+            self._count_drop(reason, len(batch) + len(self._held), exc)
             self._held.clear()
+            if reason == "read_only":
+                restore_sidecar_modes(self.db_path)
             return
         rows = []
         for exchange in batch:
@@ -294,6 +303,8 @@ class Writer:
                 # SQLite keeps a connection read-only once it opened that way, and a full
                 # disk can leave the WAL in a bad way: reopen on the next batch.
                 self._reset()
+                if reason == "read_only":
+                    restore_sidecar_modes(self.db_path)
             return
         self.rows_written += len(rows)
         self._saved_totals = totals

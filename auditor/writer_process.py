@@ -18,6 +18,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -35,6 +36,8 @@ from auditor.writer import RecorderOptions, Writer
 # Below the app's priority: on a saturated machine the app keeps the CPU and the
 # writer falls behind (then drops, counted) rather than slowing requests down.
 NICENESS = 10
+LINGER_SECONDS = 300.0  # after the serving process is gone, while counts are unsaved
+RETRY_SECONDS = 1.0
 
 
 class _Replies:
@@ -104,6 +107,12 @@ def serve(config: dict[str, Any], stdin: BinaryIO, replies: _Replies) -> None:
             RuntimeError(f"the serving process ended before handing over {lost} request(s)"),
         )
     writer.close()
+    # Nobody waits for us now: if the database cannot take our last counts yet (read-only,
+    # full, locked), keep trying for a while rather than lose them with this process.
+    deadline = time.monotonic() + LINGER_SECONDS
+    while writer.unsaved and time.monotonic() < deadline:
+        time.sleep(RETRY_SECONDS)
+        writer.flush()
 
 
 def main(argv: list[str]) -> int:

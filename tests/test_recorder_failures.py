@@ -15,6 +15,7 @@ import pytest
 from starlette.types import Receive, Scope, Send
 
 from auditor import RedirectRecorder
+from auditor.schema import restore_sidecar_modes
 from tests.apps import site
 from tests.servers import fetch_rows, raw_request, serve_in_thread
 
@@ -250,3 +251,20 @@ def test_full_queue_drops_are_counted_and_warned_once(
     assert paths == ["/landing/0", "/landing/after"]
     assert stats(recorder.writer.db_path)["dropped_queue_full"] == 4
     assert len(drop_warnings(caplog, "queue_full")) == 1
+
+
+def test_sidecar_files_created_while_read_only_get_the_database_mode_back(tmp_path: Path) -> None:
+    """A -shm created while the database was 0444 would keep every later write failing."""
+    db = tmp_path / "traffic.db"
+    db.write_bytes(b"")
+    db.chmod(0o600)
+    for suffix in ("-wal", "-shm"):
+        sidecar = tmp_path / f"traffic.db{suffix}"
+        sidecar.write_bytes(b"")
+        sidecar.chmod(0o444)
+    assert restore_sidecar_modes(db)
+    assert {oct(p.stat().st_mode & 0o777) for p in tmp_path.glob("traffic.db-*")} == {"0o600"}
+    assert not restore_sidecar_modes(db)  # nothing left to change
+    db.chmod(0o444)
+    (tmp_path / "traffic.db-shm").chmod(0o400)
+    assert not restore_sidecar_modes(db)  # the database itself is read-only: leave it be
