@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import fnmatch
 import gc
+import itertools
 import json
 import logging
 import sqlite3
@@ -27,7 +28,16 @@ from auditor import linking, schema
 from auditor.config import build_options, validate
 from auditor.rules import _subset as subset
 from auditor.rules import chains as chain_rules
-from auditor.rules.base import SEVERITIES, AuditContext, AuditOptions, Finding, Severity, all_rules
+from auditor.rules._groups import PENDING_CHAINS, resolve_pending_chains
+from auditor.rules.base import (
+    SEVERITIES,
+    AuditContext,
+    AuditOptions,
+    Finding,
+    Rule,
+    Severity,
+    all_rules,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -110,47 +120,65 @@ def audit(
         report("linking follow-up requests", 0, total)
         # One scan copies the rows linking, chains and the rules read (see rules._subset).
         newest = subset.copy_responses(conn)
+        conn.row_factory = sqlite3.Row  # for the rules (linking reads plain tuples)
         ctx = AuditContext(conn, options)
+        found_by_rule: dict[str, list[Finding]] = {}
+        errors_by_rule: dict[str, str] = {}
+        steps = itertools.count(1)
+
+        def run(batch: list[Rule]) -> None:
+            for registered in batch:
+                report(f"rule {registered.id}", next(steps), total)
+                try:
+                    found_by_rule[registered.id] = list(registered.check(ctx))
+                except Exception as exc:  # one broken rule must not hide the others' findings
+                    logger.exception("rule %s failed", registered.id)
+                    errors_by_rule[registered.id] = f"{type(exc).__name__}: {exc}"
+
+        def run_unlinked_rules() -> None:
+            """The rules that read only the responses, on this connection while another
+            scans for follow-ups; their findings get their example chain afterwards."""
+            ctx.cache[subset.RESPONSES_ONLY] = True
+            ctx.cache[PENDING_CHAINS] = []
+            try:
+                run([r for r in rules if not r.needs_links])
+            finally:
+                del ctx.cache[subset.RESPONSES_ONLY]
+
         # Chains are built from what linking read while the links are written; the static
-        # redirect graph is walked from the redirect rows linking read, in the background
-        # while the first rules run (the scan for follow-ups already keeps both cores busy).
+        # redirect graph is walked from the redirect rows linking read, in another thread
+        # during the scan for follow-ups (SQLite scans on another connection, without
+        # Python, while this thread runs the rules that need no links).
         graph_rules = {"redirect-chain", "redirect-loop"} & {r.id for r in rules}
-        redirect_rows: list[list[tuple[Any, ...]]] = []
         follow_up_rows: list[list[tuple[Any, ...]]] = []
         linking.link_and_build_chains(
             conn,
             window=options.link_window,
             redirects_from=subset.RESPONSES,
-            meanwhile=redirect_rows.append if graph_rules else None,
+            meanwhile=chain_rules.static_graph_task(ctx) if graph_rules else None,
             known_hosts=hosts.result,
             follow_ups_read=follow_up_rows.append,
+            alongside=run_unlinked_rules,
         )
         _commit(conn)
-        walking = None
-        if graph_rules:
-            walking = background.submit(chain_rules.static_graph_task(ctx), redirect_rows[0])
         # Copy the WAL back and count the totals on another connection while rules run.
         background_totals = background.submit(_checkpoint_and_count, db_path)
-        report("building chains", 1, total)
+        report("building chains", next(steps), total)
         _refresh_link_statistics(conn)
         # The follow-ups as linking read them: not read back through the index.
         subset.copy_follow_ups(conn, newest, follow_up_rows[0])
         ctx.cache["followed"] = {row[0]: row[1] for row in follow_up_rows[0] if row[0] <= newest}
+        resolve_pending_chains(ctx)
+        run([r for r in rules if r.needs_links])
 
-        conn.row_factory = sqlite3.Row
-        findings: list[Finding] = []
-        rule_errors: dict[str, str] = {}
-        for done, registered in enumerate(rules, start=2):
-            report(f"rule {registered.id}", done, total)
-            if walking is not None and registered.id in graph_rules:
-                walking.result()
-            try:
-                found = list(registered.check(ctx))
-            except Exception as exc:  # one broken rule must not hide the others' findings
-                logger.exception("rule %s failed", registered.id)
-                rule_errors[registered.id] = f"{type(exc).__name__}: {exc}"
-                continue
-            findings.extend(f for f in found if not _ignored(f.source, options.ignore_paths))
+        # In the registry's order, whichever ran first.
+        findings = [
+            f
+            for r in rules
+            for f in found_by_rule.get(r.id, ())
+            if not _ignored(f.source, options.ignore_paths)
+        ]
+        rule_errors = {r.id: errors_by_rule[r.id] for r in rules if r.id in errors_by_rule}
         findings.sort(key=lambda f: (SEVERITIES.index(f.severity), -f.hits, f.rule, f.source))
         _commit(conn)
 

@@ -188,25 +188,30 @@ def _load_candidates(
     conn: sqlite3.Connection,
     redirects: list[_Redirect],
     meanwhile: Callable[[], object] | None = None,
+    alongside: Callable[[], object] | None = None,
 ) -> list[_Candidate]:
     """Requests whose (client key, path) is some redirect's target, in time order.
 
     One scan of ``requests`` with one index probe per row, as statements that SQLite
     runs without Python: on a large table two, over two id ranges, on two connections
     in two threads. ``meanwhile`` (pure Python, not using ``conn``) runs in another
-    thread during the scan. The rest is compared in Python.
+    thread during the scan. ``alongside`` runs on this thread and may use ``conn``: then
+    another connection scans the whole table meanwhile. The rest is compared in Python.
     """
     targets = sorted({(r.client_key, split_url(r.target)[1]) for r in redirects})
     # min() and max() in one statement would scan the table: two rowid seeks instead.
     first_id = _rows(conn, "select min(id) from requests").__next__()[0] or 0
     last_id = _rows(conn, "select max(id) from requests").__next__()[0] or 0
     file = _database_file(conn)
-    scanners = [conn]
-    if file is not None and last_id - first_id > PARALLEL_SCAN_ROWS:
+    scanners = []
+    if alongside is None or file is None:  # else conn is busy with ``alongside``
+        scanners.append(conn)
+    if file is not None and (not scanners or last_id - first_id > PARALLEL_SCAN_ROWS):
         scanners.append(sqlite3.connect(file, timeout=BUSY_TIMEOUT_S, check_same_thread=False))
         scanners[-1].execute("pragma temp_store = memory")
     # One scanner reads every row, even one recorded since max(id) was read.
     middle = (first_id + last_id) // 2 if len(scanners) > 1 else MAX_ID
+    ranges = [(first_id, middle), (middle + 1, last_id)]
 
     def prepare_and_scan(scanner: sqlite3.Connection, first: int, last: int) -> None:
         _prepare_scan(scanner, targets)
@@ -216,10 +221,15 @@ def _load_candidates(
         with ThreadPoolExecutor(max_workers=2) as pool:
             done = [pool.submit(meanwhile)] if meanwhile is not None else []
             done += [
-                pool.submit(prepare_and_scan, other, middle + 1, last_id) for other in scanners[1:]
+                pool.submit(prepare_and_scan, scanner, *bounds)
+                for scanner, bounds in zip(scanners, ranges, strict=False)
+                if scanner is not conn
             ]
             try:
-                prepare_and_scan(conn, first_id, middle)
+                if scanners[0] is conn:
+                    prepare_and_scan(conn, *ranges[0])
+                if alongside is not None:
+                    alongside()
             finally:
                 for future in done:  # before reading rows: threads would want the GIL per row
                     future.result()
@@ -231,8 +241,8 @@ def _load_candidates(
         for scanner in scanners:
             scanner.execute("drop table if exists temp.link_candidates")
             scanner.execute("drop table if exists temp.link_targets")
-        for other in scanners[1:]:
-            other.close()
+            if scanner is not conn:
+                scanner.close()
 
 
 def _match(
@@ -300,17 +310,19 @@ def _compute_links(
     window: float,
     redirects_from: str,
     meanwhile: Callable[[list[tuple[Any, ...]]], object] | None = None,
+    alongside: Callable[[], object] | None = None,
 ) -> tuple[list[tuple[Any, ...]], list[_Candidate], dict[int, int]]:
     """(redirect rows, candidate rows, follow-up id -> redirect id)."""
     rows = _read_redirects(conn, redirects_from)
     redirects = _link_redirects(rows)
     work = (lambda: meanwhile(rows)) if meanwhile is not None else None
     if redirects:
-        candidates = _load_candidates(conn, redirects, work)
+        candidates = _load_candidates(conn, redirects, work, alongside)
     else:
         candidates = []
-        if work is not None:
-            work()
+        for task in (work, alongside):
+            if task is not None:
+                task()
     return rows, candidates, _match(redirects, candidates, window)
 
 
@@ -370,6 +382,7 @@ def link_and_build_chains(
     meanwhile: Callable[[list[tuple[Any, ...]]], object] | None = None,
     known_hosts: Callable[[], Container[str]] | None = None,
     follow_ups_read: Callable[[list[tuple[Any, ...]]], object] | None = None,
+    alongside: Callable[[], object] | None = None,
 ) -> tuple[int, int]:
     """``link_requests`` then ``build_chains``; return (links, chains).
 
@@ -382,10 +395,13 @@ def link_and_build_chains(
     meanwhile); by default they are read on ``conn``. ``follow_ups_read`` is given the
     linked follow-up requests as read: (id, follow_up_of, started_at, method, url,
     status, location_url, client_key, route, user_agent, request_body_size,
-    request_body_chunked).
+    request_body_chunked). ``alongside`` runs on this thread, and may read with ``conn``,
+    while another connection scans for the candidates.
     """
     in_callers_transaction = conn.in_transaction
-    rows, candidates, follow_ups = _compute_links(conn, window, redirects_from, meanwhile)
+    rows, candidates, follow_ups = _compute_links(
+        conn, window, redirects_from, meanwhile, alongside
+    )
     if follow_ups_read is not None:
         follow_ups_read(
             [

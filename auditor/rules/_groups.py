@@ -355,9 +355,10 @@ def finding(
     if group.targets > 1:
         message += f" ({plural(group.targets, 'distinct target')} from this source.)"
     example_chain_id = group.example_chain_id
-    if example_chain_id is None:
+    pending: list[Finding] | None = ctx.cache.get(PENDING_CHAINS)
+    if example_chain_id is None and pending is None:
         example_chain_id = chain_of_request(ctx, group.example_request_id)
-    return Finding(
+    found = Finding(
         rule=rule_id,
         severity=severity or registered.severity,
         title=registered.title,
@@ -374,6 +375,20 @@ def finding(
         example_request_id=group.example_request_id,
         example_chain_id=example_chain_id,
     )
+    if example_chain_id is None and pending is not None:
+        pending.append(found)
+    return found
+
+
+# Set in ``AuditContext.cache`` (to a list) while the chains are not built yet: ``finding``
+# leaves the example chain of its findings to ``resolve_pending_chains``.
+PENDING_CHAINS = "findings without their chain yet"
+
+
+def resolve_pending_chains(ctx: AuditContext) -> None:
+    """Once the chains are built: the example chain of the findings made before."""
+    for found in ctx.cache.pop(PENDING_CHAINS, []):
+        found.example_chain_id = chain_of_request(ctx, found.example_request_id)
 
 
 def framework_fix(group: Group, *, starlette: str, django: str, litestar: str) -> str:

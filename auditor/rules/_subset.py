@@ -116,8 +116,15 @@ def copy_follow_ups(
     conn.execute(f"create temp table {_BUILT} as select ? as max_id", (newest,))
 
 
+# Set in ``AuditContext.cache`` while only ``audit_responses`` is built (linking still
+# runs): the rules that read nothing else (``needs_links=False``) use it as it is.
+RESPONSES_ONLY = "subset: responses only"
+
+
 def ensure_responses(ctx: AuditContext) -> None:
     """Build the subset unless it is complete and no request was added since."""
+    if ctx.cache.get(RESPONSES_ONLY):
+        return
     conn = ctx.conn
     built = conn.execute(
         "select 1 from temp.sqlite_master where type = 'table' and name = ?", (_BUILT,)

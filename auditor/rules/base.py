@@ -104,20 +104,29 @@ class Rule:
     spec: str
     family: str
     check: RuleCheck
+    # False when the rule reads only the recorded responses, neither the follow-up links
+    # nor the chains: ``audit`` may run it while linking still scans for follow-ups.
+    needs_links: bool = True
 
 
 REGISTRY: dict[str, Rule] = {}
 
 
 def rule(
-    id: str, *, severity: Severity, title: str, spec: str, family: str
+    id: str,
+    *,
+    severity: Severity,
+    title: str,
+    spec: str,
+    family: str,
+    needs_links: bool = True,
 ) -> Callable[[RuleCheck], RuleCheck]:
     """Register a rule function under its stable id."""
 
     def register(check: RuleCheck) -> RuleCheck:
         if id in REGISTRY:
             raise ValueError(f"rule {id!r} registered twice")
-        REGISTRY[id] = Rule(id, severity, title, spec, family, check)
+        REGISTRY[id] = Rule(id, severity, title, spec, family, check, needs_links)
         return check
 
     return register

@@ -248,6 +248,7 @@ def loop_fix(group: Group, urls: list[str]) -> str:
     title="Redirect to the same URL",
     spec="RFC 9110 §15.4 (clients SHOULD detect cyclical redirections)",
     family=FAMILY,
+    needs_links=False,
 )
 def self_redirect(ctx: AuditContext) -> Iterator[Finding]:
     """The Location resolves to the request's own URL."""

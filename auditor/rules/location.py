@@ -104,6 +104,7 @@ REDIRECT_FIX_LITESTAR = "return Redirect(path=url, status_code=...)."
     title="Redirect without a Location header",
     spec="RFC 9110 §10.2.2, §15.4",
     family="location",
+    needs_links=False,
 )
 def missing_location(ctx: AuditContext) -> Iterator[Finding]:
     """A 301/302/303/307/308 that does not say where to go."""
@@ -181,6 +182,7 @@ CLIENTS_ON_PROBLEM = {
     title="Location header clients cannot use reliably",
     spec="RFC 9110 §10.2.2, §4.2.4, §5.5; RFC 3986 §3-4",
     family="location",
+    needs_links=False,
 )
 def invalid_location(ctx: AuditContext) -> Iterator[Finding]:
     """Unparsable, control characters or spaces, non-http(s) scheme, userinfo, or sent twice."""
@@ -226,6 +228,7 @@ def invalid_location(ctx: AuditContext) -> Iterator[Finding]:
     title="Location header on a status that ignores it",
     spec="RFC 9110 §10.2.2, §15.3.2",
     family="location",
+    needs_links=False,
 )
 def location_on_non_redirect(ctx: AuditContext) -> Iterator[Finding]:
     """Location on anything but 3xx, 201 Created or 202 Accepted (a status monitor)."""
@@ -261,6 +264,7 @@ def location_on_non_redirect(ctx: AuditContext) -> Iterator[Finding]:
     title="HTTPS request redirected to http://",
     spec="RFC 9110 §4.2.2, §15.4; RFC 6797 (HSTS)",
     family="location",
+    needs_links=False,
 )
 def scheme_downgrade(ctx: AuditContext) -> Iterator[Finding]:
     """An https request (directly, or per the forwarded headers as sent) told to go to http://.
@@ -330,6 +334,7 @@ def leaked_host(location: str, keys: dict[str, Any]) -> str | None:
     title="Location names an internal host",
     spec="RFC 9110 §7.2, §10.2.2; CWE-200",
     family="location",
+    needs_links=False,
 )
 def internal_host_leak(ctx: AuditContext) -> Iterator[Finding]:
     """An absolute Location naming loopback, a private address, the server's own
@@ -393,6 +398,7 @@ def target_from_request(location: str, path: str, query: str | None, keys: dict[
     title="Open redirect: off-site target taken from the request",
     spec="CWE-601; RFC 9110 §17.11",
     family="location",
+    needs_links=False,
 )
 def open_redirect(ctx: AuditContext) -> Iterator[Finding]:
     """An off-site Location whose host the client supplied in the query or path."""

@@ -228,6 +228,7 @@ def method_change_broke_request(ctx: AuditContext) -> Iterator[Finding]:
     title="Non-GET request answered with 301/302",
     spec="RFC 9110 §15.4.2 (301), §15.4.3 (302)",
     family=FAMILY,
+    needs_links=False,
 )
 def ambiguous_method_redirect(ctx: AuditContext) -> Iterator[Finding]:
     """A non-GET/HEAD request got 301/302: clients disagree on what to send next."""

@@ -88,6 +88,7 @@ def caching_fix(group: Group, status: int, header: str) -> str:
     title="Temporary redirect that never changes",
     spec="RFC 9110 §15.4.3 (302), §15.4.8 (307), §15.4.9 (308)",
     family=FAMILY,
+    needs_links=False,
 )
 def temporary_looks_permanent(ctx: AuditContext) -> Iterator[Finding]:
     """302/307 from one source to one unchanging target over a long span and many hits."""
@@ -129,6 +130,7 @@ def temporary_looks_permanent(ctx: AuditContext) -> Iterator[Finding]:
     title="Permanent redirect whose target changed",
     spec="RFC 9110 §15.4.2 (301), §15.4.9 (308); RFC 9111 §4.2.2 (heuristic freshness)",
     family=FAMILY,
+    needs_links=False,
 )
 def permanent_target_changed(ctx: AuditContext) -> Iterator[Finding]:
     """One URL answered 301/308 to different targets over time.
@@ -191,6 +193,7 @@ def permanent_target_changed(ctx: AuditContext) -> Iterator[Finding]:
     title="302 Found: say 303 or 307",
     spec="RFC 9110 §15.4.3 (302), §15.4.4 (303), §15.4.8 (307)",
     family=FAMILY,
+    needs_links=False,
 )
 def legacy_302(ctx: AuditContext) -> Iterator[Finding]:
     """Any 302: clients disagree about the method they use to follow it."""
@@ -238,6 +241,7 @@ def legacy_302(ctx: AuditContext) -> Iterator[Finding]:
     title="Permanent redirect without explicit freshness",
     spec="RFC 9111 §4.2.2 (heuristic freshness), §5.2.2.1 (max-age); RFC 9110 §15.1",
     family=FAMILY,
+    needs_links=False,
 )
 def permanent_without_cache_control(ctx: AuditContext) -> Iterator[Finding]:
     """301/308 with neither Cache-Control max-age/s-maxage/no-store/no-cache nor Expires."""
@@ -272,6 +276,7 @@ def permanent_without_cache_control(ctx: AuditContext) -> Iterator[Finding]:
     title="Temporary redirect cached for a long time",
     spec="RFC 9111 §4.2.1, §5.2.2.1 (max-age), §5.3 (Expires); RFC 9110 §15.4.3, §15.4.8",
     family=FAMILY,
+    needs_links=False,
 )
 def temporary_with_long_cache(ctx: AuditContext) -> Iterator[Finding]:
     """302/307 whose max-age, s-maxage or Expires exceeds options.long_cache_seconds."""
@@ -317,6 +322,7 @@ def temporary_with_long_cache(ctx: AuditContext) -> Iterator[Finding]:
     title="Deprecated redirect status 305 or 306",
     spec="RFC 9110 §15.4.6 (305 Use Proxy), §15.4.7 (306 unused)",
     family=FAMILY,
+    needs_links=False,
 )
 def deprecated_status(ctx: AuditContext) -> Iterator[Finding]:
     """305 Use Proxy (deprecated) or 306 (reserved, unused)."""

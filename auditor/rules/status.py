@@ -17,6 +17,7 @@ FAMILY = "status"
     title="DELETE answered 200 with an empty body",
     spec="RFC 9110 §9.3.5 (DELETE), §15.3.5 (204 No Content)",
     family=FAMILY,
+    needs_links=False,
 )
 def delete_200_no_content(ctx: AuditContext) -> Iterator[Finding]:
     """A DELETE whose 200 OK carried no body at all: that is what 204 is for."""
@@ -51,6 +52,7 @@ def delete_200_no_content(ctx: AuditContext) -> Iterator[Finding]:
     title="204 or 304 response with a body",
     spec="RFC 9110 §15.3.5 (204), §15.4.5 (304), §6.4.1",
     family=FAMILY,
+    needs_links=False,
 )
 def body_on_no_content(ctx: AuditContext) -> Iterator[Finding]:
     """The app sent body bytes on a 204 or 304, which can have no content.
