@@ -76,21 +76,18 @@ def _error_named(name: str) -> _ShippedError:
 def from_portable(item: tuple[Any, ...]) -> ShippedCapture:
     """Rebuild a capture from ``to_portable``'s tuple (in the writer process)."""
     scope_values, route, started, ended, status, headers, body_size, complete, error = item
-    scope = {
-        key: value
-        for key, value in zip(_SCOPE_KEYS, scope_values, strict=True)
-        if value is not None
-    }
+    if len(scope_values) != len(_SCOPE_KEYS):
+        raise ValueError(f"{len(scope_values)} scope values, expected {len(_SCOPE_KEYS)}")
     return ShippedCapture(
-        scope=scope,
-        started_at=started,
-        ended_at=ended,
-        status=status,
-        headers=headers,
-        body_size=body_size,
-        complete=complete,
-        error=_error_named(error) if error else None,
-        route=route,
+        dict(zip(_SCOPE_KEYS, scope_values, strict=False)),  # absent keys arrive as None
+        route,
+        started,
+        ended,
+        status,
+        headers,
+        body_size,
+        complete,
+        _error_named(error) if error else None,
     )
 
 

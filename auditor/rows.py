@@ -88,12 +88,44 @@ class Capture:
     error: BaseException | None = None
 
 
-@dataclass
-class ShippedCapture(Capture):
+class ShippedCapture:
     """A capture rebuilt in the writer process (``frames.from_portable``). Its route
-    template was read in the serving process: route objects do not travel."""
+    template was read in the serving process: route objects do not travel. A plain
+    slotted class: the writer process makes one per request."""
 
-    route: str | None = None
+    __slots__ = (
+        "body_size",
+        "complete",
+        "ended_at",
+        "error",
+        "headers",
+        "route",
+        "scope",
+        "started_at",
+        "status",
+    )
+
+    def __init__(
+        self,
+        scope: dict[str, Any],
+        route: str | None,
+        started_at: float,
+        ended_at: float,
+        status: int,
+        headers: list[tuple[bytes, bytes]] | None,
+        body_size: int,
+        complete: bool,
+        error: BaseException | None,
+    ) -> None:
+        self.scope = scope
+        self.route = route
+        self.started_at = started_at
+        self.ended_at = ended_at
+        self.status = status
+        self.headers = headers
+        self.body_size = body_size
+        self.complete = complete
+        self.error = error
 
 
 def _text(value: bytes, limit: int = MAX_VALUE_CHARS) -> str:
@@ -281,7 +313,7 @@ class RowBuilder:
         return (
             started_at,
             round((exchange.ended_at - started_at) * 1000, 3),
-            scope.get("method", ""),
+            scope.get("method") or "",
             scheme,
             host,
             path,
