@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from bisect import bisect_right
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Container, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -148,6 +148,7 @@ def _link_redirects(rows: list[tuple[Any, ...]]) -> list[_Redirect]:
 # Above this many requests the candidate scan is split in two id ranges, the second
 # scanned by another connection in another thread (SQLite runs both without Python).
 PARALLEL_SCAN_ROWS = 200_000
+SCAN_CHUNKS = 16
 BUSY_TIMEOUT_S = 5.0
 MAX_ID = 2**63 - 1
 
@@ -160,19 +161,30 @@ def _database_file(conn: sqlite3.Connection) -> str | None:
     return None
 
 
-def _prepare_scan(conn: sqlite3.Connection, targets: list[tuple[str, str]]) -> None:
+def _prepare_scan(conn: sqlite3.Connection, targets: str) -> None:
+    """The scratch tables of one scanner; ``targets`` a JSON list of (client key, path)
+    (one statement inserts them, which SQLite runs without Python)."""
     conn.execute("create temp table if not exists link_targets (client_key text, path text)")
     conn.execute("delete from temp.link_targets")
-    conn.executemany("insert into temp.link_targets values (?, ?)", targets)
+    conn.execute(
+        """insert into temp.link_targets
+           select json_extract(value, '$[0]'), json_extract(value, '$[1]') from json_each(?)""",
+        (targets,),
+    )
     conn.execute(
         "create index if not exists temp.link_targets_key on link_targets (client_key, path)"
     )
     conn.execute("drop table if exists temp.link_candidates")
+    conn.execute(
+        """create temp table link_candidates (started_at, id, method, client_key, user_agent,
+             connection_key, url, path, status, location_url, route, request_body_size,
+             request_body_chunked)"""
+    )
 
 
 def _scan(conn: sqlite3.Connection, first_id: int, last_id: int) -> None:
     conn.execute(
-        f"""create temp table link_candidates as
+        f"""insert into temp.link_candidates
             select q.started_at, q.id, q.method, q.client_key, q.user_agent,
                    q.connection_key, q.url, {PATH_SQL}, q.status, q.location_url,
                    q.route, q.request_body_size, q.request_body_chunked
@@ -193,56 +205,63 @@ def _load_candidates(
     """Requests whose (client key, path) is some redirect's target, in time order.
 
     One scan of ``requests`` with one index probe per row, as statements that SQLite
-    runs without Python: on a large table two, over two id ranges, on two connections
-    in two threads. ``meanwhile`` (pure Python, not using ``conn``) runs in another
-    thread during the scan. ``alongside`` runs on this thread and may use ``conn``: then
-    another connection scans the whole table meanwhile. The rest is compared in Python.
+    runs without Python: on a large table over id ranges that two connections, in two
+    threads, take in turn. ``meanwhile`` (pure Python, not using ``conn``) runs in
+    another thread during the scan. ``alongside`` runs on this thread first and may use
+    ``conn``: another connection scans meanwhile. The rest is compared in Python.
     """
-    targets = sorted({(r.client_key, split_url(r.target)[1]) for r in redirects})
+    targets = json.dumps(
+        sorted({(r.client_key, split_url(r.target)[1]) for r in redirects}), ensure_ascii=False
+    )
     # min() and max() in one statement would scan the table: two rowid seeks instead.
     first_id = _rows(conn, "select min(id) from requests").__next__()[0] or 0
     last_id = _rows(conn, "select max(id) from requests").__next__()[0] or 0
     file = _database_file(conn)
-    scanners = []
-    if alongside is None or file is None:  # else conn is busy with ``alongside``
-        scanners.append(conn)
-    if file is not None and (not scanners or last_id - first_id > PARALLEL_SCAN_ROWS):
+    scanners = [conn]
+    if file is not None and (alongside is not None or last_id - first_id > PARALLEL_SCAN_ROWS):
         scanners.append(sqlite3.connect(file, timeout=BUSY_TIMEOUT_S, check_same_thread=False))
         scanners[-1].execute("pragma temp_store = memory")
-    # One scanner reads every row, even one recorded since max(id) was read.
-    middle = (first_id + last_id) // 2 if len(scanners) > 1 else MAX_ID
-    ranges = [(first_id, middle), (middle + 1, last_id)]
+    # Id ranges that the scanners take in turn: one that finishes early (or that started
+    # late, after ``alongside``) takes more. The last range is open, so every row is read,
+    # even one recorded since max(id) was read.
+    step = max((last_id - first_id) // SCAN_CHUNKS + 1, 1) if len(scanners) > 1 else MAX_ID
+    bounds = list(range(first_id, last_id + 1, step))[:SCAN_CHUNKS] or [first_id]
+    chunks = deque(zip(bounds, [b - 1 for b in bounds[1:]] + [MAX_ID], strict=True))
 
-    def prepare_and_scan(scanner: sqlite3.Connection, first: int, last: int) -> None:
-        _prepare_scan(scanner, targets)
-        _scan(scanner, first, last)
+    scanned: list[sqlite3.Connection] = []  # the scanners that took a range
+
+    def scan_chunks(scanner: sqlite3.Connection) -> None:
+        while True:
+            try:
+                first, last = chunks.popleft()  # atomic: the scanners share the deque
+            except IndexError:
+                return
+            if scanner not in scanned:
+                _prepare_scan(scanner, targets)
+                scanned.append(scanner)
+            _scan(scanner, first, last)
 
     try:
         with ThreadPoolExecutor(max_workers=2) as pool:
             done = [pool.submit(meanwhile)] if meanwhile is not None else []
-            done += [
-                pool.submit(prepare_and_scan, scanner, *bounds)
-                for scanner, bounds in zip(scanners, ranges, strict=False)
-                if scanner is not conn
-            ]
+            done += [pool.submit(scan_chunks, other) for other in scanners[1:]]
             try:
-                if scanners[0] is conn:
-                    prepare_and_scan(conn, *ranges[0])
                 if alongside is not None:
                     alongside()
+                scan_chunks(conn)
             finally:
                 for future in done:  # before reading rows: threads would want the GIL per row
                     future.result()
         candidates: list[_Candidate] = []
-        for scanner in scanners:
+        for scanner in scanned:
             candidates.extend(_rows(scanner, "select * from temp.link_candidates"))
         return sorted(candidates)
     finally:
         for scanner in scanners:
             scanner.execute("drop table if exists temp.link_candidates")
             scanner.execute("drop table if exists temp.link_targets")
-            if scanner is not conn:
-                scanner.close()
+        for other in scanners[1:]:
+            other.close()
 
 
 def _match(
