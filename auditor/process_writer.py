@@ -21,6 +21,7 @@ import dataclasses
 import fcntl
 import json
 import logging
+import marshal
 import mmap
 import os
 import socket
@@ -216,21 +217,23 @@ class ProcessWriter:
             except Exception as exc:
                 self._send_drop(1, exc)
         try:
-            frame = encode(("rows", items))
+            payload = marshal.dumps(items)
         except ValueError:  # an object marshal cannot carry, from an unusual server
-            frame = self._encode_each(items)
-        self._send(frame, len(items))
+            items = self._marshallable(items)
+            payload = marshal.dumps(items)
+        # The writer process keeps the rows as these bytes until it has time for them.
+        self._send(encode(("rows", len(items), payload)), len(items))
 
-    def _encode_each(self, items: list[tuple[Any, ...]]) -> bytes:
+    def _marshallable(self, items: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
         good = []
         for item in items:
             try:
-                encode(item)
+                marshal.dumps(item)
             except ValueError as exc:
                 self._send_drop(1, exc)
             else:
                 good.append(item)
-        return encode(("rows", good))
+        return good
 
     def _send_drop(self, count: int, exc: BaseException) -> None:
         self._send(encode(("drop", count, f"{type(exc).__name__}: {exc}"[:400])), count)

@@ -187,6 +187,14 @@ class Writer:
         """Write everything pending now, including rows held for follow-up matching."""
         self._drain(final=True)
 
+    def write_now(self, batch: list[CapturedExchange]) -> None:
+        """Build and insert ``batch`` in the calling thread (the writer process's)."""
+        with self._lock:
+            try:
+                self._write(batch, final=False)
+            except Exception as exc:  # a bug here must never stop the writer
+                self._count_drop("other", len(batch), exc)
+
     @property
     def unsaved(self) -> bool:
         """Counts (or rows) not yet in the database, e.g. while it is read-only or full."""

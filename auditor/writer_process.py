@@ -11,14 +11,17 @@ counted as dropped.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import marshal
 import mmap
 import os
 import signal
 import sys
 import threading
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -31,11 +34,12 @@ from auditor.frames import (
     read_frame,
     write_all,
 )
+from auditor.rows import CapturedExchange
 from auditor.writer import RecorderOptions, Writer
 
-# Below the app's priority: on a saturated machine the app keeps the CPU and the
-# writer falls behind (then drops, counted) rather than slowing requests down.
-NICENESS = 10
+# Requests not yet written, as marshalled bytes (~120 per request): about half a
+# million requests, or 20 s of a saturated 2-core machine, before drops (counted).
+BACKLOG_BYTES = 64 << 20
 LINGER_SECONDS = 300.0  # after the serving process is gone, while counts are unsaved
 RETRY_SECONDS = 1.0
 
@@ -76,29 +80,96 @@ def _stats(writer: Writer) -> dict[str, Any]:
     }
 
 
+class _Backlog:
+    """Row frames received but not yet written, kept as the marshalled bytes they came
+    in (~120 bytes a request, not a few objects each): a busy machine may give this
+    process no CPU for a while, and the serving process must not wait for it."""
+
+    def __init__(self, limit_bytes: int) -> None:
+        self.limit_bytes = limit_bytes
+        self.frames: deque[tuple[int, bytes]] = deque()
+        self.size = 0
+        self.busy = False  # a frame is being written right now
+        self.ended = False
+        self.cond = threading.Condition()
+
+    def put(self, count: int, payload: bytes) -> bool:
+        """Queue a frame; False if there is no room (the caller counts the drop)."""
+        with self.cond:
+            if self.size + len(payload) > self.limit_bytes:
+                return False
+            self.frames.append((count, payload))
+            self.size += len(payload)
+            self.cond.notify_all()
+            return True
+
+    def take(self) -> tuple[int, bytes] | None:
+        """The next frame, waiting for one; None once ended and empty."""
+        with self.cond:
+            self.cond.wait_for(lambda: self.frames or self.ended)
+            if not self.frames:
+                return None
+            self.busy = True
+            return self.frames.popleft()
+
+    def done(self, payload: bytes) -> None:
+        with self.cond:
+            self.size -= len(payload)
+            self.busy = False
+            self.cond.notify_all()
+
+    def wait_empty(self) -> None:
+        with self.cond:
+            self.cond.wait_for(lambda: not self.frames and not self.busy)
+
+    def end(self) -> None:
+        with self.cond:
+            self.ended = True
+            self.cond.notify_all()
+
+
+def _write_backlog(backlog: _Backlog, writer: Writer) -> None:
+    while (frame := backlog.take()) is not None:
+        count, payload = frame
+        try:
+            captures: list[CapturedExchange] = [from_portable(i) for i in marshal.loads(payload)]
+        except Exception as exc:  # a frame we cannot read: count it, keep going
+            writer.count_drop("other", count, exc)
+        else:
+            writer.write_now(captures)
+        finally:
+            backlog.done(payload)
+
+
 def serve(config: dict[str, Any], stdin: BinaryIO, replies: _Replies) -> None:
     """Feed frames from ``stdin`` into a Writer until end of file."""
     counters = memoryview(mmap.mmap(config["counters_fd"], COUNTERS_SIZE)).cast("Q")
     options = RecorderOptions.build(**config["options"])
     writer = Writer(Path(config["db_path"]), options, worker_id=config["worker_id"])
     writer.queue_full_elsewhere = lambda: counters[QUEUE_FULL]
+    backlog = _Backlog(BACKLOG_BYTES)
+    materializer = threading.Thread(
+        target=_write_backlog, args=(backlog, writer), name="redirect-auditor-rows", daemon=True
+    )
+    materializer.start()
     received = 0
     while (message := read_frame(stdin)) is not None:
         kind = message[0]
         if kind == "rows":
-            received += len(message[1])
-            for item in message[1]:
-                try:
-                    writer.submit(from_portable(item))
-                except Exception as exc:
-                    writer.count_drop("other", 1, exc)
+            _, count, payload = message
+            received += count
+            if not backlog.put(count, payload):
+                writer.dropped_queue_full += count  # only this thread counts these
         elif kind == "drop":
             received += message[1]
             writer.count_drop("other", message[1], RuntimeError(message[2]))
         elif kind in ("flush", "prune"):
+            backlog.wait_empty()
             writer.flush()
             result = writer.prune() if kind == "prune" else None
             replies.send(("ack", message[1], _stats(writer), result))
+    backlog.end()
+    materializer.join()
     lost = counters[QUEUED] - received
     if lost > 0:
         writer.count_drop(
@@ -115,13 +186,23 @@ def serve(config: dict[str, Any], stdin: BinaryIO, replies: _Replies) -> None:
         writer.flush()
 
 
+def _lowest_priority() -> None:
+    """Run only on CPU time nobody else wants (SCHED_IDLE; else nice 19). Threads
+    started afterwards inherit it."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        with contextlib.suppress(OSError):
+            os.nice(19)
+
+
 def main(argv: list[str]) -> int:
     # The serving process decides when we stop (end of stdin), not a terminal's Ctrl-C
     # or a signal meant for the server's process group.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     config = json.loads(argv[0])
-    os.nice(NICENESS)
+    _lowest_priority()
     replies = _Replies(sys.stdout.fileno())
     logger = logging.getLogger("redirect_auditor")
     logger.addHandler(_ForwardWarnings(replies))

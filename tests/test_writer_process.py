@@ -18,6 +18,7 @@ import pytest
 from auditor import RedirectRecorder
 from auditor.process_writer import ProcessWriter
 from auditor.writer import Writer
+from auditor.writer_process import _Backlog
 from tests.apps import site
 from tests.servers import ROOT, fetch_rows, free_port, serve_in_thread, wait_for
 
@@ -184,3 +185,19 @@ def test_a_forked_worker_gets_its_own_writer_process(make_recorder: Any) -> None
 def test_unknown_writer_kind_is_refused_at_start_up() -> None:
     with pytest.raises(ValueError, match="writer must be 'process' or 'thread'"):
         RedirectRecorder(site.app, db_path="unused.db", writer="fork")  # type: ignore[arg-type]
+
+
+def test_the_backlog_keeps_frames_as_bytes_up_to_its_limit() -> None:
+    backlog = _Backlog(limit_bytes=100)
+    assert backlog.put(3, b"x" * 60)
+    assert not backlog.put(2, b"y" * 50)  # over the limit: the caller counts 2 dropped
+    assert backlog.put(1, b"z" * 40)
+    assert backlog.take() == (3, b"x" * 60)
+    backlog.done(b"x" * 60)
+    assert backlog.put(2, b"y" * 50)  # room again once a frame is written
+    backlog.end()
+    assert [backlog.take(), backlog.take(), backlog.take()] == [
+        (1, b"z" * 40),
+        (2, b"y" * 50),
+        None,
+    ]
