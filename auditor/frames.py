@@ -25,7 +25,7 @@ MAX_FRAME = 1 << 30
 QUEUED, QUEUE_FULL, RECEIVED, SETTLED = range(4)
 COUNTERS_SIZE = 4096
 
-# The scope keys a row needs, in portable order.
+# The scope keys a row needs, in portable order (``to_portable`` spells them out).
 _SCOPE_KEYS = (
     "method",
     "scheme",
@@ -47,7 +47,18 @@ def to_portable(exchange: CapturedExchange) -> tuple[Any, ...]:
     error = exchange.error
     headers = exchange.headers
     return (
-        tuple(get(key) for key in _SCOPE_KEYS),
+        (  # spelled out: a generator here costs the shipping thread ~1 us a request
+            get("method"),
+            get("scheme"),
+            get("server"),
+            get("client"),
+            get("root_path"),
+            get("path"),
+            get("raw_path"),
+            get("query_string"),
+            get("headers"),
+            get("http_version"),
+        ),
         route_template(scope),
         exchange.started_at,
         exchange.ended_at,

@@ -48,7 +48,7 @@ from auditor.writer import RecorderOptions, Writer
 
 logger = logging.getLogger("redirect_auditor")
 
-SHIP_BATCH = 2048  # exchanges per frame
+SHIP_BATCH = 256  # exchanges per frame; the event loop waits at most one frame's work (~1 ms)
 PIPE_BYTES = 1 << 20  # ask the kernel for a 1 MiB pipe (the unprivileged maximum)
 _F_SETPIPE_SZ = 1031  # Linux fcntl; absent from the fcntl module before Python 3.10
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import marshal
 import os
 import signal
 import subprocess
@@ -16,7 +17,9 @@ import httpx
 import pytest
 
 from auditor import RedirectRecorder
+from auditor.frames import from_portable, to_portable
 from auditor.process_writer import ProcessWriter
+from auditor.rows import Capture
 from auditor.writer import Writer
 from auditor.writer_process import _Backlog
 from tests.apps import site
@@ -201,3 +204,31 @@ def test_the_backlog_keeps_frames_as_bytes_up_to_its_limit() -> None:
         (2, b"y" * 50),
         None,
     ]
+
+
+def test_a_capture_survives_the_trip_to_the_writer_process() -> None:
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "scheme": "https",
+        "server": ("10.0.0.1", 443),
+        "client": ("10.0.0.2", 5000),
+        "root_path": "/app",
+        "path": "/orders",
+        "raw_path": b"/orders",
+        "query_string": b"a=1",
+        "headers": [(b"host", b"shop.example")],
+        "http_version": "2",
+        "state": {"not": "shipped"},
+    }
+    capture = Capture(scope, 1.0, 2.0, 303, [(b"location", b"/done")], 5, True, KeyError("x"))
+    shipped = from_portable(marshal.loads(marshal.dumps(to_portable(capture))))
+    assert shipped.scope == {k: v for k, v in scope.items() if k not in ("type", "state")}
+    assert (shipped.status, shipped.headers, shipped.body_size) == (
+        303,
+        [(b"location", b"/done")],
+        5,
+    )
+    assert (shipped.started_at, shipped.ended_at, shipped.complete) == (1.0, 2.0, True)
+    assert type(shipped.error).__name__ == "KeyError"
+    assert shipped.route is None
