@@ -116,6 +116,9 @@ def audit(
         # Linking rewrites pages all over the table: our commits do not copy them back
         # from the WAL; a thread does, on its own connection, while the rules run.
         conn.execute("pragma wal_autocheckpoint = 0")
+        # No fsync at our commits (WAL stays consistent; a power cut may lose this audit's
+        # last commit, never corrupt): the checkpoint that copies them back does sync.
+        conn.execute("pragma synchronous = normal")
         schema.ensure_schema(conn)
         report("linking follow-up requests", 0, total)
         # One scan copies the rows linking, chains and the rules read (see rules._subset).
@@ -290,13 +293,13 @@ def _store(conn: sqlite3.Connection, result: AuditResult) -> int:
         )
         run_id = int(cursor.lastrowid or 0)
         conn.execute("delete from findings")
-        rows = [{**f.as_row(), "audit_run_id": run_id} for f in result.findings]
-        if rows:
-            columns = list(rows[0])
+        if result.findings:
+            columns = [*result.findings[0].as_row(), "audit_run_id"]
             conn.executemany(
                 f"insert into findings ({', '.join(columns)}) "
                 f"values ({', '.join('?' for _ in columns)})",
-                [tuple(r.values()) for r in rows],  # every row has the same keys, in order
+                # every row has the same keys, in order
+                [(*f.as_row().values(), run_id) for f in result.findings],
             )
         conn.execute("commit")
     except BaseException:
