@@ -19,10 +19,10 @@ from auditor.rows import CapturedExchange, ShippedCapture, route_template
 _LENGTH = struct.Struct("<I")
 MAX_FRAME = 1 << 30
 
-# Shared counters (one page of unsigned 64-bit slots) that survive a SIGKILL of
-# either side. Only the serving process's event loop writes QUEUED and QUEUE_FULL;
-# only the writer process writes RECEIVED and SETTLED.
-QUEUED, QUEUE_FULL, RECEIVED, SETTLED = range(4)
+# Shared counters (a page of unsigned 64-bit slots) that survive a SIGKILL of the
+# serving process, whose event loop alone writes them: exchanges queued for the
+# writer process, and exchanges its full queue turned away.
+QUEUED, QUEUE_FULL = range(2)
 COUNTERS_SIZE = 4096
 
 # The scope keys a row needs, in portable order (``to_portable`` spells them out).

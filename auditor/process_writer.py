@@ -50,6 +50,11 @@ logger = logging.getLogger("redirect_auditor")
 
 SHIP_BATCH = 256  # exchanges per frame; the event loop waits at most one frame's work (~1 ms)
 PIPE_BYTES = 1 << 20  # ask the kernel for a 1 MiB pipe (the unprivileged maximum)
+# ``python -m auditor.writer_process`` with this process's sys.path (see config).
+_BOOTSTRAP = (
+    "import json, sys; sys.path[:] = json.loads(sys.argv[1])['sys_path']; "
+    "from auditor.writer_process import main; sys.exit(main(sys.argv[1:]))"
+)
 _F_SETPIPE_SZ = 1031  # Linux fcntl; absent from the fcntl module before Python 3.10
 
 
@@ -139,10 +144,10 @@ class ProcessWriter:
     def flush(self) -> None:
         """Write everything pending now, and wait until the writer process has."""
         self._ship()
-        if self._fallback is not None:
-            self._fallback.flush()
-        else:
+        if self._fallback is None:
             self._ask("flush")
+        if self._fallback is not None:  # also when the writer process died meanwhile
+            self._fallback.flush()
 
     async def flush_async(self) -> None:
         """``flush`` without blocking the event loop."""
@@ -170,6 +175,8 @@ class ProcessWriter:
             self._fallback.close()
         process = self._process
         if process is not None:
+            with contextlib.suppress(OSError):
+                write_all(self._to_child, encode(("bye",)))  # a goodbye, not a crash
             with contextlib.suppress(OSError):
                 os.close(self._to_child)  # end of file: the writer process flushes and exits
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -258,21 +265,20 @@ class ProcessWriter:
             "options": dataclasses.asdict(self.options),
             "worker_id": self.worker_id,
             "counters_fd": self._counters_fd,
+            # This process's import path (uvicorn --app-dir, pytest's rootdir, a source
+            # checkout): the writer process imports the very same auditor package.
+            "sys_path": sys.path,
         }
-        package_root = str(Path(__file__).resolve().parent.parent)
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
         read_end, self._to_child = os.pipe()
         with contextlib.suppress(OSError):
             fcntl.fcntl(self._to_child, _F_SETPIPE_SZ, PIPE_BYTES)
         os.set_inheritable(self._to_child, False)
         try:
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "auditor.writer_process", json.dumps(config)],
+                [sys.executable, "-c", _BOOTSTRAP, json.dumps(config)],
                 stdin=read_end,
                 stdout=subprocess.PIPE,
                 pass_fds=(self._counters_fd,),
-                env=env,
                 start_new_session=True,  # Ctrl-C in a terminal must not kill it mid-flush
             )
         except (OSError, ValueError) as exc:

@@ -40,7 +40,7 @@ from auditor.writer import RecorderOptions, Writer
 # Requests not yet written, as marshalled bytes (~120 per request): about half a
 # million requests, or 20 s of a saturated 2-core machine, before drops (counted).
 BACKLOG_BYTES = 64 << 20
-LINGER_SECONDS = 300.0  # after the serving process is gone, while counts are unsaved
+LINGER_SECONDS = 300.0  # after the serving process died, while counts are unsaved
 RETRY_SECONDS = 1.0
 
 
@@ -153,6 +153,7 @@ def serve(config: dict[str, Any], stdin: BinaryIO, replies: _Replies) -> None:
     )
     materializer.start()
     received = 0
+    goodbye = False
     while (message := read_frame(stdin)) is not None:
         kind = message[0]
         if kind == "rows":
@@ -168,6 +169,8 @@ def serve(config: dict[str, Any], stdin: BinaryIO, replies: _Replies) -> None:
             writer.flush()
             result = writer.prune() if kind == "prune" else None
             replies.send(("ack", message[1], _stats(writer), result))
+        elif kind == "bye":
+            goodbye = True
     backlog.end()
     materializer.join()
     lost = counters[QUEUED] - received
@@ -178,8 +181,10 @@ def serve(config: dict[str, Any], stdin: BinaryIO, replies: _Replies) -> None:
             RuntimeError(f"the serving process ended before handing over {lost} request(s)"),
         )
     writer.close()
-    # Nobody waits for us now: if the database cannot take our last counts yet (read-only,
-    # full, locked), keep trying for a while rather than lose them with this process.
+    if goodbye:
+        return  # a normal shutdown: the serving process is waiting for us to exit
+    # The serving process died: if the database cannot take our last counts yet
+    # (read-only, full, locked), keep trying for a while rather than lose them with us.
     deadline = time.monotonic() + LINGER_SECONDS
     while writer.unsaved and time.monotonic() < deadline:
         time.sleep(RETRY_SECONDS)
