@@ -65,6 +65,10 @@ class Exchange:
         return self._send(message)
 
 
+async def _sent_after_return(message: Message) -> None:
+    raise RuntimeError("ASGI message sent after the application returned")
+
+
 class RedirectRecorder:
     """Record every HTTP request of an ASGI app into a SQLite traffic database.
 
@@ -132,6 +136,9 @@ class RedirectRecorder:
         finally:
             if not exchange.ended_at:
                 exchange.ended_at = time()
+            # Let go of the server's send (its request cycle, transport and buffers) now:
+            # the capture waits in the queue for up to flush_interval.
+            exchange._send = _sent_after_return
             self.writer.submit(exchange)
 
     def _flush_on_shutdown(self, send: Send) -> Send:
