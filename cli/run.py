@@ -21,6 +21,11 @@ class RecordMode(StrEnum):
     redirects = "redirects"
 
 
+class WriterKind(StrEnum):
+    process = "process"
+    thread = "thread"
+
+
 def run(
     app: Annotated[
         str, typer.Argument(help="The ASGI app as module:attribute, e.g. myproject.asgi:app.")
@@ -61,6 +66,13 @@ def run(
             "--store-client-ip", help="Also store raw client IPs (off: only a keyed hash)."
         ),
     ] = False,
+    writer: Annotated[
+        WriterKind,
+        typer.Option(
+            help="Where rows are built and written: a low-priority 'process' per worker, "
+            "or a 'thread' in each worker (no extra process; competes for the GIL)."
+        ),
+    ] = WriterKind.process,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
 ) -> None:
     """Serve an ASGI app under uvicorn with the recorder wrapped around it: no code change.
@@ -92,6 +104,7 @@ def run(
                 "sample_rate": sample_rate,
                 "trusted_proxies": trusted,
                 "store_client_ip": store_client_ip,
+                "writer": writer.value,
             },
         )
     )

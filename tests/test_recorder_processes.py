@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.servers import (
     ROOT,
@@ -46,11 +48,26 @@ def count_rows(db: Path, where: str) -> int:
     return int(fetch_rows(db, f"select count(*) as n from requests where {where}")[0]["n"])
 
 
-def test_two_workers_under_concurrent_load_record_every_request(tmp_path: Path) -> None:
+def writer_processes(db: Path) -> int:
+    """How many ``auditor.writer_process`` processes write ``db`` right now."""
+    count = 0
+    for proc in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            cmdline = (proc / "cmdline").read_bytes()
+            count += b"auditor.writer_process" in cmdline and str(db).encode() in cmdline
+    return count
+
+
+@pytest.mark.parametrize("writer", ["process", "thread"])
+def test_two_workers_under_concurrent_load_record_every_request(
+    tmp_path: Path, writer: str
+) -> None:
     db = tmp_path / "traffic.db"
     port = free_port()
-    with serve_in_process(run_args(db, port, "--workers", "2"), port, cwd=ROOT) as url:
+    args = run_args(db, port, "--workers", "2", "--writer", writer)
+    with serve_in_process(args, port, cwd=ROOT) as url:
         served = asyncio.run(concurrent_load(url, LOAD_REQUESTS))
+        assert writer_processes(db) == (2 if writer == "process" else 0)
     assert served == LOAD_REQUESTS
     load = "path like '/landing/load-%'"
     wait_for(lambda: count_rows(db, load) == served, timeout=20, what="every served row")
