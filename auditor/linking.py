@@ -34,7 +34,7 @@ from collections.abc import Callable, Container, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from typing import Any
 
 from auditor.urls import is_absolute_location
@@ -459,17 +459,22 @@ def _chains_in_memory(
     follow_ups: dict[int, int],
     known_hosts: Container[str],
 ) -> list[tuple[Any, ...]]:
-    """``_chain_rows`` from the redirect and candidate rows linking read."""
+    """``_chain_rows`` from the redirect and candidate rows linking read (a redirect
+    row starts with a hop's columns)."""
     next_hop = {
-        follow_ups[q[1]]: _Hop(q[1], q[0], q[2], q[6], q[8], q[9], q[3])
+        follow_ups[q[1]]: (q[1], q[0], q[2], q[6], q[8], q[9], q[3])
         for q in candidates
         if q[1] in follow_ups
     }
-    roots = [_Hop(*row[:7]) for row in rows if row[0] not in follow_ups]
+    roots = [row for row in rows if row[0] not in follow_ups]
     return _chain_rows(roots, next_hop, known_hosts)
 
 
 # --- chains -------------------------------------------------------------------------
+
+# A hop as a plain tuple, in these columns (what ``_chain_rows`` walks).
+_HOP_COLUMNS = "id, started_at, method, url, status, location_url, client_key"
+_HopRow = tuple[Any, ...]
 
 
 @dataclass(slots=True)
@@ -580,50 +585,102 @@ def build_chains(conn: sqlite3.Connection, *, redirects_from: str = "requests") 
     ``follow_up_of`` index.
     """
     in_callers_transaction = conn.in_transaction
-    columns = "id, started_at, method, url, status, location_url, client_key"
-    next_hop: dict[int, _Hop] = {}
+    columns = _HOP_COLUMNS
+    next_hop: dict[int, _HopRow] = {}
     follow_ups: set[int] = set()
     for row in _rows(
         conn,
         f"select {columns}, follow_up_of from requests where follow_up_of is not null",
     ):
-        next_hop[row[7]] = _Hop(*row[:7])
+        next_hop[row[7]] = row[:7]
         follow_ups.add(row[0])
-    roots = [
-        _Hop(*row[:7]) for row in _read_redirects(conn, redirects_from) if row[0] not in follow_ups
-    ]
+    roots = [row for row in _read_redirects(conn, redirects_from) if row[0] not in follow_ups]
     chains = _chain_rows(roots, next_hop, KnownHosts(conn))
     _write_chains(conn, chains, in_callers_transaction)
     return len(chains)
 
 
 def _chain_rows(
-    roots: list[_Hop], next_hop: dict[int, _Hop], known_hosts: Container[str]
+    roots: list[_HopRow], next_hop: dict[int, _HopRow], known_hosts: Container[str]
 ) -> list[tuple[Any, ...]]:
-    """One ``chains`` row per root, walking its links, in the roots' time order."""
-    roots = sorted(roots, key=lambda hop: (hop.started_at, hop.id))
+    """One ``chains`` row per root, walking its links, in the roots' time order.
+
+    ``path_text``, ``hops_json`` and ``chain_outcome`` of each chain, computed in one
+    pass over plain tuples (hops: ``_HOP_COLUMNS``, a root may have more columns after),
+    each URL split once."""
+    roots = sorted(roots, key=itemgetter(1, 0))
+    splits: dict[str, tuple[str, str]] = {}
+    hosts: dict[str, str] = {}
+    get_hop = next_hop.get
     chains = []
     for root in roots:
-        chain, visited = [root], {root.id}
-        while (follower := next_hop.get(chain[-1].id)) is not None:
-            if follower.id in visited:
-                break
-            chain.append(follower)
-            visited.add(follower.id)
+        chain = [root]
+        follower = get_hop(root[0])
+        if follower is not None:
+            visited = {root[0]}
+            while follower is not None and follower[0] not in visited:
+                chain.append(follower)
+                visited.add(follower[0])
+                follower = get_hop(follower[0])
+        url = root[3]
+        origin = (splits.get(url) or splits.setdefault(url, split_url(url)))[0]
+        text: list[str] = []
+        items: list[str] = []
+        seen: set[tuple[str, str]] = set()
+        for hop in chain:
+            hid, _, method, url, status = hop[:5]
+            url_origin, path = splits.get(url) or splits.setdefault(url, split_url(url))
+            text.append(f"{method} {path if url_origin == origin else url} —{status}")
+            items.append(
+                f'{{"request_id": {hid}, "method": {_json_string(method)}, '
+                f'"url": {_json_string(url)}, "status": {"null" if status is None else status}}}'
+            )
+            seen.add((method, url))
         last = chain[-1]
+        _, _, method, url, status, target = last[:6]
+        redirect_end = status is not None and 300 <= status <= 399 and status != 304
+        if redirect_end:
+            if target:
+                url_origin, path = splits.get(target) or splits.setdefault(
+                    target, split_url(target)
+                )
+                shown = path if url_origin == origin else target
+            else:
+                shown = "(no Location)"
+            path_text = f"{'→ '.join(text)}→ {shown} (not followed)"
+        else:
+            path_text = "→ ".join(text)
+        # chain_outcome
+        if len(seen) < len(chain):
+            outcome = "loop"
+        elif not redirect_end:
+            outcome = "error" if status >= 400 else "completed"
+        elif target is None:
+            outcome = "unfollowed"
+        elif (follow_up_method(method, status), target) in seen:
+            outcome = "loop"
+        else:
+            host = hosts.get(target) or hosts.setdefault(target, host_of(target))
+            if host not in known_hosts and all(
+                (hosts.get(hop[3]) or hosts.setdefault(hop[3], host_of(hop[3]))) != host
+                for hop in chain
+            ):
+                outcome = "external"
+            else:
+                outcome = "unfollowed"
         chains.append(
             (
-                root.id,
-                last.id,
-                len(chain) if is_redirect(last.status) else len(chain) - 1,
-                path_text(chain),
-                hops_json(chain),
-                root.url,
-                last.url,
-                last.status,
-                chain_outcome(chain, known_hosts),
-                root.client_key,
-                root.started_at,
+                root[0],
+                last[0],
+                len(chain) if redirect_end else len(chain) - 1,
+                path_text,
+                f"[{', '.join(items)}]",
+                root[3],
+                url,
+                status,
+                outcome,
+                root[6],
+                root[1],
             )
         )
     return chains
