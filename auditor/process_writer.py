@@ -260,6 +260,11 @@ class ProcessWriter:
             return self._fallback is None
         if self._spawn_failed or self._closing:
             return False
+        if getattr(sys, "frozen", False) or not sys.executable:
+            # A frozen app's executable is the app itself, not a Python to run us with.
+            self._spawn_failed = True
+            self._fail_over("no Python interpreter to start the writer process with", lost=0)
+            return False
         config = {
             "db_path": str(self.db_path),
             "options": dataclasses.asdict(self.options),

@@ -232,3 +232,19 @@ def test_a_capture_survives_the_trip_to_the_writer_process() -> None:
     assert (shipped.started_at, shipped.ended_at, shipped.complete) == (1.0, 2.0, True)
     assert type(shipped.error).__name__ == "KeyError"
     assert shipped.route is None
+
+
+def test_a_frozen_app_records_in_a_thread(
+    make_recorder: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """PyInstaller-style: sys.executable is the app itself; never start it again."""
+    monkeypatch.setattr(sys, "frozen", True, raising=False)
+    with caplog.at_level(logging.WARNING, logger="redirect_auditor"):
+        recorder = make_recorder()
+        with serve_in_thread(recorder) as url:
+            assert httpx.get(f"{url}/landing/frozen").status_code == 200
+        recorder.writer.flush()
+    assert recorder.writer._process is None
+    rows = fetch_rows(recorder.writer.db_path, "select path from requests")
+    assert [r["path"] for r in rows] == ["/landing/frozen"]
+    assert any("no Python interpreter" in r.getMessage() for r in caplog.records)
