@@ -299,7 +299,7 @@ def _store(conn: sqlite3.Connection, result: AuditResult) -> int:
                 f"insert into findings ({', '.join(columns)}) "
                 f"values ({', '.join('?' for _ in columns)})",
                 # every row has the same keys, in order
-                [(*f.as_row().values(), run_id) for f in result.findings],
+                [(*f.row_values(), run_id) for f in result.findings],
             )
         conn.execute("commit")
     except BaseException:

@@ -84,18 +84,24 @@ def edges_from_rows(rows: Iterable[Sequence[Any]]) -> list[RedirectEdge]:
     """``redirect_edges`` from redirect rows already read: (id, started_at, method, url,
     status, location_url, ...) of every redirect (3xx but 304)."""
     grouped: dict[tuple[str, str, int, str], list[Any]] = {}
-    for rid, started_at, method, url, status, location_url, *_ in rows:
+    get = grouped.get
+    for row in rows:
+        location_url = row[5]
         if location_url is None:
             continue
-        key = (method, url, status, location_url)
-        group = grouped.get(key)
+        rid, started_at = row[0], row[1]
+        key = (row[2], row[3], row[4], location_url)
+        group = get(key)
         if group is None:
             grouped[key] = [1, rid, started_at, started_at]
         else:
             group[0] += 1
-            group[1] = min(group[1], rid)
-            group[2] = min(group[2], started_at)
-            group[3] = max(group[3], started_at)
+            if rid < group[1]:
+                group[1] = rid
+            if started_at < group[2]:
+                group[2] = started_at
+            if started_at > group[3]:
+                group[3] = started_at
     edges = [RedirectEdge(*key, *group) for key, group in grouped.items()]
     edges.sort(key=lambda e: (-e.hits, e.example_request_id))
     return edges

@@ -20,11 +20,17 @@ import sqlite3
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import lru_cache, partial
+from operator import itemgetter
 from typing import Any
 
 from auditor.rules._subset import FOLLOW_UPS, RESPONSES, ensure_responses
 from auditor.rules.base import REGISTRY, SOURCE_SQL, AuditContext, Finding, Severity
+
+# An empty Counter without running ``Counter.__init__`` (Python code: ~2 us a call, two
+# per group, and rules build tens of thousands of groups). A Counter holds no state
+# but its dict, which ``__new__`` makes.
+_new_counter: Callable[[], Counter[Any]] = partial(Counter.__new__, Counter)
 
 # One (source, method, status) answering more distinct targets than this (say a
 # route template redirecting every id somewhere else) becomes one finding.
@@ -63,8 +69,8 @@ class Group:
     example_request_id: int | None = None
     example_url: str | None = None  # URL of the example request
     user_agent: str | None = None  # User-Agent of the example request
-    agents: Counter[str] = field(default_factory=Counter)  # client name -> hits
-    extra: Counter[Any] = field(default_factory=Counter)  # the query's ``extra`` -> hits
+    agents: Counter[str] = field(default_factory=_new_counter)  # client name -> hits
+    extra: Counter[Any] = field(default_factory=_new_counter)  # the query's ``extra`` -> hits
     route: str | None = None  # route template of the source, when the framework gave one
     example_chain_id: int | None = None
     targets: int = 1  # distinct targets folded into this group
@@ -101,56 +107,82 @@ class Group:
             self.example_chain_id = other.example_chain_id
 
 
-def _row_group(row: sqlite3.Row, columns: set[str], keys: Iterable[str]) -> Group:
-    hits = int(row["hits"])
+def _positions(row: Any) -> dict[str, Any]:
+    """Column name -> what indexes it in ``row``: its position in a ``sqlite3.Row`` (a
+    lookup by name compares it with every column name in turn), the first column of
+    that name as ``sqlite3.Row`` does (case-insensitive); the name itself otherwise."""
+    if not isinstance(row, sqlite3.Row):
+        return _Names()
+    positions: dict[str, Any] = {}
+    for i, name in enumerate(row.keys()):
+        positions.setdefault(name.lower(), i)
+    return _Lower(positions)
+
+
+class _Names(dict[str, Any]):
+    def __missing__(self, name: str) -> str:
+        return name
+
+
+class _Lower(dict[str, Any]):
+    def __missing__(self, name: str) -> Any:
+        return self[name.lower()] if name != name.lower() else name
+
+
+def _row_group(
+    row: sqlite3.Row, columns: set[str], keys: Iterable[str], at: dict[str, Any]
+) -> Group:
+    hits = int(row[at["hits"]])
     group = Group(
-        row["source"],
-        row["method"],
-        row["status"],
-        row["target"],
+        row[at["source"]],
+        row[at["method"]],
+        row[at["status"]],
+        row[at["target"]],
         hits=hits,
-        first_seen=row["first_seen"],
-        last_seen=row["last_seen"],
-        example_request_id=row["example_request_id"],
-        keys={name: row[name] for name in keys},
+        first_seen=row[at["first_seen"]],
+        last_seen=row[at["last_seen"]],
+        example_request_id=row[at["example_request_id"]],
+        keys={name: row[at[name]] for name in keys},
     )
     if "user_agent" in columns:
-        group.agents[client_name(row["user_agent"])] += hits
-    if "extra" in columns and row["extra"] is not None:
-        group.extra[row["extra"]] += hits
-    if "route" in columns and row["route"]:
-        group.route = row["route"]
+        group.agents[client_name(row[at["user_agent"]])] += hits
+    if "extra" in columns and row[at["extra"]] is not None:
+        group.extra[row[at["extra"]]] += hits
+    if "route" in columns and row[at["route"]]:
+        group.route = row[at["route"]]
     if "example_chain_id" in columns:
-        group.example_chain_id = row["example_chain_id"]
+        group.example_chain_id = row[at["example_chain_id"]]
     if "example_url" in columns:
-        group.example_url = row["example_url"]
+        group.example_url = row[at["example_url"]]
     if "example_user_agent" in columns:
-        group.user_agent = row["example_user_agent"]
+        group.user_agent = row[at["example_user_agent"]]
     return group
 
 
-def _add_row(group: Group, row: sqlite3.Row, columns: set[str], keys: tuple[str, ...]) -> None:
+def _add_row(
+    group: Group, row: sqlite3.Row, columns: set[str], keys: tuple[str, ...], at: dict[str, Any]
+) -> None:
     """``Group.add`` for one more row of the same group, without building a Group for it."""
-    hits = int(row["hits"])
+    hits = int(row[at["hits"]])
     group.hits += hits
-    group.first_seen = min(group.first_seen, row["first_seen"])
-    group.last_seen = max(group.last_seen, row["last_seen"])
-    example = row["example_request_id"]
+    group.first_seen = min(group.first_seen, row[at["first_seen"]])
+    group.last_seen = max(group.last_seen, row[at["last_seen"]])
+    example = row[at["example_request_id"]]
     if group.example_request_id is None or example < group.example_request_id:
         group.example_request_id = example
-        group.keys = {name: row[name] for name in keys}
+        group.keys = {name: row[at[name]] for name in keys}
         if "example_url" in columns:
-            group.example_url = row["example_url"]
+            group.example_url = row[at["example_url"]]
         if "example_user_agent" in columns:
-            group.user_agent = row["example_user_agent"]
+            group.user_agent = row[at["example_user_agent"]]
     if "user_agent" in columns:
-        group.agents[client_name(row["user_agent"])] += hits
-    if "extra" in columns and row["extra"] is not None:
-        group.extra[row["extra"]] += hits
-    if "route" in columns and row["route"] and not group.route:
-        group.route = row["route"]
+        group.agents[client_name(row[at["user_agent"]])] += hits
+    if "extra" in columns and row[at["extra"]] is not None:
+        group.extra[row[at["extra"]]] += hits
+    if "route" in columns and row[at["route"]] and not group.route:
+        group.route = row[at["route"]]
     if "example_chain_id" in columns:
-        chain = row["example_chain_id"]
+        chain = row[at["example_chain_id"]]
         if chain is not None and (group.example_chain_id is None or chain < group.example_chain_id):
             group.example_chain_id = chain
 
@@ -171,15 +203,17 @@ def collect(
     keys = tuple(keys)
     groups: dict[tuple[Any, ...], Group] = {}
     columns: set[str] = set()
+    at: dict[str, Any] = {}
     for row in rows:
         if not columns:
             columns = set(row.keys())
-        key = (row["source"], row["method"], row["status"], row["target"])
+            at = _positions(row)
+        key = (row[at["source"]], row[at["method"]], row[at["status"]], row[at["target"]])
         existing = groups.get(key)
         if keep is None and existing is not None:
-            _add_row(existing, row, columns, keys)
+            _add_row(existing, row, columns, keys, at)
             continue
-        group = _row_group(row, columns, keys)
+        group = _row_group(row, columns, keys, at)
         if keep is not None and not keep(group):
             continue
         if existing is not None:
@@ -297,7 +331,10 @@ def client_name(user_agent: str | None) -> str:
 
 def describe_agents(agents: Counter[str], limit: int = 3) -> str:
     """``httpx 0.28.1 (12), curl 7.88.1 (3)``: the clients that did it, most first."""
-    common = agents.most_common(limit)
+    if len(agents) > limit:
+        common = agents.most_common(limit)
+    else:  # what most_common returns then, without heapq
+        common = sorted(agents.items(), key=itemgetter(1), reverse=True)
     text = ", ".join(f"{name} ({count})" for name, count in common)
     rest = len(agents) - len(common)
     return text + (f" and {rest} more" if rest > 0 else "")
@@ -330,6 +367,8 @@ def chain_of_request(ctx: AuditContext, request_id: int | None) -> int | None:
             )
     chain_of_first: dict[int, int] = ctx.cache["chain_of_first"]
     followed: dict[int, int] = ctx.cache["followed"]
+    if request_id not in followed:  # the common case: a first request
+        return chain_of_first.get(request_id)
     seen = set()
     while request_id in followed:
         if request_id in seen:

@@ -11,6 +11,7 @@ import ipaddress
 import json
 import re
 from collections.abc import Iterator
+from functools import lru_cache
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -61,6 +62,7 @@ def asked_host(keys: dict[str, Any]) -> str:
     )
 
 
+@lru_cache(maxsize=65536)  # rules ask again for each group with the same Location
 def browser_location_host(location: str) -> str | None:
     """The host:port a browser goes to for an absolute or scheme-relative Location.
 
@@ -78,6 +80,7 @@ def browser_location_host(location: str) -> str | None:
         return None
 
 
+@lru_cache(maxsize=4096)
 def is_internal_hostname(hostname: str) -> bool:
     """Loopback, private, link-local or unspecified IPs; localhost, single-label
     names and private-network suffixes such as .internal or .local."""
@@ -347,11 +350,19 @@ def internal_host_leak(ctx: AuditContext) -> Iterator[Finding]:
         "server_host": "server_host",
         "server_addr": "server_addr",
     }
+    leaks: dict[tuple[Any, ...], str | None] = {}  # many groups share the same keys
+
+    def leak(group: Group) -> str | None:
+        key = tuple(group.keys.values())
+        if key not in leaks:
+            leaks[key] = leaked_host(group.keys["location"], group.keys)
+        return leaks[key]
+
     for group in grouped_requests(
         ctx,
         "status between 300 and 399 and (location like '%//%' or location like '%\\%')",
         by=keys,
-        keep=lambda g: leaked_host(g.keys["location"], g.keys) is not None,
+        keep=lambda g: leak(g) is not None,
     ):
         asked = asked_host(group.keys) or "(no Host)"
         yield finding(
@@ -359,7 +370,7 @@ def internal_host_leak(ctx: AuditContext) -> Iterator[Finding]:
             "internal-host-leak",
             group,
             f"{group.method} {group.source} answered {group.status} to {group.target}, "
-            f"which names {leaked_host(group.keys['location'], group.keys)} although the "
+            f"which names {leak(group)} although the "
             f"client asked for {asked} ({group.seen()}). Clients outside the network cannot "
             f"reach it, and every client treats it as another host: Chromium, curl -L, httpx "
             f"and requests drop Authorization on the way there.",
