@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from bisect import bisect_right
-from collections import defaultdict, deque
+from collections import deque
 from collections.abc import Callable, Container, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -98,6 +98,17 @@ def _latest_free(
     most ``window`` earlier, is not linked yet, is not the request itself, and that a
     request with ``method`` can follow (the same method, or GET after any)."""
     latest_end = started_at + CLOCK_SLACK
+    if len(queue) == 1:  # the most common case, as the loop below would take it
+        r = queue[0]
+        if (
+            r.ended_at <= latest_end
+            and r.ended_at + window >= started_at
+            and r.id not in linked
+            and r.id != request_id
+            and method in ("GET", r.method)
+        ):
+            return r
+        return None
     if len(queue) > 8:
         i = bisect_right(queue, latest_end, key=attrgetter("ended_at")) - 1
     else:  # most queues hold one or two redirects: walk back from the end
@@ -141,7 +152,7 @@ def _link_redirects(rows: list[tuple[Any, ...]]) -> list[_Redirect]:
             continue  # mailto:, javascript: ... never reach this app
         target = location_url if absolute else split_url(location_url)[1]
         redirects.append(_Redirect(rid, method, ended, client_key, agent, conn_key, target))
-    redirects.sort(key=lambda r: (r.ended_at, r.id))
+    redirects.sort(key=attrgetter("ended_at", "id"))
     return redirects
 
 
@@ -268,37 +279,53 @@ def _match(
     redirects: list[_Redirect], candidates: list[_Candidate], window: float
 ) -> dict[int, int]:
     """Follow-up id -> redirect id, by the rule in the module docstring."""
-    by_client: dict[tuple[Any, ...], list[_Redirect]] = defaultdict(list)
-    by_connection: dict[tuple[Any, ...], list[_Redirect]] = defaultdict(list)
+    by_client: dict[tuple[Any, ...], list[_Redirect]] = {}
+    by_connection: dict[tuple[Any, ...], list[_Redirect]] = {}
     for r in redirects:  # in order of their end
-        by_client[(r.client_key, r.user_agent, r.target)].append(r)
+        key: tuple[Any, ...] = (r.client_key, r.user_agent, r.target)
+        queue = by_client.get(key)
+        if queue is None:
+            by_client[key] = [r]
+        else:
+            queue.append(r)
         if r.connection_key is not None:  # proxies share connections: keep the client too
-            by_connection[(r.connection_key, r.client_key, r.user_agent, r.target)].append(r)
+            key = (r.connection_key, r.client_key, r.user_agent, r.target)
+            queue = by_connection.get(key)
+            if queue is None:
+                by_connection[key] = [r]
+            else:
+                queue.append(r)
     linked: set[int] = set()
     follow_ups: dict[int, int] = {}
-
-    def link(q: _Candidate, same_connection: bool) -> bool:
+    unlinked = []
+    # First on the request's own connection, requests in time order, then (below) on any
+    # connection of the same client; the latest free redirect to its URL or its path.
+    get = by_connection.get
+    for q in candidates:
         started_at, qid, method, client_key, agent, conn_key, url, path = q[:8]
-        latest = None
-        for target in (url, path):
-            if same_connection:
-                queue = by_connection.get((conn_key, client_key, agent, target))
-            else:
-                queue = by_client.get((client_key, agent, target))
-            found = queue and _latest_free(queue, started_at, method, qid, window, linked)
-            if found and (latest is None or found.ended_at > latest.ended_at):
-                latest = found
-        if latest is None:
-            return False
-        linked.add(latest.id)
-        follow_ups[qid] = latest.id
-        return True
-
-    # First on the request's own connection, requests in time order...
-    unlinked = [q for q in candidates if not link(q, same_connection=True)]
-    # ...then on any connection of the same client.
+        by_url = get((conn_key, client_key, agent, url))
+        by_path = get((conn_key, client_key, agent, path))
+        latest = by_url and _latest_free(by_url, started_at, method, qid, window, linked)
+        found = by_path and _latest_free(by_path, started_at, method, qid, window, linked)
+        if found and (not latest or found.ended_at > latest.ended_at):
+            latest = found
+        if latest:
+            linked.add(latest.id)
+            follow_ups[qid] = latest.id
+        else:
+            unlinked.append(q)
+    get = by_client.get
     for q in unlinked:
-        link(q, same_connection=False)
+        started_at, qid, method, client_key, agent, _, url, path = q[:8]
+        by_url = get((client_key, agent, url))
+        by_path = get((client_key, agent, path))
+        latest = by_url and _latest_free(by_url, started_at, method, qid, window, linked)
+        found = by_path and _latest_free(by_path, started_at, method, qid, window, linked)
+        if found and (not latest or found.ended_at > latest.ended_at):
+            latest = found
+        if latest:
+            linked.add(latest.id)
+            follow_ups[qid] = latest.id
     return follow_ups
 
 
