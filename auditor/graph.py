@@ -16,6 +16,7 @@ import sqlite3
 from collections import defaultdict, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any, NamedTuple
 
 from auditor.linking import REDIRECT_SQL, follow_up_method
@@ -103,7 +104,9 @@ def edges_from_rows(rows: Iterable[Sequence[Any]]) -> list[RedirectEdge]:
             if started_at > group[3]:
                 group[3] = started_at
     edges = [RedirectEdge(*key, *group) for key, group in grouped.items()]
-    edges.sort(key=lambda e: (-e.hits, e.example_request_id))
+    # by (-hits, example_request_id): two stable sorts, no key tuple per edge
+    edges.sort(key=attrgetter("example_request_id"))
+    edges.sort(key=attrgetter("hits"), reverse=True)
     return edges
 
 
