@@ -344,19 +344,25 @@ def unfollowed_redirect(ctx: AuditContext) -> Iterator[Finding]:
 
     ensure_responses(ctx)
     # SQL keeps the mostly unfollowed (source, method, status, target) only; then the
-    # clients of those few are counted.
+    # clients of those few are counted. The same-site redirects are picked once.
     groups = collect(
         ctx.query(
-            f"""select {group_columns("r")}, r.user_agent as user_agent, r.followed as extra
-                from {RESPONSES} r
-                where {same_site_redirects("r")}
-                  and ({source_sql("r")}, r.method, r.status, r.location_url) in (
-                    select {source_sql("u")}, u.method, u.status, u.location_url
-                    from {RESPONSES} u
-                    where {same_site_redirects("u")}
+            f"""with site as materialized (
+                  select {source_sql("r")} as source, r.method as method, r.status as status,
+                         r.location_url as target, r.started_at as started_at, r.id as id,
+                         r.user_agent as user_agent, r.followed as followed
+                  from {RESPONSES} r
+                  where {same_site_redirects("r")})
+                select source, method, status, target, count(*) as hits,
+                       min(started_at) as first_seen, max(started_at) as last_seen,
+                       min(id) as example_request_id, user_agent, followed as extra
+                from site
+                where (source, method, status, target) in (
+                    select source, method, status, target
+                    from site
                     group by 1, 2, 3, 4
-                    having count(*) >= ? and sum(u.followed = 0) >= ? * count(*))
-                group by 1, 2, 3, 4, r.user_agent, extra""",
+                    having count(*) >= ? and sum(followed = 0) >= ? * count(*))
+                group by 1, 2, 3, 4, user_agent, extra""",
             (options.unfollowed_min_hits, options.unfollowed_ratio),
         )
     )
