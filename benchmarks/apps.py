@@ -8,6 +8,9 @@
   written in a writer process).
 - ``recorder_thread_app``: the same with ``writer="thread"`` (rows built and
   written by a thread of the serving process), for comparison.
+- With ``overhead.py --decompose``: ``hot_path_only_app`` (the middleware, each
+  capture thrown away at once) and ``shipping_only_app`` (captures shipped as
+  for the writer process, but into ``cat > /dev/null``): where the cost comes from.
 
 Each factory builds a fresh Starlette app, so variants never share state.
 """
@@ -15,6 +18,7 @@ Each factory builds a fresh Starlette app, so variants never share state.
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from typing import Any
 
@@ -25,16 +29,21 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from auditor import RedirectRecorder
+from auditor.process_writer import ProcessWriter
 
 DB_ENV = "BENCH_DB"
 SWITCH_ENV = "BENCH_SWITCH_INTERVAL"  # sys.setswitchinterval for every variant, if set
 VARIANTS = ("bare", "noop", "recorder", "recorder(thread)")
+# ``overhead.py --decompose`` adds these: where the recorder's cost comes from.
+DECOMPOSITION = ("hot path only", "shipping only")
 # The factory uvicorn imports for each variant (``benchmarks.apps:<factory>``).
 FACTORIES = {
     "bare": "bare_app",
     "noop": "noop_app",
     "recorder": "recorder_app",
     "recorder(thread)": "recorder_thread_app",
+    "hot path only": "hot_path_only_app",
+    "shipping only": "shipping_only_app",
 }
 
 
@@ -78,6 +87,48 @@ def recorder_app(db_path: str | None = None, **options: Any) -> RedirectRecorder
 def recorder_thread_app(db_path: str | None = None, **options: Any) -> RedirectRecorder:
     """``recorder_app`` with the in-process writer thread (``writer="thread"``)."""
     return recorder_app(db_path, writer="thread", **options)
+
+
+class _Discard:
+    """A writer that throws every capture away at once."""
+
+    def submit(self, exchange: Any) -> None:
+        return None
+
+    async def flush_async(self) -> None:
+        return None
+
+
+def hot_path_only_app() -> RedirectRecorder:
+    """The recorder's middleware with a writer that discards each capture at once:
+    the hot path alone, under a real server."""
+    rec = RedirectRecorder(bare_app(), db_path=os.environ[DB_ENV], writer="thread")
+    rec.writer.close()
+    rec.writer = _Discard()  # type: ignore[assignment]
+    return rec
+
+
+class _ShipToNowhere(ProcessWriter):
+    """The process writer's serving side, shipping into ``cat > /dev/null``."""
+
+    def _ensure_process(self) -> bool:
+        if self._process is None:
+            read_end, self._to_child = os.pipe()
+            self._process = subprocess.Popen(["cat"], stdin=read_end, stdout=subprocess.DEVNULL)
+            os.close(read_end)
+        return True
+
+    def flush(self) -> None:
+        self._ship()  # cat sends no acknowledgement
+
+
+def shipping_only_app() -> RedirectRecorder:
+    """The recorder with the writer process replaced by ``cat``: the hot path plus the
+    serving side of shipping (capture retained, flat tuples, marshal, pipe)."""
+    rec = RedirectRecorder(bare_app(), db_path=os.environ[DB_ENV], writer="thread")
+    rec.writer.close()
+    rec.writer = _ShipToNowhere(rec.writer.db_path, rec.writer.options)
+    return rec
 
 
 def build(variant: str, db_path: str | None = None, **options: Any) -> ASGIApp:

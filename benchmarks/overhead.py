@@ -942,12 +942,19 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         help="sys.setswitchinterval(S) in every server (GIL hand-off experiment)",
     )
+    parser.add_argument(
+        "--decompose",
+        action="store_true",
+        help="also run 'hot path only' and 'shipping only' over HTTP (no rows check)",
+    )
     parser.add_argument("--skip-http", action="store_true", help="only the in-process part")
     parser.add_argument("--skip-inprocess", action="store_true", help="only the HTTP part")
     parser.add_argument(
         "--server", choices=sorted(SERVERS), action="append", help="HTTP server(s) (default both)"
     )
     args = parser.parse_args(argv)
+    if args.decompose:
+        apps.VARIANTS = apps.VARIANTS + apps.DECOMPOSITION
     if args.quick:
         rounds, duration, warmup = 1, min(args.duration, 2.0), 1.0
         ip_rounds, ip_n, writer_n, sustain_s = 3, 5_000, 20_000, 2.0
