@@ -1,4 +1,4 @@
-"""Turn a captured exchange into a ``requests`` row. Runs in the writer thread.
+"""Turn a captured exchange into a ``requests`` row. Runs in the writer (process or thread).
 
 Everything slow the hot path skipped happens here: header decoding, effective
 scheme/host behind trusted proxies, Location resolution, redaction, keyed

@@ -1,11 +1,12 @@
-"""The single background writer: bounded queue -> batched SQLite transactions.
+"""The writer: bounded queue -> rows -> batched SQLite transactions.
 
-One writer per process and database file, shared by every recorder instance
-on that file. The event loop only appends to a deque; this thread drains it
-every ``flush_interval`` seconds, builds rows, and inserts them in one
-transaction with the worker's ``recorder_stats`` row. Rows it cannot write are
-counted per reason and a warning is logged once per reason; nothing here ever
-raises into the app.
+It runs in the writer process (``writer_process.py``, the default), fed from
+the serving process through a pipe, or with ``writer="thread"`` as a thread of
+the serving process, where the event loop appends to its deque directly. Every
+``flush_interval`` seconds it drains what is queued, builds rows, and inserts
+them in one transaction with the worker's ``recorder_stats`` row. Rows it
+cannot write are counted per reason and a warning is logged once per reason;
+nothing here ever raises into the app.
 """
 
 from __future__ import annotations
