@@ -86,6 +86,23 @@ class _Redirect:
 _Candidate = tuple[Any, ...]
 
 
+def _latest_of(
+    by_url: list[_Redirect] | None,
+    by_path: list[_Redirect] | None,
+    started_at: float,
+    method: str,
+    request_id: int,
+    window: float,
+    linked: set[int],
+) -> _Redirect | None:
+    """The later of the latest free redirects to the request's URL and to its path."""
+    latest = by_url and _latest_free(by_url, started_at, method, request_id, window, linked)
+    found = by_path and _latest_free(by_path, started_at, method, request_id, window, linked)
+    if found and (not latest or found.ended_at > latest.ended_at):
+        return found
+    return latest or None
+
+
 def _latest_free(
     queue: list[_Redirect],
     started_at: float,
@@ -303,12 +320,11 @@ def _match(
     get = by_connection.get
     for q in candidates:
         started_at, qid, method, client_key, agent, conn_key, url, path = q[:8]
-        by_url = get((conn_key, client_key, agent, url))
-        by_path = get((conn_key, client_key, agent, path))
-        latest = by_url and _latest_free(by_url, started_at, method, qid, window, linked)
-        found = by_path and _latest_free(by_path, started_at, method, qid, window, linked)
-        if found and (not latest or found.ended_at > latest.ended_at):
-            latest = found
+        latest = _latest_of(
+            get((conn_key, client_key, agent, url)),
+            get((conn_key, client_key, agent, path)),
+            started_at, method, qid, window, linked,
+        )  # fmt: skip
         if latest:
             linked.add(latest.id)
             follow_ups[qid] = latest.id
@@ -317,12 +333,11 @@ def _match(
     get = by_client.get
     for q in unlinked:
         started_at, qid, method, client_key, agent, _, url, path = q[:8]
-        by_url = get((client_key, agent, url))
-        by_path = get((client_key, agent, path))
-        latest = by_url and _latest_free(by_url, started_at, method, qid, window, linked)
-        found = by_path and _latest_free(by_path, started_at, method, qid, window, linked)
-        if found and (not latest or found.ended_at > latest.ended_at):
-            latest = found
+        latest = _latest_of(
+            get((client_key, agent, url)),
+            get((client_key, agent, path)),
+            started_at, method, qid, window, linked,
+        )  # fmt: skip
         if latest:
             linked.add(latest.id)
             follow_ups[qid] = latest.id
