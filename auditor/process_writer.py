@@ -61,7 +61,7 @@ _F_SETPIPE_SZ = 1031  # Linux fcntl; absent from the fcntl module before Python 
 def _shared_counters() -> tuple[int, mmap.mmap]:
     """A page of counters in a file only the two processes can reach."""
     try:
-        fd = os.memfd_create("redirect-auditor-counters", 0)
+        fd = os.memfd_create("redirect-auditor-counters")  # close-on-exec: pass_fds hands it on
     except (AttributeError, OSError):
         with tempfile.TemporaryFile() as file:
             fd = os.dup(file.fileno())
