@@ -211,6 +211,38 @@ def test_redirect_url_without_location_header_and_cache_headers_on_3xx(tmp_path:
     assert hops(db) == {("DELETE", "/basket", 200, "DELETE", "/cart")}
 
 
+def test_a_follow_up_stamped_just_before_its_redirect_ended_still_links(tmp_path: Path) -> None:
+    """Truncated wall-clock stamps plus a little clock drift (seen in CI): the redirect
+    started at .0001 ms and took 5.0299 ms on the monotonic clock; the follow-up's wall
+    stamp is .4999, truncated to .004 -- seemingly 0.03 ms before the redirect ended."""
+    agent = {"headers": [{"name": "User-Agent", "value": "Chrome/126"}]}
+    har = write_har(
+        tmp_path / "drift.har",
+        [
+            entry(
+                "http://127.0.0.1:8000/api/items/7",
+                "2024-05-01T10:00:00.000Z",
+                status=301,
+                request={"method": "PUT", **agent},
+                response={
+                    "headers": [{"name": "Location", "value": "/api/v2/items/7"}],
+                    "redirectURL": "/api/v2/items/7",
+                },
+            ),
+            entry(
+                "http://127.0.0.1:8000/api/v2/items/7",
+                "2024-05-01T10:00:00.004Z",
+                request={"method": "PUT", **agent},
+            ),
+        ],
+    )
+    har.write_text(har.read_text().replace('"time": 5,', '"time": 5.0299,', 1))
+    db = tmp_path / "traffic.db"
+    assert import_har(str(har), "--db", str(db))[0] == 0
+    audit(db)
+    assert hops(db) == {("PUT", "/api/v2/items/7", 200, "PUT", "/api/items/7")}
+
+
 def test_a_target_requested_twice_in_the_window_is_reported_as_ambiguous(tmp_path: Path) -> None:
     har = write_har(
         tmp_path / "two-tabs.har",
