@@ -87,10 +87,8 @@ def _error_named(name: str) -> _ShippedError:
 def from_portable(item: tuple[Any, ...]) -> ShippedCapture:
     """Rebuild a capture from ``to_portable``'s tuple (in the writer process)."""
     scope_values, route, started, ended, status, headers, body_size, complete, error = item
-    if len(scope_values) != len(_SCOPE_KEYS):
-        raise ValueError(f"{len(scope_values)} scope values, expected {len(_SCOPE_KEYS)}")
     return ShippedCapture(
-        dict(zip(_SCOPE_KEYS, scope_values, strict=False)),  # absent keys arrive as None
+        dict(zip(_SCOPE_KEYS, scope_values, strict=True)),  # absent keys arrive as None
         route,
         started,
         ended,

@@ -351,13 +351,7 @@ class ProcessWriter:
 
     def _current_stats(self) -> dict[str, Any]:
         if self._fallback is not None:
-            fallback = self._fallback
-            return {
-                "rows_written": fallback.rows_written,
-                "rows_skipped": fallback.rows_skipped,
-                "dropped": fallback.dropped,
-                "last_error": fallback.last_error,
-            }
+            return self._fallback.figures()
         return self._stats
 
     # -- when the writer process is gone -------------------------------------------

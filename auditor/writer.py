@@ -196,6 +196,15 @@ class Writer:
             except Exception as exc:  # a bug here must never stop the writer
                 self._count_drop("other", len(batch), exc)
 
+    def figures(self) -> dict[str, Any]:
+        """Rows written and skipped, drops per reason and the last error, as of now."""
+        return {
+            "rows_written": self.rows_written,
+            "rows_skipped": self.rows_skipped,
+            "dropped": dict(self.dropped),
+            "last_error": self.last_error,
+        }
+
     @property
     def unsaved(self) -> bool:
         """Counts (or rows) not yet in the database, e.g. while it is read-only or full."""

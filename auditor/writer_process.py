@@ -71,15 +71,6 @@ class _ForwardWarnings(logging.Handler):
         self._replies.send(("log", record.getMessage()))
 
 
-def _stats(writer: Writer) -> dict[str, Any]:
-    return {
-        "rows_written": writer.rows_written,
-        "rows_skipped": writer.rows_skipped,
-        "dropped": dict(writer.dropped),
-        "last_error": writer.last_error,
-    }
-
-
 class _Backlog:
     """Row frames received but not yet written, kept as the marshalled bytes they came
     in (~120 bytes a request, not a few objects each): a busy machine may give this
@@ -168,7 +159,7 @@ def serve(config: dict[str, Any], stdin: BinaryIO, replies: _Replies) -> None:
             backlog.wait_empty()
             writer.flush()
             result = writer.prune() if kind == "prune" else None
-            replies.send(("ack", message[1], _stats(writer), result))
+            replies.send(("ack", message[1], writer.figures(), result))
         elif kind == "bye":
             goodbye = True
     backlog.end()
