@@ -39,10 +39,9 @@ from auditor.frames import (
     QUEUED,
     encode,
     read_frame,
-    to_portable,
     write_all,
 )
-from auditor.rows import CapturedExchange
+from auditor.rows import CapturedExchange, to_portable
 from auditor.schema import DROP_REASONS
 from auditor.writer import RecorderOptions, Writer
 

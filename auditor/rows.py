@@ -88,46 +88,6 @@ class Capture:
     error: BaseException | None = None
 
 
-class ShippedCapture:
-    """A capture rebuilt in the writer process (``frames.from_portable``). Its route
-    template was read in the serving process: route objects do not travel. A plain
-    slotted class: the writer process makes one per request."""
-
-    __slots__ = (
-        "body_size",
-        "complete",
-        "ended_at",
-        "error",
-        "headers",
-        "route",
-        "scope",
-        "started_at",
-        "status",
-    )
-
-    def __init__(
-        self,
-        scope: dict[str, Any],
-        route: str | None,
-        started_at: float,
-        ended_at: float,
-        status: int,
-        headers: list[tuple[bytes, bytes]] | None,
-        body_size: int,
-        complete: bool,
-        error: BaseException | None,
-    ) -> None:
-        self.scope = scope
-        self.route = route
-        self.started_at = started_at
-        self.ended_at = ended_at
-        self.status = status
-        self.headers = headers
-        self.body_size = body_size
-        self.complete = complete
-        self.error = error
-
-
 def _text(value: bytes, limit: int = MAX_VALUE_CHARS) -> str:
     # latin-1 maps every byte, so hostile bytes never fail to decode.
     text = value.decode("latin-1")
@@ -213,6 +173,40 @@ def _mount_templates(router: Any, prefix: str) -> str | None:
     return None
 
 
+def to_portable(exchange: CapturedExchange) -> tuple[Any, ...]:
+    """The capture as the flat, marshal-able tuple rows are built from.
+
+    The writer process receives exactly this (``frames``); in-process captures go
+    through it too, so ``RowBuilder`` has one input. Route objects do not travel: the
+    template is read here, where the scope's route is.
+    """
+    scope = exchange.scope
+    get = scope.get
+    error = exchange.error
+    headers = exchange.headers
+    return (
+        (  # spelled out: a generator here costs the shipping thread ~1 us a request
+            get("method"),
+            get("scheme"),
+            get("server"),
+            get("client"),
+            get("path"),
+            get("raw_path"),
+            get("query_string"),
+            get("headers"),
+            get("http_version"),
+        ),
+        route_template(scope),
+        exchange.started_at,
+        exchange.ended_at,
+        exchange.status,
+        headers if headers is None or type(headers) is list else list(headers),
+        exchange.body_size,
+        exchange.complete,
+        type(error).__name__ if error is not None else None,
+    )
+
+
 class RowBuilder:
     """Builds ``requests`` rows for one writer: its secret, worker id and options."""
 
@@ -240,15 +234,29 @@ class RowBuilder:
         return cached
 
     def build(self, exchange: CapturedExchange) -> tuple[Any, ...]:
-        """One row, values in ``ROW_COLUMNS`` order.
+        """One row from a capture of this process (the thread writer, probe hops, tests)."""
+        return self.build_portable(to_portable(exchange))
 
-        Runs for every request while holding the GIL the event loop needs, so the
-        common case avoids dicts, urllib and repeated decoding.
+    def build_portable(self, item: tuple[Any, ...]) -> tuple[Any, ...]:
+        """One row, values in ``ROW_COLUMNS`` order, from ``to_portable``'s tuple.
+
+        Runs for every request (in the writer process, or in a thread beside the event
+        loop), so the common case avoids dicts, urllib and repeated decoding.
         """
-        scope = exchange.scope
+        (
+            (method, server_scheme, server, client, path, raw_path, query_string, headers, version),
+            route,
+            started_at,
+            ended_at,
+            status,
+            response_headers,
+            response_body_size,
+            complete,
+            error,
+        ) = item
         found: list[bytes | None] = [None] * _N_REQUEST_FIELDS
         index_of = _REQUEST_HEADER_INDEX.get
-        for name, value in scope.get("headers") or ():
+        for name, value in headers or ():
             index = index_of(name)
             if index is None and not name.islower():
                 index = index_of(name.lower())
@@ -256,11 +264,11 @@ class RowBuilder:
                 found[index] = value
         req = [None if v is None else _text(v) for v in found]
 
-        status = exchange.status or 500
+        status = status or 500
         redirect = 300 <= status < 400
         locations: list[str] = []
         cache_control = expires = None
-        for name, value in exchange.headers or ():
+        for name, value in response_headers or ():
             lname = name if name.islower() else name.lower()
             if lname == b"location":
                 locations.append(_text(value))
@@ -269,10 +277,10 @@ class RowBuilder:
             elif redirect and lname == b"expires":
                 expires = _text(value)
 
-        client = scope.get("client") or (None, None)
+        client = client or (None, None)
         client_ip = client[0]
-        server = scope.get("server") or (None, None)
-        server_scheme = scope.get("scheme") or "http"
+        server = server or (None, None)
+        server_scheme = server_scheme or "http"
         server_host = req[_HOST] or (
             f"{server[0]}:{server[1]}" if server[0] and server[1] else (server[0] or "")
         )
@@ -286,10 +294,8 @@ class RowBuilder:
         scheme = scheme.lower()
         host = host.lower()
 
-        raw_path = scope.get("raw_path")
-        path = scope.get("path") or "/"
+        path = path or "/"
         raw = _text(raw_path) if raw_path else quote(path, safe="/:@!$&'()*+,;=-._~%")
-        query_string = scope.get("query_string")
         query = redact_query(_text(query_string)) if query_string else ""
         url = build_url(scheme, host, raw, query)
 
@@ -307,19 +313,17 @@ class RowBuilder:
             else None
         )
         transfer_encoding = req[_TRANSFER_ENCODING]
-        error = exchange.error
-        started_at = exchange.started_at
         # Keep this tuple in ROW_COLUMNS order (a test checks every column by name).
         return (
             started_at,
-            round((exchange.ended_at - started_at) * 1000, 3),
-            scope.get("method") or "",
+            round((ended_at - started_at) * 1000, 3),
+            method or "",
             scheme,
             host,
             path,
             query,
             url,
-            exchange.route if type(exchange) is ShippedCapture else route_template(scope),
+            route,
             status,
             location,
             location_url,
@@ -327,8 +331,8 @@ class RowBuilder:
             body_size,
             1 if transfer_encoding and "chunked" in transfer_encoding.lower() else 0,
             req[_CONTENT_TYPE],
-            exchange.body_size,
-            1 if exchange.complete else 0,
+            response_body_size,
+            1 if complete else 0,
             cache_control,
             expires,
             req[_X_PROTO],
@@ -342,8 +346,8 @@ class RowBuilder:
             client_ip if self.store_client_ip else None,
             req[_USER_AGENT],
             req[_REQUEST_ID],
-            scope.get("http_version"),
-            type(error).__name__ if error is not None else None,
+            version,
+            error,
             self.worker_id,
         )
 

@@ -188,13 +188,14 @@ class Writer:
         """Write everything pending now, including rows held for follow-up matching."""
         self._drain(final=True)
 
-    def write_now(self, batch: list[CapturedExchange]) -> None:
-        """Build and insert ``batch`` in the calling thread (the writer process's)."""
+    def write_now(self, items: list[tuple[Any, ...]]) -> None:
+        """Build and insert captures shipped as ``rows.to_portable`` tuples, in the
+        calling thread (the writer process's)."""
         with self._lock:
             try:
-                self._write(batch, final=False)
+                self._write(items, final=False, portable=True)
             except Exception as exc:  # a bug here must never stop the writer
-                self._count_drop("other", len(batch), exc)
+                self._count_drop("other", len(items), exc)
 
     def figures(self) -> dict[str, Any]:
         """Rows written and skipped, drops per reason and the last error, as of now."""
@@ -282,7 +283,7 @@ class Writer:
             self._file_id = _file_id(self.db_path)
         return self._conn, self._builder
 
-    def _write(self, batch: list[CapturedExchange], final: bool) -> None:
+    def _write(self, batch: list[Any], final: bool, portable: bool = False) -> None:
         try:
             conn, builder = self._open()
         except (sqlite3.Error, OSError, SchemaError) as exc:
@@ -292,10 +293,11 @@ class Writer:
             if reason == "read_only":
                 restore_sidecar_modes(self.db_path)
             return
+        build = builder.build_portable if portable else builder.build
         rows = []
-        for exchange in batch:
+        for item in batch:
             try:
-                rows.append(builder.build(exchange))
+                rows.append(build(item))
             except Exception as exc:
                 self._count_drop("other", 1, exc)
         if self.options.record == "redirects":

@@ -18,23 +18,23 @@ import marshal
 import mmap
 import os
 import signal
+import sqlite3
 import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from auditor.frames import (
     COUNTERS_SIZE,
     QUEUE_FULL,
     QUEUED,
     encode,
-    from_portable,
     read_frame,
     write_all,
 )
-from auditor.rows import CapturedExchange
 from auditor.writer import RecorderOptions, Writer
 
 # Requests not yet written, as marshalled bytes (~120 per request): about half a
@@ -123,11 +123,11 @@ def _write_backlog(backlog: _Backlog, writer: Writer) -> None:
     while (frame := backlog.take()) is not None:
         count, payload = frame
         try:
-            captures: list[CapturedExchange] = [from_portable(i) for i in marshal.loads(payload)]
+            items = marshal.loads(payload)
         except Exception as exc:  # a frame we cannot read: count it, keep going
             writer.count_drop("other", count, exc)
         else:
-            writer.write_now(captures)
+            writer.write_now(items)
         finally:
             backlog.done(payload)
 
@@ -192,6 +192,14 @@ def _lowest_priority() -> None:
             os.nice(19)
 
 
+def _bind_none_directly() -> None:
+    """Make ``sqlite3`` bind None without its adapter search (two failed attribute
+    lookups per NULL value): a third of the insert cost of a row that is mostly NULL
+    (9.3 -> 5.7 us measured). Process-wide, so only here, never in the app's process."""
+    null: Callable[[None], None] = cast(Any, {}.get)  # {}.get(None) is None, all in C
+    sqlite3.register_adapter(type(None), null)
+
+
 def main(argv: list[str]) -> int:
     # The serving process decides when we stop (end of stdin), not a terminal's Ctrl-C
     # or a signal meant for the server's process group.
@@ -199,6 +207,7 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     config = json.loads(argv[0])
     _lowest_priority()
+    _bind_none_directly()
     replies = _Replies(sys.stdout.fileno())
     logger = logging.getLogger("redirect_auditor")
     logger.addHandler(_ForwardWarnings(replies))

@@ -362,11 +362,12 @@ def _options(n: int, **overrides: Any) -> Any:
 def run_writer_cost(tmp: Path, n: int) -> dict[str, Any]:
     """Per-row shipping, build and insert cost, by batch size; the Writer (what runs in
     the writer process) end to end; and the whole ProcessWriter pipeline end to end."""
-    from auditor.frames import encode, from_portable, read_frame, to_portable
+    from auditor.frames import encode, read_frame
     from auditor.process_writer import SHIP_BATCH, ProcessWriter
-    from auditor.rows import INSERT_SQL, RowBuilder, TrustedProxies
+    from auditor.rows import INSERT_SQL, RowBuilder, TrustedProxies, to_portable
     from auditor.schema import connect, ensure_schema
     from auditor.writer import Writer
+    from auditor.writer_process import _bind_none_directly
 
     captures = capture(tmp, n)
 
@@ -384,7 +385,7 @@ def run_writer_cost(tmp: Path, n: int) -> dict[str, Any]:
     t0 = time.thread_time_ns()
     shipped: list[Any] = []
     while (message := read_frame(stream)) is not None:
-        shipped.extend(from_portable(item) for item in message[1])
+        shipped.extend(message[1])
     receive_us = (time.thread_time_ns() - t0) / n / 1000
 
     builder = RowBuilder(b"k" * 32, "bench:1", TrustedProxies(()), False)
@@ -394,35 +395,36 @@ def run_writer_cost(tmp: Path, n: int) -> dict[str, Any]:
     rows = [builder.build(c) for c in captures]
     build_us = (time.perf_counter_ns() - t0) / n / 1000
     t0 = time.perf_counter_ns()
-    for c in shipped:
-        builder.build(c)
+    for item in shipped:
+        builder.build_portable(item)
     build_shipped_us = (time.perf_counter_ns() - t0) / n / 1000
 
     insert: dict[str, float] = {}
-    for batch in (50, 500, 5000):
-        conn = connect(tmp / f"insert-{batch}.db")
+    for name, batch in (("50", 50), ("500", 500), ("5000", 5000), ("5000_direct_null", 5000)):
+        if name.endswith("direct_null"):
+            _bind_none_directly()  # as the writer process does; undone below
+        conn = connect(tmp / f"insert-{name}.db")
         ensure_schema(conn)
         t0, c0 = time.perf_counter_ns(), time.thread_time_ns()
         for i in range(0, n, batch):
             with conn:
                 conn.executemany(INSERT_SQL, rows[i : i + batch])
         wall, cpu = time.perf_counter_ns() - t0, time.thread_time_ns() - c0
-        insert[f"batch_{batch}_us_per_row"] = wall / n / 1000
-        insert[f"batch_{batch}_cpu_us_per_row"] = cpu / n / 1000
+        insert[f"batch_{name}_us_per_row"] = wall / n / 1000
+        insert[f"batch_{name}_cpu_us_per_row"] = cpu / n / 1000
         conn.close()
 
-    # The Writer, as the writer process runs it (on shipped captures): queue n, time
-    # one flush (batches of 5000 + stats).
+    # The Writer, as the writer process runs it: frames of shipped tuples handed to
+    # write_now, NULLs bound directly.
     writer = Writer(tmp / "writer.db", _options(n))
-    writer.submit(shipped[0])
-    writer.flush()  # opens the database and schema outside the timing
-    for c in shipped:
-        writer.submit(c)
+    writer.write_now(shipped[:1])  # opens the database and schema outside the timing
     t0 = time.perf_counter_ns()
-    writer.flush()
+    for i in range(0, n, SHIP_BATCH):
+        writer.write_now(shipped[i : i + SHIP_BATCH])
     flush_s = (time.perf_counter_ns() - t0) / 1e9
     ok = writer.rows_written == n + 1
     writer.close()
+    sqlite3.adapters.pop((type(None), sqlite3.PrepareProtocol), None)
 
     # The whole pipeline: queue n captures in a ProcessWriter, time one flush (ships in
     # this thread while the writer process reads, builds and inserts; waits for its ack).
@@ -843,33 +845,37 @@ def print_report(report: dict[str, Any]) -> None:
     if wc:
         print()
         print(f"(a) writer cost, {wc['rows']} rows:")
-        print(
-            f"  ship (to_portable + marshal, shipper thread) {wc['ship_us_per_row']:6.1f} us/row "
-            f"CPU ({wc['frame_bytes_per_row']:.0f} bytes/row)"
+
+        def line(label: str, figures: str) -> None:
+            print(f"  {label:52} {figures}")
+
+        line(
+            "ship (to_portable + marshal, shipper thread)",
+            f"{wc['ship_us_per_row']:6.1f} us/row CPU ({wc['frame_bytes_per_row']:.0f} bytes/row)",
         )
-        print(
-            f"  receive (read_frame + from_portable)      {wc['receive_us_per_row']:6.1f} "
-            "us/row CPU"
+        line("receive (read_frame: unmarshal)", f"{wc['receive_us_per_row']:6.1f} us/row CPU")
+        line(
+            "build (rows.py RowBuilder.build)",
+            f"{wc['build_us_per_row']:6.1f} us/row "
+            f"({wc['build_shipped_us_per_row']:.1f} us on shipped tuples: build_portable)",
         )
-        print(
-            f"  build (rows.py RowBuilder.build)          {wc['build_us_per_row']:6.1f} us/row "
-            f"({wc['build_shipped_us_per_row']:.1f} us on shipped captures)"
-        )
-        for b in (50, 500, 5000):
-            print(
-                f"  insert, {b:4} rows/transaction            "
+        for b in ("50", "500", "5000", "5000_direct_null"):
+            direct = ", NULLs bound directly" if "_" in b else ""
+            line(
+                f"insert, {b[:4]:>4} rows/transaction{direct}",
                 f"{wc[f'batch_{b}_us_per_row']:6.1f} us/row "
-                f"({wc[f'batch_{b}_cpu_us_per_row']:.1f} us CPU)"
+                f"({wc[f'batch_{b}_cpu_us_per_row']:.1f} us CPU)",
             )
-        print(
-            f"  Writer.flush end to end (writer process)  {wc['writer_flush_us_per_row']:6.1f} "
-            f"us/row = {wc['writer_rows_per_s']:,.0f} rows/s (ok={wc['writer_rows_written_ok']})"
+        line(
+            "Writer.write_now end to end (writer process)",
+            f"{wc['writer_flush_us_per_row']:6.1f} us/row = {wc['writer_rows_per_s']:,.0f} rows/s "
+            f"(ok={wc['writer_rows_written_ok']})",
         )
-        print(
-            f"  ProcessWriter.flush (ship + process)      {wc['pipeline_flush_us_per_row']:6.1f} "
-            f"us/row = {wc['pipeline_rows_per_s']:,.0f} rows/s, caller CPU "
-            f"{wc['pipeline_caller_cpu_us_per_row']:.1f} us/row "
-            f"(ok={wc['pipeline_rows_written_ok']})"
+        line(
+            "ProcessWriter.flush (ship + process)",
+            f"{wc['pipeline_flush_us_per_row']:6.1f} us/row = {wc['pipeline_rows_per_s']:,.0f} "
+            f"rows/s, caller CPU {wc['pipeline_caller_cpu_us_per_row']:.1f} us/row "
+            f"(ok={wc['pipeline_rows_written_ok']})",
         )
     for su in report.get("sustain", {}).values():
         print()

@@ -189,9 +189,11 @@ def test_build_url_fast_path_equals_full_normalization(
         ["http://example.test", "https://shop.test:8443", "http://127.0.0.1:8000"]
     ),
     # No ";": urljoin drops an empty ";" path parameter, a urllib quirk the fast path avoids.
+    # No leading "/" either: "//[" is a network-path reference (not this fast path), on
+    # which urljoin itself raises.
     location=st.builds(
         lambda p, q: f"/{p}" + (f"?{q}" if q else ""),
-        path_chars.map(lambda t: t.replace(";", "")),
+        path_chars.map(lambda t: t.replace(";", "").lstrip("/")),
         path_chars,
     ),
 )

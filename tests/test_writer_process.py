@@ -17,9 +17,8 @@ import httpx
 import pytest
 
 from auditor import RedirectRecorder
-from auditor.frames import from_portable, to_portable
 from auditor.process_writer import ProcessWriter
-from auditor.rows import Capture
+from auditor.rows import ROW_COLUMNS, Capture, RowBuilder, TrustedProxies, to_portable
 from auditor.writer import Writer
 from auditor.writer_process import _Backlog
 from tests.apps import site
@@ -222,16 +221,22 @@ def test_a_capture_survives_the_trip_to_the_writer_process() -> None:
         "state": {"not": "shipped"},
     }
     capture = Capture(scope, 1.0, 2.0, 303, [(b"location", b"/done")], 5, True, KeyError("x"))
-    shipped = from_portable(marshal.loads(marshal.dumps(to_portable(capture))))
-    assert shipped.scope == {k: v for k, v in scope.items() if k not in ("type", "state")}
-    assert (shipped.status, shipped.headers, shipped.body_size) == (
-        303,
-        [(b"location", b"/done")],
-        5,
+    shipped = marshal.loads(marshal.dumps(to_portable(capture)))
+    builder = RowBuilder(b"k" * 32, "test:1", TrustedProxies(()), store_client_ip=False)
+    row = dict(zip(ROW_COLUMNS, builder.build_portable(shipped), strict=True))
+    assert row == dict(zip(ROW_COLUMNS, builder.build(capture), strict=True))
+    assert (row["method"], row["scheme"], row["host"], row["path"], row["query"]) == (
+        "POST",
+        "https",
+        "shop.example",
+        "/orders",
+        "a=1",
     )
-    assert (shipped.started_at, shipped.ended_at, shipped.complete) == (1.0, 2.0, True)
-    assert type(shipped.error).__name__ == "KeyError"
-    assert shipped.route is None
+    assert (row["status"], row["location"], row["response_body_size"]) == (303, "/done", 5)
+    assert (row["started_at"], row["duration_ms"], row["response_complete"]) == (1.0, 1000.0, 1)
+    assert (row["error"], row["http_version"], row["route"]) == ("KeyError", "2", None)
+    assert row["server_addr"] == "10.0.0.1:443"
+    assert not any(isinstance(v, dict) for v in shipped[0])  # the scope's state stays home
 
 
 def test_a_frozen_app_records_in_a_thread(
