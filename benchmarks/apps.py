@@ -11,6 +11,9 @@
 - With ``overhead.py --decompose``: ``hot_path_only_app`` (the middleware, each
   capture thrown away at once) and ``shipping_only_app`` (captures shipped as
   for the writer process, but into ``cat > /dev/null``): where the cost comes from.
+  And ``bare_beside_idle_spinner_app``: the bare app while a child process spins
+  at SCHED_IDLE, the priority of the writer process: what any work beside the
+  server costs on this machine, however low its priority.
 
 Each factory builds a fresh Starlette app, so variants never share state.
 """
@@ -35,7 +38,7 @@ DB_ENV = "BENCH_DB"
 SWITCH_ENV = "BENCH_SWITCH_INTERVAL"  # sys.setswitchinterval for every variant, if set
 VARIANTS = ("bare", "noop", "recorder", "recorder(thread)")
 # ``overhead.py --decompose`` adds these: where the recorder's cost comes from.
-DECOMPOSITION = ("hot path only", "shipping only")
+DECOMPOSITION = ("hot path only", "shipping only", "bare + idle spinner")
 # The factory uvicorn imports for each variant (``benchmarks.apps:<factory>``).
 FACTORIES = {
     "bare": "bare_app",
@@ -44,6 +47,7 @@ FACTORIES = {
     "recorder(thread)": "recorder_thread_app",
     "hot path only": "hot_path_only_app",
     "shipping only": "shipping_only_app",
+    "bare + idle spinner": "bare_beside_idle_spinner_app",
 }
 
 
@@ -129,6 +133,23 @@ def shipping_only_app() -> RedirectRecorder:
     rec.writer.close()
     rec.writer = _ShipToNowhere(rec.writer.db_path, rec.writer.options)
     return rec
+
+
+# Spins at SCHED_IDLE (as the writer process runs) until its parent, the server, is gone.
+_IDLE_SPINNER = """
+import os
+os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+parent = os.getppid()
+while os.getppid() == parent:
+    for _ in range(100_000):
+        pass
+"""
+
+
+def bare_beside_idle_spinner_app() -> Starlette:
+    """The bare app, with a child process burning every CPU cycle nobody else wants."""
+    subprocess.Popen([sys.executable, "-c", _IDLE_SPINNER])
+    return bare_app()
 
 
 def build(variant: str, db_path: str | None = None, **options: Any) -> ASGIApp:
