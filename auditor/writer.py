@@ -43,6 +43,8 @@ logger = logging.getLogger("redirect_auditor")
 
 SECRET_ENV = "REDIRECT_AUDITOR_SECRET"
 MAX_BATCH = 5000
+# With a pause (``write_now``): rows built, or inserted, between two pauses.
+PACE_ROWS = 32
 PRUNE_EVERY = 60.0  # seconds between retention passes when max_rows/max_age is set
 _STATUS = ROW_COLUMNS.index("status")
 _STARTED = ROW_COLUMNS.index("started_at")
@@ -188,12 +190,13 @@ class Writer:
         """Write everything pending now, including rows held for follow-up matching."""
         self._drain(final=True)
 
-    def write_now(self, items: list[tuple[Any, ...]]) -> None:
+    def write_now(self, items: list[tuple[Any, ...]], pause: float = 0.0) -> None:
         """Build and insert captures shipped as ``rows.to_portable`` tuples, in the
-        calling thread (the writer process's)."""
+        calling thread (the writer process's). With ``pause``, sleep that long after
+        every ``PACE_ROWS`` rows built or inserted (all in one transaction)."""
         with self._lock:
             try:
-                self._write(items, final=False, portable=True)
+                self._write(items, final=False, portable=True, pause=pause)
             except Exception as exc:  # a bug here must never stop the writer
                 self._count_drop("other", len(items), exc)
 
@@ -283,7 +286,9 @@ class Writer:
             self._file_id = _file_id(self.db_path)
         return self._conn, self._builder
 
-    def _write(self, batch: list[Any], final: bool, portable: bool = False) -> None:
+    def _write(
+        self, batch: list[Any], final: bool, portable: bool = False, pause: float = 0.0
+    ) -> None:
         try:
             conn, builder = self._open()
         except (sqlite3.Error, OSError, SchemaError) as exc:
@@ -295,11 +300,13 @@ class Writer:
             return
         build = builder.build_portable if portable else builder.build
         rows = []
-        for item in batch:
+        for done, item in enumerate(batch, 1):
             try:
                 rows.append(build(item))
             except Exception as exc:
                 self._count_drop("other", 1, exc)
+            if pause and done % PACE_ROWS == 0:
+                time.sleep(pause)
         if self.options.record == "redirects":
             rows = self._select_redirect_rows(conn, rows, final)
         seen = self.dropped_queue_full + self.queue_full_elsewhere()
@@ -311,10 +318,7 @@ class Writer:
             return  # idle: no empty transaction (and fsync) every flush interval
         try:
             with conn:
-                try:
-                    insert_rows(conn, rows)
-                except UnicodeEncodeError:
-                    insert_rows(conn, [_encodable(row) for row in rows])
+                insert_rows(conn, rows, pause)
                 self._save_stats(conn, totals)
         except (sqlite3.Error, OSError) as exc:
             reason = classify_error(exc)
@@ -453,18 +457,29 @@ _CHUNK_SIZES = tuple(2**i for i in range(9, -1, -1))
 _MULTI_INSERT = {size: _multi_row_insert(size) for size in _CHUNK_SIZES}
 
 
-def insert_rows(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
-    """Insert rows with multi-row INSERT statements of up to 512 rows each.
+def insert_rows(conn: sqlite3.Connection, rows: list[tuple[Any, ...]], pause: float = 0.0) -> None:
+    """Insert rows with multi-row INSERT statements of up to 512 rows each (with a
+    ``pause``: of ``PACE_ROWS``, sleeping that long between them).
 
     ``executemany`` releases and re-takes the GIL around every row; with the event
     loop busy each re-take waits for the interpreter's switch interval, and the
     writer fell to ~2,000 rows/s. One statement per 512 rows waits 512x less often.
+    A string SQLite cannot take as UTF-8 (a lone surrogate) fails its statement before
+    any row of it is inserted; that statement is retried with such strings escaped.
     """
     start = 0
     for size in _CHUNK_SIZES:
+        if pause and size > PACE_ROWS:
+            continue
         while len(rows) - start >= size:
+            if pause and start:
+                time.sleep(pause)
             chunk = rows[start : start + size]
-            conn.execute(_MULTI_INSERT[size], list(chain.from_iterable(chunk)))
+            try:
+                conn.execute(_MULTI_INSERT[size], list(chain.from_iterable(chunk)))
+            except UnicodeEncodeError:
+                encodable = [_encodable(row) for row in chunk]
+                conn.execute(_MULTI_INSERT[size], list(chain.from_iterable(encodable)))
             start += size
 
 

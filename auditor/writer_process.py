@@ -40,6 +40,13 @@ from auditor.writer import RecorderOptions, Writer
 # Requests not yet written, as marshalled bytes (~120 per request): about half a
 # million requests, or 20 s of a saturated 2-core machine, before drops (counted).
 BACKLOG_BYTES = 64 << 20
+# Unless more than PACE_UNTIL_BYTES wait in the backlog (several flush intervals of
+# a busy server), rows are built and inserted in short bursts (PACE_ROWS, ~0.4 ms of
+# CPU) with PACE_PAUSE between them. Long bursts in this process, at any priority and
+# on either core, raised the server's p99 at one connection on the 2-vCPU benchmark
+# machine (benchmarks/README.md). A writer that is behind skips the pauses.
+PACE_PAUSE = 0.0002
+PACE_UNTIL_BYTES = 1 << 20
 LINGER_SECONDS = 300.0  # after the serving process died, while counts are unsaved
 RETRY_SECONDS = 1.0
 
@@ -127,7 +134,8 @@ def _write_backlog(backlog: _Backlog, writer: Writer) -> None:
         except Exception as exc:  # a frame we cannot read: count it, keep going
             writer.count_drop("other", count, exc)
         else:
-            writer.write_now(items)
+            behind = backlog.size > PACE_UNTIL_BYTES
+            writer.write_now(items, pause=0.0 if behind else PACE_PAUSE)
         finally:
             backlog.done(payload)
 

@@ -1,0 +1,83 @@
+"""The Writer's batches: many statements per transaction, paced or not, one bad string."""
+
+from __future__ import annotations
+
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from auditor.rows import Capture, to_portable
+from auditor.writer import PACE_ROWS, RecorderOptions, Writer
+
+BAD_AT = 550  # after the first 512-row statement of a 600-row batch
+
+
+def _options() -> RecorderOptions:
+    return RecorderOptions.build(
+        record="all",
+        sample_rate=0.0,
+        trusted_proxies=(),
+        store_client_ip=False,
+        queue_size=10_000,
+        flush_interval=3600,
+        follow_up_delay=2.0,
+        follow_up_window=30.0,
+    )
+
+
+def _capture(path: str) -> Capture:
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "scheme": "http",
+        "server": ("127.0.0.1", 8000),
+        "client": ("127.0.0.1", 50000),
+        "path": path,
+        # A server that decoded the path leniently: a lone surrogate SQLite cannot store.
+        "raw_path": path.encode("utf-8", "surrogatepass"),
+        "query_string": b"",
+        "headers": [(b"host", b"shop.test")],
+        "http_version": "1.1",
+    }
+    return Capture(scope, 1.0, 1.1, 200, [], 2, True)
+
+
+def _paths(count: int, bad_at: int = BAD_AT) -> list[str]:
+    return ["/bad-\ud800" if i == bad_at else f"/p{i}" for i in range(count)]
+
+
+def _stored(db: Path) -> list[Any]:
+    with closing(sqlite3.connect(db)) as conn:
+        return conn.execute("select path from requests order by id").fetchall()
+
+
+def test_an_unencodable_string_late_in_a_batch_is_escaped_not_duplicated(tmp_path: Path) -> None:
+    writer = Writer(tmp_path / "t.db", _options(), worker_id="test:1")
+    try:
+        for path in _paths(600):
+            writer.submit(_capture(path))
+        writer.flush()
+        stored = _stored(tmp_path / "t.db")
+        # Before: the retry re-inserted the first 512 rows as well (1,112 rows).
+        assert len(stored) == 600 == writer.rows_written
+        assert stored[BAD_AT] == ("/bad-\\ud800",)
+        assert stored[0] == ("/p0",) and stored[-1] == ("/p599",)
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("pause", [0.0, 0.0001])
+def test_paced_and_unpaced_writes_store_the_same_rows(tmp_path: Path, pause: float) -> None:
+    count, bad_at = 5 * PACE_ROWS + 7, 3 * PACE_ROWS + 1  # bad row in a later statement
+    paths = _paths(count, bad_at)
+    writer = Writer(tmp_path / "t.db", _options(), worker_id="test:1")
+    try:
+        writer.write_now([to_portable(_capture(path)) for path in paths], pause=pause)
+        assert writer.rows_written == count
+        expected = [(p.replace("\ud800", "\\ud800"),) for p in paths]
+        assert _stored(tmp_path / "t.db") == expected
+    finally:
+        writer.close()
