@@ -40,12 +40,13 @@ from auditor.writer import RecorderOptions, Writer
 # Requests not yet written, as marshalled bytes (~120 per request): about half a
 # million requests, or 20 s of a saturated 2-core machine, before drops (counted).
 BACKLOG_BYTES = 64 << 20
-# Unless more than PACE_UNTIL_BYTES wait in the backlog (several flush intervals of
-# a busy server), rows are built and inserted in short bursts (PACE_ROWS, ~0.4 ms of
-# CPU) with PACE_PAUSE between them. Long bursts in this process, at any priority and
-# on either core, raised the server's p99 at one connection on the 2-vCPU benchmark
-# machine (benchmarks/README.md). A writer that is behind skips the pauses.
+# Below PACE_BELOW_RATE requests a second, rows are built and inserted in short
+# bursts (PACE_ROWS, ~0.4 ms of CPU) with PACE_PAUSE between them. Long bursts in this
+# process, at any priority and on either core, raised the server's p99 at one
+# connection from ~1.8 to ~3.7 ms on the 2-vCPU benchmark machine (benchmarks/README.md).
+# The pauses cost CPU, so a busier server, or a writer that is behind, goes without.
 PACE_PAUSE = 0.0002
+PACE_BELOW_RATE = 10_000.0
 PACE_UNTIL_BYTES = 1 << 20
 LINGER_SECONDS = 300.0  # after the serving process died, while counts are unsaved
 RETRY_SECONDS = 1.0
@@ -88,6 +89,9 @@ class _Backlog:
         self.frames: deque[tuple[int, bytes]] = deque()
         self.size = 0
         self.busy = False  # a frame is being written right now
+        self.received = 0  # requests put, ever
+        self._rate_since = (time.monotonic(), 0)
+        self.rate = 0.0  # requests put per second, over the last second or more
         self.ended = False
         self.cond = threading.Condition()
 
@@ -98,8 +102,18 @@ class _Backlog:
                 return False
             self.frames.append((count, payload))
             self.size += len(payload)
+            self.received += count
+            since, received = self._rate_since
+            now = time.monotonic()
+            if now - since >= 1.0:
+                self.rate = (self.received - received) / (now - since)
+                self._rate_since = (now, self.received)
             self.cond.notify_all()
             return True
+
+    def quiet(self) -> bool:
+        """Few requests arrive and little waits: pacing the writer costs nothing."""
+        return self.rate < PACE_BELOW_RATE and self.size <= PACE_UNTIL_BYTES
 
     def take(self) -> tuple[int, bytes] | None:
         """The next frame, waiting for one; None once ended and empty."""
@@ -134,8 +148,7 @@ def _write_backlog(backlog: _Backlog, writer: Writer) -> None:
         except Exception as exc:  # a frame we cannot read: count it, keep going
             writer.count_drop("other", count, exc)
         else:
-            behind = backlog.size > PACE_UNTIL_BYTES
-            writer.write_now(items, pause=0.0 if behind else PACE_PAUSE)
+            writer.write_now(items, pause=PACE_PAUSE if backlog.quiet() else 0.0)
         finally:
             backlog.done(payload)
 

@@ -11,12 +11,13 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import pytest
 
-from auditor import RedirectRecorder
+from auditor import RedirectRecorder, writer_process
 from auditor.process_writer import ProcessWriter
 from auditor.rows import ROW_COLUMNS, Capture, RowBuilder, TrustedProxies, to_portable
 from auditor.writer import Writer
@@ -203,6 +204,26 @@ def test_the_backlog_keeps_frames_as_bytes_up_to_its_limit() -> None:
         (2, b"y" * 50),
         None,
     ]
+
+
+def test_the_writer_paces_itself_only_while_traffic_is_light(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = [100.0]
+    monkeypatch.setattr(writer_process, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    backlog = _Backlog(1 << 30)
+    assert backlog.quiet()
+    for _ in range(80):  # 20,480 requests within the first second
+        assert backlog.put(256, b"x" * 10)
+    assert backlog.quiet()  # no rate yet: less than a second has passed
+    now[0] = 101.0
+    backlog.put(256, b"x" * 10)
+    assert backlog.rate > writer_process.PACE_BELOW_RATE and not backlog.quiet()
+    now[0] = 103.0  # two seconds with one small frame: light again
+    backlog.put(10, b"x" * 10)
+    assert backlog.rate == 5.0 and backlog.quiet()
+    backlog.put(1, b"y" * (writer_process.PACE_UNTIL_BYTES + 1))  # far behind
+    assert not backlog.quiet()
 
 
 def test_a_capture_survives_the_trip_to_the_writer_process() -> None:
