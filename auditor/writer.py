@@ -212,7 +212,22 @@ class Writer:
     @property
     def unsaved(self) -> bool:
         """Counts (or rows) not yet in the database, e.g. while it is read-only or full."""
-        return bool(self._queue or self._held) or self._stats_totals(0) != self._saved_totals
+        return bool(self._queue or self._held) or self.unsaved_counts()
+
+    def unsaved_counts(self) -> bool:
+        """Rows written or dropped (queue-full drops counted elsewhere too) that
+        ``recorder_stats`` does not show yet."""
+        queue_full_seen = self.dropped_queue_full + self.queue_full_elsewhere()
+        return (
+            queue_full_seen != self._queue_full_folded
+            or self._stats_totals(0) != self._saved_totals
+        )
+
+    def release(self) -> None:
+        """Close the database connection (the next write opens it again): once a
+        flush has written everything, the file is left at rest."""
+        with self._lock:
+            self._reset()
 
     async def flush_async(self) -> None:
         """``flush`` without blocking the event loop."""
@@ -289,6 +304,8 @@ class Writer:
     def _write(
         self, batch: list[Any], final: bool, portable: bool = False, pause: float = 0.0
     ) -> None:
+        if not (batch or self._held or self.unsaved_counts()):
+            return  # idle: leave the database alone (not even opened)
         try:
             conn, builder = self._open()
         except (sqlite3.Error, OSError, SchemaError) as exc:

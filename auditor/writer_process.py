@@ -180,6 +180,9 @@ def serve(config: dict[str, Any], stdin: BinaryIO, replies: _Replies) -> None:
             backlog.wait_empty()
             writer.flush()
             result = writer.prune() if kind == "prune" else None
+            # A flush is what a stopping server asks for (lifespan shutdown); it may then
+            # die by its signal without a goodbye. Leave the file at rest now, not after.
+            writer.release()
             replies.send(("ack", message[1], writer.figures(), result))
         elif kind == "bye":
             goodbye = True

@@ -149,6 +149,26 @@ def test_writer_thread_option_records_in_process(make_recorder: Any) -> None:
     assert [r["path"] for r in rows] == ["/landing/t"]
 
 
+def test_a_flush_leaves_the_database_at_rest(make_recorder: Any) -> None:
+    """A stopping server flushes at lifespan shutdown and may then die by its signal
+    (uvicorn re-raises SIGTERM) without a goodbye: the file must be final by then."""
+    recorder = make_recorder()
+    assert isinstance(recorder.writer, ProcessWriter)
+    db = Path(recorder.writer.db_path)
+    with serve_in_thread(recorder) as url:
+        assert httpx.get(f"{url}/landing/rest").status_code == 200
+        recorder.writer.flush()
+        # The writer process wrote, checkpointed and closed: no WAL, no open connection.
+        assert not Path(f"{db}-wal").exists() and not Path(f"{db}-shm").exists()
+        assert [r["path"] for r in fetch_rows(db, "select path from requests")] == ["/landing/rest"]
+        assert httpx.get(f"{url}/landing/again").status_code == 200
+    recorder.writer.flush()  # and the next rows open it again
+    assert [r["path"] for r in fetch_rows(db, "select path from requests order by id")] == [
+        "/landing/rest",
+        "/landing/again",
+    ]
+
+
 def test_a_forked_worker_gets_its_own_writer_process(make_recorder: Any) -> None:
     """gunicorn --preload: the recorder is built before the fork; each side records."""
     recorder = make_recorder()
