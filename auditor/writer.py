@@ -217,11 +217,13 @@ class Writer:
     def unsaved_counts(self) -> bool:
         """Rows written or dropped (queue-full drops counted elsewhere too) that
         ``recorder_stats`` does not show yet."""
-        queue_full_seen = self.dropped_queue_full + self.queue_full_elsewhere()
         return (
-            queue_full_seen != self._queue_full_folded
+            self._queue_full_seen() != self._queue_full_folded
             or self._stats_totals(0) != self._saved_totals
         )
+
+    def _queue_full_seen(self) -> int:
+        return self.dropped_queue_full + self.queue_full_elsewhere()
 
     def release(self) -> None:
         """Close the database connection (the next write opens it again): once a
@@ -326,7 +328,7 @@ class Writer:
                 time.sleep(pause)
         if self.options.record == "redirects":
             rows = self._select_redirect_rows(conn, rows, final)
-        seen = self.dropped_queue_full + self.queue_full_elsewhere()
+        seen = self._queue_full_seen()
         queue_full, self._queue_full_folded = seen - self._queue_full_folded, seen
         if queue_full:
             self._count_drop("queue_full", queue_full, OverflowError(f"{self._limit} rows queued"))
