@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 import uvicorn
 
-from auditor.audit import AuditResult, audit
+from auditor.analysis.audit import AuditResult, audit
 from auditor.demo_app import CAMPAIGNS, CORRECT_ROUTES, EXPECTED_RULES, build_app, start_campaign
 from auditor.demo_traffic import (
     Step,

@@ -35,9 +35,9 @@ from typing import Any, cast
 import pytest
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from auditor.analysis.rules.base import Severity
 from auditor.middleware import RedirectRecorder
 from auditor.registry import TrafficWriter
-from auditor.rules.base import Severity
 from auditor.schema import SchemaError, check_traffic_db
 
 DB_ENV = "REDIRECT_AUDIT_DB"  # hands the database path to pytest-xdist workers
@@ -287,8 +287,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if not state.db_path.exists():
         state.problem = "no requests to an ASGI app were recorded"
         return
-    from auditor.audit import audit
-    from auditor.report import failed
+    from auditor.analysis.audit import audit
+    from auditor.analysis.report import failed
 
     try:
         state.result = audit(state.db_path)
@@ -335,7 +335,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     if state.problem:
         tr.write_line(f"redirect audit: {state.problem}", yellow=True)
         return
-    from auditor.report import summary_line
+    from auditor.analysis.report import summary_line
 
     result = state.result
     seen_in = _example_tests(state)

@@ -297,7 +297,7 @@ def main() -> None:
         f"{len(traffic.links)} true links -> {args.out}"
     )
     if args.link:
-        from auditor.linking import build_chains, link_requests
+        from auditor.analysis.linking import build_chains, link_requests
 
         conn = sqlite3.connect(args.out)
         with conn:

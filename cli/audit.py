@@ -10,12 +10,12 @@ from typing import Annotated, Any
 import typer
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
-from auditor.audit import AuditResult
-from auditor.audit import audit as run_audit
-from auditor.config import ConfigError, build_options
+from auditor.analysis.audit import AuditResult
+from auditor.analysis.audit import audit as run_audit
+from auditor.analysis.config import ConfigError, build_options
+from auditor.analysis.report import failed, to_json, to_markdown, to_rich
+from auditor.analysis.rules.base import Severity, all_rules
 from auditor.merge import merge
-from auditor.report import failed, to_json, to_markdown, to_rich
-from auditor.rules.base import Severity, all_rules
 from auditor.schema import SchemaError
 from cli.common import console, err_console, fail, require_traffic_db
 

@@ -12,10 +12,10 @@ from rich.table import Table
 
 from auditor import demo as demoing
 from auditor import explore as exploring
-from auditor.audit import AuditResult
+from auditor.analysis.audit import AuditResult
+from auditor.analysis.report import SEVERITY_STYLE, drops_line, summary_line, where
 from auditor.demo_app import EXPECTED_RULES
 from auditor.demo_traffic import CLIENTS
-from auditor.report import SEVERITY_STYLE, drops_line, summary_line, where
 from cli.common import console, err_console, fail
 
 

@@ -15,7 +15,7 @@ def _audit_if_needed(db: Path) -> None:
     if not exploring.needs_audit(db):
         return
     try:
-        from auditor.audit import audit
+        from auditor.analysis.audit import audit
     except ImportError:
         err_console.print(f"Warning: {db} has no findings; audit unavailable", highlight=False)
         return

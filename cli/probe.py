@@ -215,8 +215,8 @@ def _sweep(
     headers: list[tuple[str, str]],
     timeout: float,
 ) -> None:
-    from auditor.audit import audit
-    from auditor.report import to_rich
+    from auditor.analysis.audit import audit
+    from auditor.analysis.report import to_rich
 
     asgi_app = _import(app, app_dir)
     try:

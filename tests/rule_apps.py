@@ -14,8 +14,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from auditor import RedirectRecorder
+from auditor.analysis.rules.base import AuditContext, AuditOptions, Finding
 from auditor.registry import flush_all
-from auditor.rules.base import AuditContext, AuditOptions, Finding
 from tests.servers import serve_in_thread
 
 Endpoint = Callable[[Request], Any]

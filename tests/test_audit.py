@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from auditor import audit
-from auditor.config import ConfigError
+from auditor.analysis.config import ConfigError
 from auditor.schema import SchemaError
 from tests.traffic import scenario_db
 

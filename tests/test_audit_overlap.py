@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from auditor import audit, linking
-from auditor.rules.base import all_rules
+from auditor import audit
+from auditor.analysis import linking
+from auditor.analysis.rules.base import all_rules
 from benchmarks.generate_traffic import generate
 
 

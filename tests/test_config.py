@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from auditor.config import ConfigError, build_options, find_pyproject
+from auditor.analysis.config import ConfigError, build_options, find_pyproject
 
 
 def write(directory: Path, body: str) -> Path:

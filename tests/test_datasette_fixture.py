@@ -18,7 +18,7 @@ from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from auditor import RedirectRecorder
-from auditor.audit import audit
+from auditor.analysis.audit import audit
 from auditor.schema import connect
 from tests.servers import serve_in_thread
 

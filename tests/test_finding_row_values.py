@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from auditor.rules.base import Finding
+from auditor.analysis.rules.base import Finding
 
 
 def test_row_values_match_as_row() -> None:

@@ -12,7 +12,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from auditor import RedirectRecorder
-from auditor.graph import edges_from_rows, redirect_edges, static_chains, static_loops
+from auditor.analysis.graph import edges_from_rows, redirect_edges, static_chains, static_loops
 from tests.servers import serve_in_thread, wait_for
 
 MakeRecorder = Callable[..., RedirectRecorder]

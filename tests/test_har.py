@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from auditor import RedirectRecorder
-from auditor.audit import audit
+from auditor.analysis.audit import audit
 from cli.main import app
 from tests import har_support
 from tests.servers import fetch_rows, serve_in_thread

@@ -25,7 +25,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from auditor import RedirectRecorder
-from auditor.linking import build_chains, link_and_build_chains, link_requests
+from auditor.analysis.linking import build_chains, link_and_build_chains, link_requests
 from tests.servers import serve_in_thread, wait_for
 
 AGENT = "walker/1.0"  # every client below shares it (and 127.0.0.1)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from auditor.linking import link_requests
+from auditor.analysis.linking import link_requests
 from auditor.schema import ensure_schema
 
 ORIGIN = "http://shop.test"

@@ -12,8 +12,8 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from auditor.rules.base import Finding
-from auditor.rules.location import (
+from auditor.analysis.rules.base import Finding
+from auditor.analysis.rules.location import (
     internal_host_leak,
     invalid_location,
     location_on_non_redirect,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from auditor import AuditResult, audit
-from auditor.rules.base import Finding
+from auditor.analysis.rules.base import Finding
 from tests.traffic import scenario_db
 
 

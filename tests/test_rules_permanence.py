@@ -21,8 +21,8 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from auditor.rules.base import Finding
-from auditor.rules.permanence import (
+from auditor.analysis.rules.base import Finding
+from auditor.analysis.rules.permanence import (
     deprecated_status,
     freshness_lifetime,
     legacy_302,

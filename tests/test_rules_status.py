@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from auditor import audit
-from auditor.rules.status import body_on_no_content, delete_200_no_content
+from auditor.analysis.rules.status import body_on_no_content, delete_200_no_content
 from tests.rule_apps import by_source, curl, raw, recording, run_rule
 
 

@@ -10,9 +10,16 @@ import re
 from collections.abc import Iterator
 from functools import lru_cache
 
-from auditor.rules._groups import Group, collect, describe_agents, finding, group_columns, plural
-from auditor.rules._subset import FOLLOW_UPS, RESPONSES, ensure_responses
-from auditor.rules.base import AuditContext, Finding, Severity, rule
+from auditor.analysis.rules._groups import (
+    Group,
+    collect,
+    describe_agents,
+    finding,
+    group_columns,
+    plural,
+)
+from auditor.analysis.rules._subset import FOLLOW_UPS, RESPONSES, ensure_responses
+from auditor.analysis.rules.base import AuditContext, Finding, Severity, rule
 from auditor.urls import path_and_query
 
 FAMILY = "method"

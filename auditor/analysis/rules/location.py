@@ -15,9 +15,9 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from auditor.analysis.rules._groups import Group, finding, framework_fix, grouped_requests
+from auditor.analysis.rules.base import AuditContext, Finding, rule
 from auditor.rows import parse_forwarded
-from auditor.rules._groups import Group, finding, framework_fix, grouped_requests
-from auditor.rules.base import AuditContext, Finding, rule
 
 # Statuses on which a Location means something (RFC 9110 §10.2.2): 201 names the
 # created resource, every 3xx the redirect target (300: the preferred choice), and

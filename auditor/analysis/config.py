@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from auditor.rules.base import AuditOptions, all_rules
+from auditor.analysis.rules.base import AuditOptions, all_rules
 
 TABLE = "redirect-auditor"
 

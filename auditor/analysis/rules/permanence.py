@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from email.utils import parsedate_to_datetime
 
-from auditor.rules._groups import (
+from auditor.analysis.rules._groups import (
     GROUP_AGGREGATES,
     Group,
     finding,
@@ -23,7 +23,7 @@ from auditor.rules._groups import (
     plural,
     query_groups,
 )
-from auditor.rules.base import SOURCE_SQL, AuditContext, Finding, rule
+from auditor.analysis.rules.base import SOURCE_SQL, AuditContext, Finding, rule
 
 FAMILY = "permanence"
 DAY = 86400.0

@@ -11,8 +11,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from auditor import graph
-from auditor.rules._groups import (
+from auditor.analysis import graph
+from auditor.analysis.rules._groups import (
     Group,
     client_name,
     collect,
@@ -22,9 +22,9 @@ from auditor.rules._groups import (
     plural,
     source_sql,
 )
-from auditor.rules._subset import RESPONSES, ensure_responses
-from auditor.rules.base import AuditContext, Finding, rule
-from auditor.rules.method import short
+from auditor.analysis.rules._subset import RESPONSES, ensure_responses
+from auditor.analysis.rules.base import AuditContext, Finding, rule
+from auditor.analysis.rules.method import short
 
 FAMILY = "chains"
 REDIRECT_STATUSES = "(301, 302, 303, 307, 308)"

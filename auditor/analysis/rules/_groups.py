@@ -24,8 +24,8 @@ from functools import lru_cache, partial
 from operator import itemgetter
 from typing import Any
 
-from auditor.rules._subset import FOLLOW_UPS, RESPONSES, ensure_responses
-from auditor.rules.base import REGISTRY, SOURCE_SQL, AuditContext, Finding, Severity
+from auditor.analysis.rules._subset import FOLLOW_UPS, RESPONSES, ensure_responses
+from auditor.analysis.rules.base import REGISTRY, SOURCE_SQL, AuditContext, Finding, Severity
 
 # An empty Counter without running ``Counter.__init__`` (Python code: ~2 us a call, two
 # per group, and rules build tens of thousands of groups). A Counter holds no state

@@ -12,9 +12,9 @@ from rich.console import RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from auditor.audit import AuditResult, tool_version
-from auditor.rules.base import SEVERITIES, Finding, Severity
-from auditor.rules.method import short
+from auditor.analysis.audit import AuditResult, tool_version
+from auditor.analysis.rules.base import SEVERITIES, Finding, Severity
+from auditor.analysis.rules.method import short
 
 JSON_SCHEMA_VERSION = 1
 SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}

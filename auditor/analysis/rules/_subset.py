@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from auditor import schema
-from auditor.rules.base import AuditContext
+from auditor.analysis.rules.base import AuditContext
 
 RESPONSES = "audit_responses"
 FOLLOW_UPS = "audit_follow_ups"

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from auditor.rules._groups import finding, framework_fix, grouped_requests
-from auditor.rules.base import AuditContext, Finding, rule
+from auditor.analysis.rules._groups import finding, framework_fix, grouped_requests
+from auditor.analysis.rules.base import AuditContext, Finding, rule
 
 FAMILY = "status"
 

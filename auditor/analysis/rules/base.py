@@ -155,6 +155,6 @@ def rule(
 
 def all_rules() -> dict[str, Rule]:
     """Every rule, importing the rule modules on first use."""
-    from auditor import rules  # noqa: F401  (imports each family module)
+    from auditor.analysis import rules  # noqa: F401  (imports each family module)
 
     return REGISTRY

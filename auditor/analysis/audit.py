@@ -24,12 +24,13 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from auditor import linking, schema
-from auditor.config import build_options, validate
-from auditor.rules import _subset as subset
-from auditor.rules import chains as chain_rules
-from auditor.rules._groups import PENDING_CHAINS, resolve_pending_chains
-from auditor.rules.base import (
+from auditor import schema
+from auditor.analysis import linking
+from auditor.analysis.config import build_options, validate
+from auditor.analysis.rules import _subset as subset
+from auditor.analysis.rules import chains as chain_rules
+from auditor.analysis.rules._groups import PENDING_CHAINS, resolve_pending_chains
+from auditor.analysis.rules.base import (
     SEVERITIES,
     AuditContext,
     AuditOptions,

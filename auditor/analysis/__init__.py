@@ -1,0 +1,1 @@
+"""Offline analysis: linking hops, chains, the redirect graph, the audit and its rules."""

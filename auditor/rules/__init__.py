@@ -1,6 +1,0 @@
-"""The rule catalogue: one module per family, each rule a small unit (see ``base``)."""
-
-from auditor.rules import chains, location, method, permanence, status  # noqa: F401
-from auditor.rules.base import REGISTRY, AuditContext, AuditOptions, Finding, Rule, all_rules
-
-__all__ = ["REGISTRY", "AuditContext", "AuditOptions", "Finding", "Rule", "all_rules"]
