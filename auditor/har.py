@@ -282,6 +282,9 @@ class _EntryRows:
             "http_version": _http_version(request.get("httpVersion")),
             "error": str(error)[:200] if error else None,
             "worker_id": self.builder.worker_id,
+            "has_authorization": int(_first(req_headers, "authorization") is not None),
+            "has_cookie": int(_first(req_headers, "cookie") is not None),
+            "forwarded_for_key": None,
         }
         return tuple(values[c] for c in ROW_COLUMNS)
 

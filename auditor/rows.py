@@ -25,7 +25,8 @@ MAX_VALUE_CHARS = 8192  # longer header values are cut; the row is still written
 MAX_CACHE_ENTRIES = 65536
 
 # Columns the writer inserts: every requests column but the rowid and linking's.
-ROW_COLUMNS = tuple(c for c in REQUEST_COLUMNS if c not in ("id", "follow_up_of"))
+LINKING_COLUMNS = ("follow_up_of", "link_confidence")
+ROW_COLUMNS = tuple(c for c in REQUEST_COLUMNS if c != "id" and c not in LINKING_COLUMNS)
 INSERT_SQL = (
     f"insert into requests ({', '.join(ROW_COLUMNS)}) "
     f"values ({', '.join('?' for _ in ROW_COLUMNS)})"
@@ -43,8 +44,10 @@ INSERT_SQL = (
     _X_FOR,
     _FORWARDED,
     _REQUEST_ID,
-) = range(10)
-_N_REQUEST_FIELDS = 10
+    _AUTHORIZATION,
+    _COOKIE,
+) = range(12)
+_N_REQUEST_FIELDS = 12
 _REQUEST_HEADER_INDEX = {
     b"host": _HOST,
     b"user-agent": _USER_AGENT,
@@ -58,6 +61,8 @@ _REQUEST_HEADER_INDEX = {
     b"x-request-id": _REQUEST_ID,
     b"x-correlation-id": _REQUEST_ID,
     b"request-id": _REQUEST_ID,
+    b"authorization": _AUTHORIZATION,
+    b"cookie": _COOKIE,
 }
 
 
@@ -262,6 +267,10 @@ class RowBuilder:
                 index = index_of(name.lower())
             if index is not None and found[index] is None:
                 found[index] = value
+        # Credentials are never decoded: only whether they were sent is kept.
+        has_authorization = 0 if found[_AUTHORIZATION] is None else 1
+        has_cookie = 0 if found[_COOKIE] is None else 1
+        found[_AUTHORIZATION] = found[_COOKIE] = None
         req = [None if v is None else _text(v) for v in found]
 
         status = status or 500
@@ -285,6 +294,7 @@ class RowBuilder:
             f"{server[0]}:{server[1]}" if server[0] and server[1] else (server[0] or "")
         )
         scheme, host = server_scheme, server_host
+        forwarded_for = _first(req[_X_FOR]) if req[_X_FOR] else None
         if (self.trusted.any or self.trusted.networks) and client_ip in self.trusted:
             forwarded_header = req[_FORWARDED]
             forwarded = parse_forwarded(forwarded_header) if forwarded_header else {}
@@ -349,6 +359,9 @@ class RowBuilder:
             version,
             error,
             self.worker_id,
+            has_authorization,
+            has_cookie,
+            self.keyed_hash(forwarded_for) if forwarded_for else None,
         )
 
 

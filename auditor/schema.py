@@ -17,7 +17,7 @@ from typing import Any
 
 import sqlite_utils
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 META_TABLE = "auditor_meta"
 BUSY_TIMEOUT_MS = 5000
 
@@ -58,7 +58,11 @@ REQUEST_COLUMNS: dict[str, Any] = {
     "http_version": str,
     "error": str,  # exception class raised by the app, if any
     "worker_id": str,
+    "has_authorization": int,  # 1 when the request carried Authorization (never its value)
+    "has_cookie": int,  # 1 when the request carried Cookie (never its value)
+    "forwarded_for_key": str,  # keyed hash of X-Forwarded-For's first hop: a linking hint only
     "follow_up_of": int,  # id of the redirect this request followed (linking)
+    "link_confidence": str,  # linking: exact (request id) | sure | ambiguous
 }
 
 CHAIN_COLUMNS: dict[str, Any] = {
@@ -94,6 +98,7 @@ FINDING_COLUMNS: dict[str, Any] = {
     "last_seen": float,
     "example_request_id": int,
     "example_chain_id": int,
+    "evidence": str,  # JSON: per-client evidence, parameter, targets (docs/problems.md)
     "audit_run_id": int,
 }
 
@@ -125,6 +130,7 @@ RECORDER_STATS_COLUMNS: dict[str, Any] = {
     "dropped_read_only": int,
     "dropped_other": int,
     "last_error": str,
+    "framework": str,  # the app's framework, noted once per process (fastapi, django, ...)
 }
 
 DROP_REASONS = ("queue_full", "locked", "disk_full", "read_only", "other")
@@ -225,6 +231,7 @@ def ensure_schema(conn: sqlite3.Connection) -> None:
         version = _stored_version(db)
         if version != SCHEMA_VERSION:
             _create_all(db)
+            _add_missing_columns(db)
             db.table(META_TABLE).upsert(
                 {"key": "schema_version", "value": str(SCHEMA_VERSION)}, pk="key"
             )
@@ -284,6 +291,22 @@ def _create_all(db: sqlite_utils.Database) -> None:
     db.table("findings").create_index(["rule"], if_not_exists=True)
     db.create_view("redirects", REDIRECTS_VIEW, ignore=True)
     db.create_view("requests_readable", REQUESTS_READABLE_VIEW, ignore=True)
+
+
+def _add_missing_columns(db: sqlite_utils.Database) -> None:
+    """Migrate an older database in place: add the columns later versions defined.
+    Every existing row stays (a new column is NULL in old rows)."""
+    for table, columns in (
+        ("requests", REQUEST_COLUMNS),
+        ("findings", FINDING_COLUMNS),
+        ("recorder_stats", RECORDER_STATS_COLUMNS),
+        ("chains", CHAIN_COLUMNS),
+        ("audit_runs", AUDIT_RUN_COLUMNS),
+    ):
+        existing = set(db.table(table).columns_dict)
+        for name, kind in columns.items():
+            if name not in existing:
+                db.table(table).add_column(name, kind)
 
 
 def check_traffic_db(db_path: str | Path) -> None:

@@ -23,7 +23,7 @@ def test_post_301_followed_by_get_is_method_changed(result: AuditResult) -> None
     [finding] = found(result, "method-changed", "/m/post-301")
     assert finding.severity == "error"
     assert (finding.method, finding.status, finding.hits) == ("POST", 301, 1)
-    assert "as GET" in finding.message and "httpx 0.28" in finding.message
+    assert "as GET" in finding.message and "httpx" in finding.message
     assert "Chromium" in finding.message  # what other clients do
     assert "308" in finding.recommendation and "303" in finding.recommendation
     assert "§15.4.2" in finding.spec
