@@ -294,7 +294,8 @@ class RowBuilder:
             f"{server[0]}:{server[1]}" if server[0] and server[1] else (server[0] or "")
         )
         scheme, host = server_scheme, server_host
-        forwarded_for = _first(req[_X_FOR]) if req[_X_FOR] else None
+        x_forwarded_for = req[_X_FOR]
+        forwarded_for = _first(x_forwarded_for) if x_forwarded_for else None
         if (self.trusted.any or self.trusted.networks) and client_ip in self.trusted:
             forwarded_header = req[_FORWARDED]
             forwarded = parse_forwarded(forwarded_header) if forwarded_header else {}
