@@ -387,6 +387,7 @@ def finding(
     *,
     severity: Severity | None = None,
     spec: str | None = None,
+    evidence: dict[str, Any] | None = None,
 ) -> Finding:
     """A ``Finding`` for one group, with the rule's registered title, severity and spec;
     the example chain is the group's, else the chain its example request is a hop of."""
@@ -413,6 +414,7 @@ def finding(
         last_seen=group.last_seen,
         example_request_id=group.example_request_id,
         example_chain_id=example_chain_id,
+        evidence=evidence or {},
     )
     if example_chain_id is None and pending is not None:
         pending.append(found)

@@ -8,6 +8,7 @@ status, target) group. Adding a rule touches one module in this package.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -36,6 +37,8 @@ class Finding:
     last_seen: float
     example_request_id: int | None = None
     example_chain_id: int | None = None
+    # Per-client evidence, parameter, example targets... (docs/problems.md, "Evidence").
+    evidence: dict[str, Any] = field(default_factory=dict)
 
     def as_row(self) -> dict[str, Any]:
         """Column values for ``findings`` (without id and audit_run_id)."""
@@ -56,6 +59,7 @@ class Finding:
             "last_seen": self.last_seen,
             "example_request_id": self.example_request_id,
             "example_chain_id": self.example_chain_id,
+            "evidence": json.dumps(self.evidence, sort_keys=True) if self.evidence else None,
         }
 
     def row_values(self) -> tuple[Any, ...]:
@@ -77,6 +81,7 @@ class Finding:
             self.last_seen,
             self.example_request_id,
             self.example_chain_id,
+            json.dumps(self.evidence, sort_keys=True) if self.evidence else None,
         )
 
 
