@@ -29,7 +29,7 @@ from auditor.analysis import linking
 from auditor.analysis.config import build_options, validate
 from auditor.analysis.rules import _subset as subset
 from auditor.analysis.rules import chains as chain_rules
-from auditor.analysis.rules._groups import PENDING_CHAINS, resolve_pending_chains
+from auditor.analysis.rules._groups import resolve_pending_chains
 from auditor.analysis.rules.base import (
     SEVERITIES,
     AuditContext,
@@ -125,7 +125,7 @@ def audit(
         # One scan copies the rows linking, chains and the rules read (see rules._subset).
         newest = subset.copy_responses(conn)
         conn.row_factory = sqlite3.Row  # for the rules (linking reads plain tuples)
-        ctx = AuditContext(conn, options)
+        ctx = AuditContext(conn, options, framework=recorded_framework(conn))
         found_by_rule: dict[str, list[Finding]] = {}
         errors_by_rule: dict[str, str] = {}
         steps = itertools.count(1)
@@ -142,26 +142,23 @@ def audit(
         def run_unlinked_rules() -> None:
             """The rules that read only the responses, on this connection while another
             scans for follow-ups; their findings get their example chain afterwards."""
-            ctx.cache[subset.RESPONSES_ONLY] = True
-            ctx.cache[PENDING_CHAINS] = []
+            ctx.responses_only, ctx.pending_chains = True, []
             try:
                 run([r for r in rules if not r.needs_links])
             finally:
-                del ctx.cache[subset.RESPONSES_ONLY]
+                ctx.responses_only = False
 
         # Chains are built from what linking read while the links are written; the static
         # redirect graph is walked from the redirect rows linking read, in another thread
         # during the scan for follow-ups (SQLite scans on another connection, without
         # Python, while this thread runs the rules that need no links).
         graph_rules = {"redirect-chain", "redirect-loop"} & {r.id for r in rules}
-        follow_up_rows: list[list[tuple[Any, ...]]] = []
         linking.link_and_build_chains(
             conn,
             window=options.link_window,
             redirects_from=subset.RESPONSES,
             meanwhile=chain_rules.static_graph_task(ctx) if graph_rules else None,
             known_hosts=hosts.result,
-            follow_ups_read=follow_up_rows.append,
             alongside=run_unlinked_rules,
         )
         _commit(conn)
@@ -169,9 +166,7 @@ def audit(
         background_totals = background.submit(_checkpoint_and_count, db_path)
         report("building chains", next(steps), total)
         _refresh_link_statistics(conn)
-        # The follow-ups as linking read them: not read back through the index.
-        subset.copy_follow_ups(conn, newest, follow_up_rows[0])
-        ctx.cache["followed"] = {row[0]: row[1] for row in follow_up_rows[0] if row[0] <= newest}
+        subset.copy_follow_ups(conn, newest)
         resolve_pending_chains(ctx)
         run([r for r in rules if r.needs_links])
 
@@ -209,6 +204,15 @@ def audit(
         with contextlib.suppress(sqlite3.Error):
             conn.execute("pragma wal_checkpoint(passive)")  # what our commits wrote since
         conn.close()
+
+
+def recorded_framework(conn: sqlite3.Connection) -> str | None:
+    """The app's framework as the recorder noted it: the one that wrote most rows."""
+    row = conn.execute(
+        "select framework from recorder_stats where framework is not null "
+        "group by framework order by sum(coalesce(rows_written, 0)) desc, framework limit 1"
+    ).fetchone()
+    return str(row[0]) if row else None
 
 
 def _checkpoint_and_count(db_path: str | Path) -> dict[str, int] | None:

@@ -38,8 +38,8 @@ MAX_TARGETS_PER_SOURCE = 20
 
 
 def source_sql(alias: str) -> str:
-    """``base.SOURCE_SQL`` for a table alias: the route template when known, else the path."""
-    return f"coalesce({alias}.route, {alias}.path)"
+    """``base.SOURCE_SQL`` for a table alias: the route template, recorded or inferred."""
+    return f"{alias}.source"
 
 
 def group_columns(alias: str) -> str:
@@ -75,11 +75,6 @@ class Group:
     example_chain_id: int | None = None
     targets: int = 1  # distinct targets folded into this group
     keys: dict[str, Any] = field(default_factory=dict)  # extra group-by values (of the example)
-
-    @property
-    def starlette(self) -> bool:
-        """A route template was recorded: only Starlette/FastAPI expose one."""
-        return self.route is not None
 
     def seen(self) -> str:
         """'3 requests, e.g. GET http://host/x from curl/8.0'."""
@@ -354,19 +349,17 @@ def chain_of_request(ctx: AuditContext, request_id: int | None) -> int | None:
     """
     if request_id is None:
         return None
-    if "chain_of_first" not in ctx.cache:
+    if ctx.chain_of_first is None:
         ensure_responses(ctx)
         cursor = ctx.conn.cursor()
         cursor.row_factory = None  # plain tuples: a dict of 100k pairs
-        ctx.cache["chain_of_first"] = dict(
+        ctx.chain_of_first = dict(
             cursor.execute("select first_request_id, min(id) from chains group by 1")
         )
-        if "followed" not in ctx.cache:  # audit passes the links it just made
-            ctx.cache["followed"] = dict(
-                cursor.execute(f"select id, follow_up_of from {FOLLOW_UPS}")
-            )
-    chain_of_first: dict[int, int] = ctx.cache["chain_of_first"]
-    followed: dict[int, int] = ctx.cache["followed"]
+        if ctx.followed is None:  # audit passes the links it just made
+            ctx.followed = dict(cursor.execute(f"select id, follow_up_of from {FOLLOW_UPS}"))
+    chain_of_first = ctx.chain_of_first
+    followed = ctx.followed or {}
     if request_id not in followed:  # the common case: a first request
         return chain_of_first.get(request_id)
     seen = set()
@@ -395,7 +388,7 @@ def finding(
     if group.targets > 1:
         message += f" ({plural(group.targets, 'distinct target')} from this source.)"
     example_chain_id = group.example_chain_id
-    pending: list[Finding] | None = ctx.cache.get(PENDING_CHAINS)
+    pending = ctx.pending_chains
     if example_chain_id is None and pending is None:
         example_chain_id = chain_of_request(ctx, group.example_request_id)
     found = Finding(
@@ -421,20 +414,26 @@ def finding(
     return found
 
 
-# Set in ``AuditContext.cache`` (to a list) while the chains are not built yet: ``finding``
-# leaves the example chain of its findings to ``resolve_pending_chains``.
-PENDING_CHAINS = "findings without their chain yet"
-
-
 def resolve_pending_chains(ctx: AuditContext) -> None:
     """Once the chains are built: the example chain of the findings made before."""
-    for found in ctx.cache.pop(PENDING_CHAINS, []):
+    pending, ctx.pending_chains = ctx.pending_chains or [], None
+    for found in pending:
         found.example_chain_id = chain_of_request(ctx, found.example_request_id)
 
 
-def framework_fix(group: Group, *, starlette: str, django: str, litestar: str) -> str:
-    """The fix in the recorded framework's terms: Starlette/FastAPI when a route
-    template was recorded (only they expose one), else all three."""
-    if group.starlette:
-        return f"Starlette/FastAPI: {starlette}"
-    return f"Starlette/FastAPI: {starlette} Django: {django} Litestar: {litestar}"
+def framework_fix(
+    ctx: AuditContext, *, starlette: str, django: str, litestar: str, quart: str | None = None
+) -> str:
+    """The fix in the app's framework's terms (``ctx.framework``); all of them when the
+    framework is unknown."""
+    framework = ctx.framework
+    if framework in ("fastapi", "starlette"):
+        return f"{'FastAPI' if framework == 'fastapi' else 'Starlette'}: {starlette}"
+    if framework == "django":
+        return f"Django: {django}"
+    if framework == "litestar":
+        return f"Litestar: {litestar}"
+    if framework == "quart" and quart:
+        return f"Quart: {quart}"
+    text = f"Starlette/FastAPI: {starlette} Django: {django} Litestar: {litestar}"
+    return text + (f" Quart/Flask: {quart}" if quart else "")

@@ -11,13 +11,12 @@ follow-up requests into ``temp.audit_follow_ups`` and marks each redirect
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable
-from typing import Any
 
 from auditor import schema
 from auditor.analysis.rules.base import AuditContext
 
 RESPONSES = "audit_responses"
+TEMPLATES = "audit_templates"  # path -> inferred route template
 FOLLOW_UPS = "audit_follow_ups"
 _BUILT = f"{RESPONSES}_of"  # the newest request id the subset holds, once complete
 
@@ -27,16 +26,18 @@ RESPONSE_COLUMNS = (
     "location, location_url, locations, request_body_size, request_body_chunked, "
     "response_body_size, response_complete, cache_control, expires, "
     "x_forwarded_proto, x_forwarded_host, forwarded, "
-    "server_scheme, server_host, server_addr, user_agent, client_key, connection_key"
+    "server_scheme, server_host, server_addr, user_agent, client_key, connection_key, "
+    "request_content_type, has_authorization, has_cookie"
 )
 FOLLOW_UP_COLUMNS = (
     "id, follow_up_of, started_at, method, url, status, location_url, client_key, route, "
-    "user_agent, request_body_size, request_body_chunked"
+    "user_agent, request_body_size, request_body_chunked, link_confidence, "
+    "has_authorization, has_cookie"
 )
 
 RESPONSES_SQL = f"""
 insert into {RESPONSES}
-select {RESPONSE_COLUMNS}, 0 as followed
+select {RESPONSE_COLUMNS}, 0 as followed, null as source
 from requests
 where id <= ?
   and (location is not null
@@ -77,37 +78,41 @@ def copy_responses(conn: sqlite3.Connection) -> int:
     newest = _newest(conn)
     for table in (RESPONSES, FOLLOW_UPS, _BUILT):
         conn.execute(f"drop table if exists temp.{table}")
-    _create(conn, RESPONSES, RESPONSE_COLUMNS, "followed")
+    _create(conn, RESPONSES, RESPONSE_COLUMNS, "followed", "source text")
     in_transaction = conn.in_transaction
     conn.execute(RESPONSES_SQL, (newest,))
+    _fill_sources(conn)
     if not in_transaction:  # our insert began one: end it (linking reads in fresh ones)
         conn.commit()
     return newest
 
 
-def copy_follow_ups(
-    conn: sqlite3.Connection, newest: int, rows: Iterable[tuple[Any, ...]] | None = None
-) -> None:
-    """After linking: copy the follow-ups, mark the followed redirects, mark it complete.
+def _fill_sources(conn: sqlite3.Connection) -> None:
+    """``source``: the recorded route template, else the template inferred from every
+    path the subset holds (``templates.infer_templates``), kept in ``audit_templates``."""
+    from auditor.analysis.templates import infer_templates
 
-    ``rows`` are the follow-up requests (``FOLLOW_UP_COLUMNS``, say as linking read and
-    linked them), instead of reading them back from ``requests``.
-    """
+    paths = [p for (p,) in conn.execute(f"select distinct path from {RESPONSES}")]
+    conn.execute(f"drop table if exists temp.{TEMPLATES}")
+    conn.execute(f"create temp table {TEMPLATES} (path text primary key, template text)")
+    conn.executemany(
+        f"insert into {TEMPLATES} values (?, ?)", sorted(infer_templates(paths).items())
+    )
+    conn.execute(
+        f"""update {RESPONSES} set source = coalesce(
+              route, (select template from {TEMPLATES} t where t.path = {RESPONSES}.path), path)"""
+    )
+
+
+def copy_follow_ups(conn: sqlite3.Connection, newest: int) -> None:
+    """After linking: copy the follow-ups, mark the followed redirects, mark it complete."""
     conn.execute(f"drop table if exists temp.{FOLLOW_UPS}")
     _create(conn, FOLLOW_UPS, FOLLOW_UP_COLUMNS)
-    if rows is not None:
-        marks = ", ".join("?" for _ in FOLLOW_UP_COLUMNS.split(","))
-        conn.executemany(
-            f"insert into {FOLLOW_UPS} values ({marks})",
-            sorted(row for row in rows if row[0] <= newest),
-        )
-    else:
-        has_index = conn.execute(
-            "select 1 from sqlite_master where type = 'index' "
-            "and name = 'idx_requests_follow_up_of'"
-        ).fetchone()
-        indexed = "indexed by idx_requests_follow_up_of" if has_index else ""
-        conn.execute(FOLLOW_UPS_SQL.format(indexed=indexed), (newest,))
+    has_index = conn.execute(
+        "select 1 from sqlite_master where type = 'index' and name = 'idx_requests_follow_up_of'"
+    ).fetchone()
+    indexed = "indexed by idx_requests_follow_up_of" if has_index else ""
+    conn.execute(FOLLOW_UPS_SQL.format(indexed=indexed), (newest,))
     conn.execute(f"create index temp.{FOLLOW_UPS}_of on {FOLLOW_UPS}(follow_up_of)")
     conn.execute(
         f"update {RESPONSES} set followed = 1 where id in (select follow_up_of from {FOLLOW_UPS})"
@@ -116,14 +121,9 @@ def copy_follow_ups(
     conn.execute(f"create temp table {_BUILT} as select ? as max_id", (newest,))
 
 
-# Set in ``AuditContext.cache`` while only ``audit_responses`` is built (linking still
-# runs): the rules that read nothing else (``needs_links=False``) use it as it is.
-RESPONSES_ONLY = "subset: responses only"
-
-
 def ensure_responses(ctx: AuditContext) -> None:
     """Build the subset unless it is complete and no request was added since."""
-    if ctx.cache.get(RESPONSES_ONLY):
+    if ctx.responses_only:  # linking still runs: the rules then read responses only
         return
     conn = ctx.conn
     built = conn.execute(

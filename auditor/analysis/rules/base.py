@@ -94,28 +94,50 @@ class AuditOptions:
     temporary_min_span_days: float = 7.0  # temporary-looks-permanent: unchanged this long
     temporary_min_hits: int = 100  # ... and seen this often
     long_cache_seconds: int = 86400  # temporary-with-long-cache: max-age above this
-    unfollowed_ratio: float = 0.8  # unfollowed-redirect: share never followed
-    unfollowed_min_hits: int = 10
+    unfollowed_ratio: float = 0.8  # unfollowed-redirect: a client family's share not followed
+    unfollowed_min_hits: int = 5  # ... of at least this many of its requests
     ignore_paths: tuple[str, ...] = ()  # glob patterns on the request path
     ignore_rules: tuple[str, ...] = ()
 
 
 @dataclass
+class StaticGraph:
+    """The static redirect graph of one audit, walked once and shared by its rules."""
+
+    edges: list[Any]
+    chains: list[Any]  # graph.StaticPath of at least options.chain_threshold redirects
+    loops: list[Any]
+
+
+@dataclass
 class AuditContext:
-    """What a rule may read: the linked traffic and the options."""
+    """What a rule may read: the linked traffic, the options and what the audit knows.
+
+    ``audit`` fills the optional fields as its steps run; rules reach the subset tables
+    through ``_subset.ensure_responses`` and the chains through ``_groups``' helpers.
+    """
 
     conn: sqlite3.Connection  # row_factory = sqlite3.Row; chains and follow_up_of are filled
     options: AuditOptions = field(default_factory=AuditOptions)
-    # What several rules of one audit share (e.g. the static redirect graph), by name.
-    cache: dict[str, Any] = field(default_factory=dict)
+    # The app's framework as the recorder noted it (fixes name its API); None if unknown.
+    framework: str | None = None
+    # True while only the responses subset exists (linking still runs on another
+    # connection): the rules registered with needs_links=False run then.
+    responses_only: bool = False
+    # While chains are not built yet: findings whose example chain is filled in later.
+    pending_chains: list[Finding] | None = None
+    followed: dict[int, int] | None = None  # follow-up id -> the redirect it followed
+    chain_of_first: dict[int, int] | None = None  # first request id -> chain id
+    graph: StaticGraph | None = None
 
     def query(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
         """Run an analysis query over the ``requests`` / ``chains`` tables."""
         return self.conn.execute(sql, tuple(params)).fetchall()
 
 
-# Where a finding is grouped: the route template when the framework exposed it.
-SOURCE_SQL = "coalesce(route, path)"
+# Where a finding is grouped: the subset's ``source`` column, the route template the
+# framework recorded, else the one inferred from the recorded paths (``_subset``).
+SOURCE_SQL = "source"
 
 RuleCheck = Callable[[AuditContext], Iterator[Finding]]
 

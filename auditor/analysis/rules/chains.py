@@ -22,8 +22,9 @@ from auditor.analysis.rules._groups import (
     plural,
     source_sql,
 )
+from auditor.analysis.rules._hops import client_evidence, describe_evidence, places, redirect_hops
 from auditor.analysis.rules._subset import RESPONSES, ensure_responses
-from auditor.analysis.rules.base import AuditContext, Finding, rule
+from auditor.analysis.rules.base import AuditContext, Finding, StaticGraph, rule
 from auditor.analysis.rules.method import short
 
 FAMILY = "chains"
@@ -102,22 +103,27 @@ def _static(ctx: AuditContext, paths: list[tuple[graph.StaticPath, str]]) -> lis
     return found
 
 
-def redirect_edges(ctx: AuditContext) -> list[graph.RedirectEdge]:
-    """The static redirect graph's edges, read once per audit from the redirect subset."""
-    edges = ctx.cache.get("redirect_edges")
-    if edges is None:
+def static_graph(ctx: AuditContext) -> StaticGraph:
+    """The static redirect graph, walked once per audit from the redirect subset (or by
+    ``static_graph_task`` while linking scans)."""
+    if ctx.graph is None:
         ensure_responses(ctx)
-        edges = ctx.cache["redirect_edges"] = graph.redirect_edges(ctx.conn, table=RESPONSES)
-    return list(edges)
+        ctx.graph = _walk(ctx, graph.redirect_edges(ctx.conn, table=RESPONSES))
+    return ctx.graph
 
 
-def static_chains(ctx: AuditContext, min_length: int) -> list[StaticPath]:
-    """Chains of at least ``min_length`` redirects in the static graph (not loops)."""
-    cached = ctx.cache.get("static_chains")
-    if cached is not None and cached[0] == min_length:
-        paths = cached[1]
-    else:
-        paths = graph.static_chains(ctx.conn, min_length, edges=redirect_edges(ctx))
+def _walk(ctx: AuditContext, edges: list[graph.RedirectEdge]) -> StaticGraph:
+    # conn is not used when edges are given: this may run in another thread
+    return StaticGraph(
+        edges=edges,
+        chains=graph.static_chains(ctx.conn, ctx.options.chain_threshold, edges=edges),
+        loops=graph.static_loops(ctx.conn, edges=edges),
+    )
+
+
+def static_chains(ctx: AuditContext) -> list[StaticPath]:
+    """Chains of at least ``chain_threshold`` redirects in the static graph (not loops)."""
+    paths = static_graph(ctx).chains
     return _static(
         ctx, [(path, path.urls[-1]) for path in paths if path.urls[-1] not in path.urls[:-1]]
     )
@@ -125,23 +131,17 @@ def static_chains(ctx: AuditContext, min_length: int) -> list[StaticPath]:
 
 def static_loops(ctx: AuditContext) -> list[StaticPath]:
     """Cycles of the static redirect graph, the target being the first hop's Location."""
-    paths = ctx.cache.get("static_loops")
-    if paths is None:
-        paths = graph.static_loops(ctx.conn, edges=redirect_edges(ctx))
+    paths = static_graph(ctx).loops
     return _static(ctx, [(path, path.urls[1 % len(path.urls)]) for path in paths])
 
 
 def static_graph_task(ctx: AuditContext) -> Callable[[list[tuple[Any, ...]]], None]:
-    """The static graph's edges, chains and loops from the redirect rows linking reads
-    (see ``linking.link_and_build_chains``): pure Python, not using the connection, so
+    """The static graph from the redirect rows linking reads (see
+    ``linking.link_and_build_chains``): pure Python, not using the connection, so
     ``audit`` runs it in another thread while linking scans; the rules reuse its result."""
-    threshold = ctx.options.chain_threshold
 
     def walk(rows: list[tuple[Any, ...]]) -> None:
-        edges = ctx.cache["redirect_edges"] = graph.edges_from_rows(rows)
-        found = graph.static_chains(ctx.conn, threshold, edges=edges)  # conn unused with edges
-        ctx.cache["static_chains"] = (threshold, found)
-        ctx.cache["static_loops"] = graph.static_loops(ctx.conn, edges=edges)
+        ctx.graph = _walk(ctx, graph.edges_from_rows(rows))
 
     return walk
 
@@ -178,7 +178,7 @@ def redirect_chain(ctx: AuditContext) -> Iterator[Finding]:
             f"{g.status} and update links to the final URL."
         )
         yield finding(ctx, "redirect-chain", g, message, recommendation)
-    for chain in static_chains(ctx, threshold):
+    for chain in static_chains(ctx):
         g = chain.group
         if g.source in seen:
             continue
@@ -285,47 +285,6 @@ def self_redirect(ctx: AuditContext) -> Iterator[Finding]:
 
 
 @rule(
-    "redirect-to-error",
-    severity="error",
-    title="Redirect leads to an error",
-    spec="RFC 9110 §15.4 (redirection), §15.5 (4xx), §15.6 (5xx)",
-    family=FAMILY,
-)
-def redirect_to_error(ctx: AuditContext) -> Iterator[Finding]:
-    """A followed chain ends in 4xx/5xx: the redirect sends clients to a broken page."""
-    groups = observed_chains(ctx, "c.final_status >= 400 and c.outcome != 'loop'")
-    for g in groups:
-        # path_text ends with the final status: "GET /a —301→ GET /b —404"
-        statuses = sorted(
-            {int(t.rsplit(" —", 1)[-1]) for t in g.extra if t.rsplit(" —", 1)[-1].isdigit()}
-        )
-        auth_only = all(s in (401, 403) for s in statuses)
-        message = (
-            f"{plural(g.hits, 'request')} to {g.method} {g.source} were redirected to "
-            f"{short(g.target)}, which answered {', '.join(map(str, statuses))}: "
-            f"{example_path(g)}; sent by {describe_agents(g.agents)}."
-        )
-        recommendation = (
-            f"Point {g.source} at a URL that works, or fix {short(g.target)}; if the target is "
-            f"gone for good, answer {g.source} with 404/410 directly instead of redirecting."
-        )
-        if auth_only:
-            recommendation = (
-                f"The target refuses the redirected client ({', '.join(map(str, statuses))}): "
-                f"check that the redirect does not lose credentials (clients drop "
-                f"Authorization on a cross-host redirect) or send the client to a login page."
-            )
-        yield finding(
-            ctx,
-            "redirect-to-error",
-            g,
-            message,
-            recommendation,
-            severity="warning" if auth_only else None,
-        )
-
-
-@rule(
     "unfollowed-redirect",
     severity="info",
     title="Redirect clients mostly do not follow",
@@ -333,56 +292,48 @@ def redirect_to_error(ctx: AuditContext) -> Iterator[Finding]:
     family=FAMILY,
 )
 def unfollowed_redirect(ctx: AuditContext) -> Iterator[Finding]:
-    """Same-site redirects that most clients never followed (``unfollowed_ratio``)."""
+    """Same-site redirects that a client family received ``unfollowed_min_hits`` times
+    or more and (nearly: ``unfollowed_ratio``) never followed."""
     options = ctx.options
-
-    def same_site_redirects(r: str) -> str:
-        same_site = f"{r}.scheme || '://' || {r}.host || '/'"
-        return f"""{r}.status in {REDIRECT_STATUSES} and {r}.location_url is not null
-                   and {r}.location_url != {r}.url
-                   and substr({r}.location_url, 1, length({same_site})) = {same_site}"""
-
-    ensure_responses(ctx)
-    # SQL keeps the mostly unfollowed (source, method, status, target) only; then the
-    # clients of those few are counted. The same-site redirects are picked once.
-    groups = collect(
-        ctx.query(
-            f"""with site as materialized (
-                  select {source_sql("r")} as source, r.method as method, r.status as status,
-                         r.location_url as target, r.started_at as started_at, r.id as id,
-                         r.user_agent as user_agent, r.followed as followed
-                  from {RESPONSES} r
-                  where {same_site_redirects("r")})
-                select source, method, status, target, count(*) as hits,
-                       min(started_at) as first_seen, max(started_at) as last_seen,
-                       min(id) as example_request_id, user_agent, followed as extra
-                from site
-                where (source, method, status, target) in (
-                    select source, method, status, target
-                    from site
-                    group by 1, 2, 3, 4
-                    having count(*) >= ? and sum(followed = 0) >= ? * count(*))
-                group by 1, 2, 3, 4, user_agent, extra""",
-            (options.unfollowed_min_hits, options.unfollowed_ratio),
-        )
+    same_site = "r.scheme || '://' || r.host || '/'"
+    hops = redirect_hops(
+        ctx,
+        f"""r.status in {REDIRECT_STATUSES} and r.location_url is not null
+            and r.location_url != r.url
+            and substr(r.location_url, 1, length({same_site})) = {same_site}""",
     )
-    for g in groups:
-        unfollowed = g.extra[0]
-        if g.hits < options.unfollowed_min_hits or unfollowed < options.unfollowed_ratio * g.hits:
+    for place in places(hops):
+        clients = client_evidence(place.hops)
+        stuck = [
+            c
+            for c in clients
+            if c["requests"] >= options.unfollowed_min_hits
+            and c["not_followed"] >= options.unfollowed_ratio * c["requests"]
+        ]
+        if not stuck:
             continue
+        names = {c["client"] for c in stuck}
+        group = place.group()
+        unfollowed = sum(c["not_followed"] for c in stuck)
         message = (
-            f"{unfollowed} of {plural(g.hits, 'redirect')} from {g.method} {g.source} "
-            f"({g.status} → {short(g.target)}) were never followed; clients: "
-            f"{describe_agents(g.agents)}. httpx does not follow redirects unless "
-            f"`follow_redirects=True`, curl only with -L, and urllib refuses a 307/308 "
-            f"after a POST."
+            f"{unfollowed} of {plural(group.hits, 'redirect')} from {place.method} "
+            f"{place.source} ({place.status} → {short(group.target)}) were never followed by "
+            f"{', '.join(sorted(names))}: {describe_evidence(stuck)}. httpx follows only with "
+            f"`follow_redirects=True`, curl only with -L, and urllib does not follow a "
+            f"307/308 after a POST nor any PUT/PATCH/DELETE redirect."
         )
         recommendation = (
-            f"If API clients call {g.source}, serve the resource there or publish the new URL "
-            f"({short(g.target)}) so they call it directly; check that {short(g.target)} is "
-            f"reachable for them."
+            f"If API clients call {place.source}, serve the resource there or publish the new "
+            f"URL ({short(group.target)}) so they call it directly."
         )
-        yield finding(ctx, "unfollowed-redirect", g, message, recommendation)
+        yield finding(
+            ctx,
+            "unfollowed-redirect",
+            group,
+            message,
+            recommendation,
+            evidence={"clients": clients},
+        )
 
 
 @rule(

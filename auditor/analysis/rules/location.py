@@ -13,10 +13,12 @@ import re
 from collections.abc import Iterator
 from functools import lru_cache
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
-from auditor.analysis.rules._groups import Group, finding, framework_fix, grouped_requests
+from auditor.analysis.rules._groups import Group, finding, framework_fix, grouped_requests, plural
+from auditor.analysis.rules._hops import client_evidence, places, redirect_hops
 from auditor.analysis.rules.base import AuditContext, Finding, rule
+from auditor.analysis.rules.method import short
 from auditor.rows import parse_forwarded
 
 # Statuses on which a Location means something (RFC 9110 §10.2.2): 201 names the
@@ -126,7 +128,7 @@ def missing_location(ctx: AuditContext) -> Iterator[Finding]:
             "Send the target with the redirect, or answer with a non-redirect status "
             "(200, 204, 404) if nothing should redirect here. "
             + framework_fix(
-                group,
+                ctx,
                 starlette=f"return RedirectResponse(url, status_code={group.status}).",
                 django=REDIRECT_FIX_DJANGO,
                 litestar=REDIRECT_FIX_LITESTAR,
@@ -215,7 +217,7 @@ def invalid_location(ctx: AuditContext) -> Iterator[Finding]:
             "Send exactly one Location holding an absolute http(s) URL or a path, "
             "percent-encoded (urllib.parse.quote), without credentials. "
             + framework_fix(
-                group,
+                ctx,
                 starlette="RedirectResponse(url) percent-encodes the URL it is given; build "
                 "it with request.url_for(...) or quote() rather than raw headers.",
                 django="redirect() / iri_to_uri() encode the URL; never set Location twice.",
@@ -252,7 +254,7 @@ def location_on_non_redirect(ctx: AuditContext) -> Iterator[Finding]:
             "If a redirect was meant, use 303 (go and GET it), 307 or 308 (repeat the "
             "request there); otherwise drop the header. "
             + framework_fix(
-                group,
+                ctx,
                 starlette="return RedirectResponse(url, status_code=303) instead of "
                 "Response(headers={'Location': ...}).",
                 django=REDIRECT_FIX_DJANGO,
@@ -306,7 +308,7 @@ def scheme_downgrade(ctx: AuditContext) -> Iterator[Finding]:
             "--proxy-headers --forwarded-allow-ips=<proxy address>: it trusts X-Forwarded-Proto "
             "only from those addresses (default 127.0.0.1), and then the app sees https. "
             + framework_fix(
-                group,
+                ctx,
                 starlette="Starlette's HTTPSRedirectMiddleware only sees the scheme uvicorn "
                 "reports: without trusted proxy headers it redirects https clients forever; "
                 "request.url_for() builds http:// URLs for the same reason.",
@@ -349,13 +351,19 @@ def internal_host_leak(ctx: AuditContext) -> Iterator[Finding]:
         "forwarded": "forwarded",
         "server_host": "server_host",
         "server_addr": "server_addr",
+        "host": "host",
+        "req_path": "path",
+        "req_query": "query",
     }
     leaks: dict[tuple[Any, ...], str | None] = {}  # many groups share the same keys
 
     def leak(group: Group) -> str | None:
-        key = tuple(group.keys.values())
+        """The internal host named, unless the client chose it (an open redirect's)."""
+        k = group.keys
+        key = tuple(k.values())
         if key not in leaks:
-            leaks[key] = leaked_host(group.keys["location"], group.keys)
+            chosen = target_from_request(k["location"], k["req_path"], k["req_query"], k)
+            leaks[key] = None if chosen else leaked_host(k["location"], k)
         return leaks[key]
 
     for group in grouped_requests(
@@ -377,7 +385,7 @@ def internal_host_leak(ctx: AuditContext) -> Iterator[Finding]:
             "Build Locations from the host the client asked for, or send relative Locations. "
             "Have the proxy pass the original Host (nginx: proxy_set_header Host $host). "
             + framework_fix(
-                group,
+                ctx,
                 starlette="uvicorn --proxy-headers does not apply X-Forwarded-Host; return "
                 "RedirectResponse('/path') (relative) instead of str(request.url_for(...)).",
                 django="set USE_X_FORWARDED_HOST = True behind a proxy you control, with "
@@ -389,6 +397,14 @@ def internal_host_leak(ctx: AuditContext) -> Iterator[Finding]:
 
 def _decoded(text: str) -> str:
     return unquote(unquote(text)).lower().replace("\\", "/")
+
+
+def carrying_parameter(host: str, query: str | None) -> str | None:
+    """The query parameter whose (decoded) value names ``host``, if one does."""
+    for name, value in parse_qsl(query or "", keep_blank_values=True):
+        if host and host in _decoded(value).lower():
+            return name
+    return None
 
 
 def target_from_request(location: str, path: str, query: str | None, keys: dict[str, Any]) -> bool:
@@ -427,6 +443,7 @@ def open_redirect(ctx: AuditContext) -> Iterator[Finding]:
         k = g.keys
         return target_from_request(k["location"], k["req_path"], k["req_query"], k)
 
+    by_parameter: dict[tuple[str, str, int, str], tuple[Group, list[str]]] = {}
     for group in grouped_requests(
         ctx,
         """status between 300 and 399
@@ -436,25 +453,130 @@ def open_redirect(ctx: AuditContext) -> Iterator[Finding]:
         by=keys,
         keep=from_request,
     ):
-        site = browser_location_host(group.keys["location"])
+        k = group.keys
+        site = browser_location_host(k["location"]) or ""
+        parameter = carrying_parameter(_hostname(site), k["req_query"]) or "path"
+        key = (group.source, group.method, group.status, parameter)
+        if key in by_parameter:
+            merged, targets = by_parameter[key]
+            merged.add(group)
+            targets.append(group.target or "")
+        else:
+            by_parameter[key] = (group, [group.target or ""])
+    for (_, _, _, parameter), (group, targets) in by_parameter.items():
+        examples = sorted(set(targets))[:5]
+        where = f"the `{parameter}` parameter" if parameter != "path" else "the path"
         yield finding(
             ctx,
             "open-redirect",
             group,
-            f"{group.method} {group.source} redirected ({group.status}) to {group.target}: "
-            f"the host {site} came from the request itself ({group.seen()}). Anyone can "
-            f"craft a link on this site that lands on theirs (phishing, OAuth token theft). "
-            f"Every client follows it; urllib and curl --location-trusted even forward "
-            f"Authorization and Cookie to the other host.",
-            "Redirect only to paths on this site or to hosts on an allow-list: accept a "
-            "'next' value only if it starts with a single '/' (not '//' or '/\\'), or its "
-            "parsed host is allowed. "
+            f"{group.method} {group.source} redirects ({group.status}) to whatever host "
+            f"{where} names: {plural(len(set(targets)), 'off-site target')}, e.g. "
+            f"{', '.join(examples[:3])} ({group.seen()}). Anyone can craft a link on this site "
+            f"that lands on theirs (phishing, OAuth token theft). Every client follows it; "
+            f"urllib and curl --location-trusted even forward Authorization and Cookie to the "
+            f"other host.",
+            f"Redirect only to paths on this site or to hosts on an allow-list: accept "
+            f"{where} only if it starts with a single '/' (not '//' or '/\\'), or its "
+            f"parsed host is allowed. "
             + framework_fix(
-                group,
+                ctx,
                 starlette="check urlsplit(next).netloc against an allow-list before "
                 "RedirectResponse(next); fall back to a fixed path.",
                 django="use url_has_allowed_host_and_scheme(next, allowed_hosts="
                 "{request.get_host()}, require_https=request.is_secure()).",
                 litestar="validate the target against an allow-list before Redirect(path=...).",
+                quart="check urlsplit(next).netloc against an allow-list before "
+                "redirect(next); fall back to url_for(...).",
             ),
+            evidence={"parameter": parameter, "targets": examples},
+        )
+
+
+# Measured (client-behaviour.md): who forwards credentials to another host on a redirect.
+FORWARDS_CREDENTIALS = "urllib and `curl --location-trusted` forward both Authorization and Cookie"
+DROPS_CREDENTIALS = (
+    "Chromium, curl -L, requests, httpx and aiohttp drop Authorization (curl and aiohttp "
+    "drop Cookie too)"
+)
+
+
+def _host_port(url: str | None) -> str:
+    """host[:port] of an absolute URL, the default port dropped ('' if relative)."""
+    if not url:
+        return ""
+    parts = urlsplit(url)
+    default = {"http": 80, "https": 443}.get(parts.scheme)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    host = (parts.hostname or "").lower()
+    return host if port in (None, default) else f"{host}:{port}"
+
+
+def _other_origin(url: str, target: str | None) -> bool:
+    """``target`` is on another host (an http→https upgrade of the same host is not)."""
+    there = _host_port(target)
+    return bool(there) and there != _host_port(url)
+
+
+@rule(
+    "credentials-to-other-origin",
+    severity="warning",
+    title="Request with credentials redirected to another origin",
+    spec="RFC 9110 §15.4 (redirection), §11.6.2 (Authorization); CWE-522",
+    family="location",
+)
+def credentials_to_other_origin(ctx: AuditContext) -> Iterator[Finding]:
+    """A request carrying Authorization or Cookie redirected to another host: some
+    clients send the credentials there too."""
+    hops = redirect_hops(
+        ctx,
+        "(r.has_authorization = 1 or r.has_cookie = 1) and r.location_url is not null",
+    )
+    for place in places(h for h in hops if _other_origin(h.url, h.target)):
+        group = place.group()
+        carried = [
+            h
+            for h in place.hops
+            if h.sure
+            and (
+                (h.has_authorization and h.f_has_authorization)
+                or (h.has_cookie and h.f_has_cookie and h.client in ("urllib", "curl"))
+            )
+        ]
+        what = " and ".join(
+            name
+            for name, present in (
+                ("Authorization", any(h.has_authorization for h in place.hops)),
+                ("Cookie", any(h.has_cookie for h in place.hops)),
+            )
+            if present
+        )
+        message = (
+            f"{plural(group.hits, 'request')} to {place.method} {place.source} carried "
+            f"{what} and were redirected ({place.status}) to another host: "
+            f"{short(group.target)} on {_host_port(group.target)}. {FORWARDS_CREDENTIALS} "
+            f"there; {DROPS_CREDENTIALS}."
+        )
+        if carried:
+            clients = sorted({h.client for h in carried})
+            message += (
+                f" {plural(len(carried), 'follow-up')} on the other host did carry them "
+                f"({', '.join(clients)})."
+            )
+        recommendation = (
+            "Redirect authenticated requests only within the same origin; if the other host "
+            "is yours, have clients call it directly with its own credentials, and never send "
+            "a token-bearing client across hosts (use a relative Location)."
+        )
+        yield finding(
+            ctx,
+            "credentials-to-other-origin",
+            group,
+            message,
+            recommendation,
+            severity="error" if carried else "warning",
+            evidence={"clients": client_evidence(place.hops)},
         )

@@ -1,7 +1,13 @@
-"""Rules of the method family: what happens to a request's method and body on a redirect.
+"""The method family: what happens to a non-GET request and its body on a redirect.
 
-Each rule reads the linked traffic: a follow-up request ``f`` points at the
-redirect ``r`` it followed through ``f.follow_up_of``.
+Three problems, told apart by intent (docs/problems.md):
+- ``method-change-on-move``: 301/302 on a resource that moved, so the target takes
+  the original method; clients that turn it into GET or drop the body lose data.
+- ``post-redirect-get-302``: 301/302 to a different page after a form post: the
+  pattern is right, only the code should be 303.
+- ``form-reposted-by-307``: 307/308 after a form post to a different page: every
+  client re-sends the form (and its credentials) there.
+What each client did is the evidence, never a finding of its own.
 """
 
 from __future__ import annotations
@@ -10,38 +16,27 @@ import re
 from collections.abc import Iterator
 from functools import lru_cache
 
-from auditor.analysis.rules._groups import (
-    Group,
-    collect,
-    describe_agents,
-    finding,
-    group_columns,
-    plural,
+from auditor.analysis.fixes import (
+    default_redirect_status,
+    redirect_call,
+    slash_middleware,
 )
-from auditor.analysis.rules._subset import FOLLOW_UPS, RESPONSES, ensure_responses
+from auditor.analysis.rules._groups import finding, plural
+from auditor.analysis.rules._hops import (
+    DELIBERATE_4XX,
+    Hop,
+    Place,
+    client_evidence,
+    describe_evidence,
+    move_kind,
+    places,
+    redirect_hops,
+)
 from auditor.analysis.rules.base import AuditContext, Finding, Severity, rule
+from auditor.redirects import MEASURED_CLIENTS, next_hop
 from auditor.urls import path_and_query
 
 FAMILY = "method"
-
-# What clients do, from docs/client-behaviour (measured on loopback).
-POST_ON_301_302 = (
-    "Chromium, Node fetch, aiohttp, httpx and requests turn a POST answered 301 or 302 into a "
-    "GET and drop its body; `curl -L -X POST` keeps the method but drops the body; only "
-    "`curl --post301/--post302` resends it"
-)
-OTHER_ON_301 = (
-    "on 301, Chromium, Node fetch, aiohttp and httpx keep PUT/PATCH/DELETE and the body, "
-    "but requests keeps the method and drops the body"
-)
-OTHER_ON_302 = (
-    "on 302, Chromium, Node fetch and aiohttp keep PUT/PATCH/DELETE and the body, "
-    "but httpx and requests send a GET without it"
-)
-ON_307_308 = (
-    "Chromium, Node fetch, aiohttp, httpx, requests and curl all keep the method and body on "
-    "307/308 (urllib turns HEAD into GET and refuses to follow a POST)"
-)
 
 STATUS_SPEC = {
     301: "RFC 9110 §15.4.2",
@@ -50,6 +45,14 @@ STATUS_SPEC = {
     307: "RFC 9110 §15.4.8",
     308: "RFC 9110 §15.4.9",
 }
+
+# A request whose body is a credential or a login: a re-post of it elsewhere leaks it.
+CREDENTIAL_ROUTE = re.compile(
+    r"log-?in|sign-?in|signon|auth|passw|token|session|oauth|sso|account/(?:new|create)",
+    re.I,
+)
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+NON_GET = "r.method not in ('GET', 'HEAD')"
 
 
 @lru_cache(maxsize=65536)
@@ -70,261 +73,273 @@ def short(url: str | None) -> str:
 _SIMPLE_URL = re.compile(r"https?://[^/?#\[\]\x00-\x20\x7f]+([^#\x00-\x20\x7f]*)\Z")
 
 
-def where(group: Group) -> str:
-    return f"{group.method} {group.source} answered {group.status}"
-
-
 def spec_for(status: int | None, *more: int) -> str:
     codes = [c for c in (status, *more) if c in STATUS_SPEC]
     return ", ".join(dict.fromkeys(f"{STATUS_SPEC[c]} ({c})" for c in codes))
 
 
-def keep_method_fix(group: Group) -> str:
-    """How to answer with 307/308 (keep method and body) or 303 (post/redirect/get)."""
-    permanent = group.status in (301, 308)
-    keep = 308 if permanent else 307
-    if group.route:
-        how = f"Starlette/FastAPI: `RedirectResponse(url, status_code={keep})` (or 303)"
-    else:
-        how = (
-            f"Starlette/FastAPI `RedirectResponse(url, status_code={keep})`; Django "
-            f"`{'HttpResponsePermanentRedirect' if permanent else 'HttpResponseRedirect'}"
-            f"(url, preserve_request=True)` (5.2+) gives {keep}; Litestar "
-            f"`Redirect(path, status_code={keep})`"
-        )
+def what_others_do(method: str, status: int, seen: set[str]) -> str:
+    """What the measured clients not seen here would send after ``method`` + ``status``."""
+    by_outcome: dict[str, list[str]] = {}
+    for client in MEASURED_CLIENTS:
+        if client in seen:
+            continue
+        hop = next_hop(client, method, status)
+        if hop.method is None:
+            text = "do not follow"
+        elif hop.method != method:
+            text = f"send {hop.method} without the body"
+        elif method not in ("GET", "HEAD") and not hop.body:
+            text = f"keep {method} but drop the body"
+        else:
+            text = f"re-send the {method} with its body"
+        by_outcome.setdefault(text, []).append(client)
+    if not by_outcome:
+        return ""
+    parts = [f"{', '.join(clients)} {text}" for text, clients in by_outcome.items()]
+    return "Other clients on this redirect (measured): " + "; ".join(parts) + "."
+
+
+def _takes_method(place: Place) -> str | None:
+    """Why the target is known to take the original method, or None."""
+    for hop in place.hops:
+        if hop.sure and hop.f_method == hop.method and hop.f_status and hop.f_status < 400:
+            return f"{hop.client} re-sent the {hop.method} there and got {hop.f_status}"
+    for hop in place.hops:
+        if (
+            hop.sure
+            and hop.method_changed
+            and hop.f_status
+            and 400 <= hop.f_status < 500
+            and hop.f_status not in DELIBERATE_4XX
+        ):
+            return f"it answered {hop.f_status} to the {hop.f_method} {hop.client} sent instead"
+    kinds = {move_kind(h.url, h.target) for h in place.hops}
+    kinds.discard(None)
+    if kinds:
+        kind = sorted(k for k in kinds if k)[0]
+        return {
+            "slash": "only a trailing slash changes: it is the same resource",
+            "host": "the same path on another origin: the resource moved",
+            "version": "the same path under another version or prefix: the resource moved",
+        }[kind]
+    return None
+
+
+def _harmed(hop: Hop) -> bool:
+    return hop.sure and (hop.method_changed or hop.body_lost)
+
+
+def _evidence(ctx: AuditContext, place: Place, **more: object) -> dict[str, object]:
+    evidence: dict[str, object] = {"clients": client_evidence(place.hops)}
+    if ctx.framework:
+        evidence["framework"] = ctx.framework
+    evidence.update({k: v for k, v in more.items() if v is not None})
+    return evidence
+
+
+def _intro(place: Place, target: str | None) -> str:
     return (
-        f"Answer {group.method} {group.source} with {keep} to keep the method and body, or with "
-        f"303 when the client should fetch the result with GET (post/redirect/get). {how}."
-    )
-
-
-def follow_ups(ctx: AuditContext, where_sql: str, extra: str = "f.method") -> list[Group]:
-    """Redirects ``r`` with a follow-up ``f`` matching ``where_sql``, grouped by ``r``."""
-    ensure_responses(ctx)
-    return collect(
-        ctx.query(
-            f"""select {group_columns("r")}, f.user_agent as user_agent, {extra} as extra,
-                       max(r.route) as route
-                from {FOLLOW_UPS} f join {RESPONSES} r on r.id = f.follow_up_of
-                where {where_sql}
-                group by 1, 2, 3, 4, f.user_agent, {extra}"""
-        )
+        f"{plural(len(place.hops), f'{place.method} request')} to {place.source} answered "
+        f"{place.status} → {short(target)}."
     )
 
 
 @rule(
-    "method-changed",
+    "method-change-on-move",
     severity="error",
-    title="Redirect changed the request method",
-    spec="RFC 9110 §15.4.2 (301), §15.4.3 (302)",
+    title="Moved resource redirected with 301/302: clients change the method or drop the body",
+    spec="RFC 9110 §15.4.2 (301), §15.4.3 (302), §15.4.9 (308), §15.4.8 (307)",
     family=FAMILY,
 )
-def method_changed(ctx: AuditContext) -> Iterator[Finding]:
-    """The follow-up of a 301/302 used another method: the original body was lost."""
-    for g in follow_ups(ctx, "r.status in (301, 302) and f.method != r.method"):
-        methods = " / ".join(str(m) for m in g.extra)
-        message = (
-            f"{plural(g.hits, 'follow-up')} of {where(g)} arrived at {short(g.target)} as "
-            f"{methods}, so the request body was lost; sent by {describe_agents(g.agents)}. "
-            f"{POST_ON_301_302 if g.method == 'POST' else OTHER_ON_302}."
-        )
-        yield finding(
-            ctx, "method-changed", g, message, keep_method_fix(g), spec=spec_for(g.status)
-        )
-
-
-@rule(
-    "method-not-preserved",
-    severity="error",
-    title="Client changed the method on a 307/308 redirect",
-    spec="RFC 9110 §15.4.8 (307), §15.4.9 (308)",
-    family=FAMILY,
-)
-def method_not_preserved(ctx: AuditContext) -> Iterator[Finding]:
-    """The follow-up of a 307/308 used another method: the client broke the spec."""
-    for g in follow_ups(ctx, "r.status in (307, 308) and f.method != r.method"):
-        methods = " / ".join(str(m) for m in g.extra)
-        message = (
-            f"{plural(g.hits, 'follow-up')} of {where(g)} arrived at {short(g.target)} as "
-            f"{methods}, although {g.status} forbids changing the method; sent by "
-            f"{describe_agents(g.agents)}. {ON_307_308}."
-        )
-        recommendation = (
-            f"The server is right; the client is not. Upgrade or replace "
-            f"{', '.join(g.agents)} (urllib changes HEAD to GET on every redirect), or have it "
-            f"call {short(g.target)} directly so no redirect is needed."
-        )
-        yield finding(ctx, "method-not-preserved", g, message, recommendation)
-
-
-@rule(
-    "body-dropped",
-    severity="error",
-    title="Redirect follow-up kept the method but lost the body",
-    spec="RFC 9110 §15.4 (redirection), §15.4.8 (307), §15.4.9 (308)",
-    family=FAMILY,
-)
-def body_dropped(ctx: AuditContext) -> Iterator[Finding]:
-    """A request with a body was redirected; the follow-up kept the method but had no body."""
-    for g in follow_ups(
-        ctx,
-        """f.method = r.method and r.method not in ('GET', 'HEAD')
-           and (r.request_body_size > 0 or r.request_body_chunked = 1)
-           and coalesce(f.request_body_size, 0) = 0 and coalesce(f.request_body_chunked, 0) = 0""",
-    ):
-        message = (
-            f"{plural(g.hits, 'follow-up')} of {where(g)} arrived at {short(g.target)} as "
-            f"{g.method} without the body the first request carried; sent by "
-            f"{describe_agents(g.agents)}. `curl -L -X {g.method} --data` drops the body on "
-            f"301/302/303, requests drops it on a 301; every measured client keeps method and "
-            f"body on 307/308."
-        )
-        if g.status in (307, 308):
-            recommendation = (
-                f"{g.status} already asks for the body to be resent; the client "
-                f"({', '.join(g.agents)}) is at fault: upgrade it or call {short(g.target)} "
-                f"directly."
+def method_change_on_move(ctx: AuditContext) -> Iterator[Finding]:
+    """A non-GET answered 301/302 where the target takes the original method."""
+    for place in places(redirect_hops(ctx, f"r.status in (301, 302) and {NON_GET}")):
+        why = _takes_method(place)
+        if why is None:
+            continue  # a different page: post-redirect-get-302
+        group = place.group()
+        harmed = [h for h in place.hops if _harmed(h)]
+        severity: Severity = "error" if harmed else "warning"
+        clients = client_evidence(place.hops)
+        seen = {c["client"] for c in clients}
+        message = f"{_intro(place, group.target)} The target takes {place.method}: {why}. "
+        if harmed:
+            message += (
+                f"{plural(len(harmed), 'follow-up')} arrived with another method or without "
+                f"the body, so what was sent was lost. "
             )
         else:
-            recommendation = keep_method_fix(g)
-        yield finding(ctx, "body-dropped", g, message, recommendation, spec=spec_for(g.status, 308))
-
-
-@rule(
-    "method-change-broke-request",
-    severity="error",
-    title="Request failed after a redirect changed its method",
-    spec="RFC 9110 §15.4.3 (302), §15.4.4 (303), §15.5.6 (405)",
-    family=FAMILY,
-)
-def method_change_broke_request(ctx: AuditContext) -> Iterator[Finding]:
-    """The follow-up used another method than the redirected request and got a 4xx."""
-    for g in follow_ups(
-        ctx,
-        "f.method != r.method and f.status between 400 and 499",
-        extra="f.method || ' → ' || f.status",
-    ):
-        outcomes = ", ".join(str(o) for o in g.extra)
-        message = (
-            f"{plural(g.hits, 'follow-up')} of {where(g)} reached {short(g.target)} with "
-            f"another method and failed ({outcomes}); sent by {describe_agents(g.agents)}. "
-            f"{POST_ON_301_302 if g.method == 'POST' else OTHER_ON_302}."
+            message += "No follow-up has lost data yet, but most clients will. "
+        message += f"What clients did: {describe_evidence(clients)}. "
+        message += what_others_do(place.method, place.status, seen)
+        keep = 308 if place.status == 301 else 307
+        kind = move_kind(group.example_url, group.target)
+        middleware = (
+            slash_middleware(ctx.framework, place.status, short(group.target).endswith("/"))
+            if kind == "slash"
+            else None
         )
-        if g.status == 303:
+        if middleware:
             recommendation = (
-                f"303 tells every client to GET {short(g.target)}: make that URL answer GET "
-                f"(the result page), or redirect with 307/308 if the {g.method} must reach it."
+                f"Send {place.method} to {short(group.target)} directly: {middleware}. "
+                f"No status change of yours reaches this redirect."
             )
         else:
-            recommendation = keep_method_fix(g) + (
-                f" Or make {short(g.target)} answer GET if it is meant as the result page."
+            recommendation = (
+                f"Answer {place.method} {place.source} with {keep} so every client re-sends "
+                f"the {place.method} and its body to the new URL: "
+                f"{redirect_call(ctx.framework, keep)}. Better still, have clients call "
+                f"{short(group.target)} directly."
             )
         yield finding(
             ctx,
-            "method-change-broke-request",
-            g,
+            "method-change-on-move",
+            group,
+            message.strip(),
+            recommendation,
+            severity=severity,
+            spec=spec_for(place.status, keep),
+            evidence=_evidence(ctx, place, sent_by="framework" if middleware else "app"),
+        )
+
+
+@rule(
+    "post-redirect-get-302",
+    severity="info",
+    title="Post/redirect/get with 301/302: say 303 See Other",
+    spec="RFC 9110 §15.4.4 (303), §15.4.3 (302)",
+    family=FAMILY,
+)
+def post_redirect_get_302(ctx: AuditContext) -> Iterator[Finding]:
+    """A non-GET answered 301/302 to a different page: post/redirect/get with the old code."""
+    for place in places(redirect_hops(ctx, f"r.status in (301, 302) and {NON_GET}")):
+        if _takes_method(place) is not None:
+            continue  # a moved resource: method-change-on-move
+        group = place.group()
+        clients = client_evidence(place.hops)
+        message = (
+            f"{_intro(place, group.target)} This is post/redirect/get: the client should "
+            f"fetch {short(group.target)} with GET, which is what {place.status} makes most "
+            f"clients do — by an old convention RFC 9110 only permits for POST. 303 See Other "
+            f"says it for every method and client. What clients did: "
+            f"{describe_evidence(clients)}."
+        )
+        default = default_redirect_status(ctx.framework)
+        recommendation = (
+            f"Answer {place.method} {place.source} with 303: "
+            f"{redirect_call(ctx.framework, 303)}"
+            + (f" ({default})" if default and "302" in default else "")
+            + ". Not 307/308: those would re-send the form to the next page."
+        )
+        yield finding(
+            ctx,
+            "post-redirect-get-302",
+            group,
             message,
             recommendation,
-            spec=spec_for(g.status) + ", RFC 9110 §15.5 (4xx)",
+            evidence=_evidence(ctx, place, sent_by="app"),
         )
 
 
 @rule(
-    "ambiguous-method-redirect",
+    "form-reposted-by-307",
     severity="warning",
-    title="Non-GET request answered with 301/302",
-    spec="RFC 9110 §15.4.2 (301), §15.4.3 (302)",
+    title="Form POST answered 307/308: clients re-send the form to another page",
+    spec="RFC 9110 §15.4.8 (307), §15.4.9 (308), §15.4.4 (303)",
     family=FAMILY,
-    needs_links=False,
 )
-def ambiguous_method_redirect(ctx: AuditContext) -> Iterator[Finding]:
-    """A non-GET/HEAD request got 301/302: clients disagree on what to send next."""
-    ensure_responses(ctx)
-    groups = collect(
-        ctx.query(
-            f"""select {group_columns("r")}, r.user_agent as user_agent, max(r.route) as route
-                from {RESPONSES} r
-                where r.status in (301, 302) and r.method not in ('GET', 'HEAD')
-                group by 1, 2, 3, 4, r.user_agent"""
+def form_reposted_by_307(ctx: AuditContext) -> Iterator[Finding]:
+    """A form-encoded or multipart POST answered 307/308 to a different page."""
+    form = " or ".join(f"r.request_content_type like '{t}%'" for t in FORM_TYPES)
+    hops = redirect_hops(ctx, f"r.status in (307, 308) and r.method = 'POST' and ({form})")
+    for place in places(h for h in hops if move_kind(h.url, h.target) is None):
+        group = place.group()
+        clients = client_evidence(place.hops)
+        reposted = [h for h in place.hops if h.sure and h.f_method == "POST"]
+        failed = sorted({h.f_status for h in reposted if h.f_status and h.f_status >= 400})
+        credentials = bool(CREDENTIAL_ROUTE.search(place.source)) or any(
+            h.has_authorization for h in place.hops
         )
-    )
-    for g in groups:
-        if g.method == "POST":
-            clients = POST_ON_301_302
-        else:
-            clients = OTHER_ON_301 if g.status == 301 else OTHER_ON_302
+        severity: Severity = "error" if credentials or failed else "warning"
         message = (
-            f"{plural(g.hits, 'request')}: {where(g)} → {short(g.target)}, sent by "
-            f"{describe_agents(g.agents)}. Clients disagree on the follow-up: {clients}."
+            f"{_intro(place, group.target)} {place.status} tells every client to re-send the "
+            f"form there"
+            + (", login data included" if credentials else "")
+            + (f", and it failed there ({', '.join(map(str, failed))})" if failed else "")
+            + f". What clients did: {describe_evidence(clients)}. "
+            + what_others_do("POST", place.status, {c["client"] for c in clients})
+        )
+        default = default_redirect_status(ctx.framework)
+        recommendation = (
+            f"Answer POST {place.source} with 303 See Other so clients GET "
+            f"{short(group.target)} instead of re-posting: {redirect_call(ctx.framework, 303)}"
+            + (f" ({default})" if default and "307" in default else "")
+            + "."
         )
         yield finding(
             ctx,
-            "ambiguous-method-redirect",
-            g,
-            message,
-            keep_method_fix(g),
-            spec=spec_for(g.status),
+            "form-reposted-by-307",
+            group,
+            message.strip(),
+            recommendation,
+            severity=severity,
+            evidence=_evidence(ctx, place, sent_by="app"),
         )
-
-
-# url and location_url are normalized absolute URLs; split off the query to compare paths.
-_BASE = "case when instr({0}, '?') then substr({0}, 1, instr({0}, '?') - 1) else {0} end"
-_QUERY = "case when instr({0}, '?') then substr({0}, instr({0}, '?')) else '' end"
 
 
 @rule(
-    "slash-redirect",
-    severity="info",
-    title="Redirect only adds or removes a trailing slash",
-    spec="RFC 9110 §15.4 (redirection); RFC 3986 §6.2.3",
+    "redirect-target-fails",
+    severity="error",
+    title="Redirect sends clients to a page that fails",
+    spec="RFC 9110 §15.4 (redirection), §15.5.5 (404), §15.5.6 (405), §15.5.11 (410)",
     family=FAMILY,
 )
-def slash_redirect(ctx: AuditContext) -> Iterator[Finding]:
-    """A redirect whose target differs from the request URL only by a trailing slash."""
-    url_base, loc_base = _BASE.format("r.url"), _BASE.format("r.location_url")
-    ensure_responses(ctx)
-    groups = collect(
-        ctx.query(
-            f"""select {group_columns("r")}, r.user_agent as user_agent,
-                       (select f.route from {FOLLOW_UPS} f where f.follow_up_of = r.id limit 1)
-                         as route
-                from {RESPONSES} r
-                where r.status between 300 and 399 and r.location_url is not null
-                  and abs(length(r.location_url) - length(r.url)) = 1  -- cheap first
-                  and {_QUERY.format("r.url")} = {_QUERY.format("r.location_url")}
-                  and ({loc_base} = {url_base} || '/' or {url_base} = {loc_base} || '/')
-                group by 1, 2, 3, 4, r.user_agent"""
-        )
+def redirect_target_fails(ctx: AuditContext) -> Iterator[Finding]:
+    """Follow-ups that did what the redirect asked and failed for the redirect's reason:
+    404/410 (a missing target), or 405 to the GET a 303 asked for."""
+    hops = redirect_hops(
+        ctx,
+        "f.status in (404, 405, 410) and f.link_confidence is not 'ambiguous'",
     )
-    for g in groups:
-        adds = short(g.target).split("?")[0].endswith("/")
-        change = "add" if adds else "remove"
-        keeps_method = g.status in (307, 308)
+    for place in places(h for h in hops if _fails_for_redirect(h)):
+        group = place.group()
+        clients = client_evidence(place.hops)
+        statuses = sorted({h.f_status for h in place.hops if h.f_status})
+        gone = all(s in (404, 410) for s in statuses)
         message = (
-            f"{plural(g.hits, 'request')}: {where(g)} only to {change} a trailing slash "
-            f"({short(g.target)}); every one costs a round trip. Sent by "
-            f"{describe_agents(g.agents)}."
+            f"{_intro(place, group.target)} Clients that followed it failed there "
+            f"({', '.join(map(str, statuses))}): {describe_evidence(clients)}."
         )
-        if g.method not in ("GET", "HEAD"):
-            message += f" A {g.method} on {g.status}: " + (
-                "every measured client resends it, but the body is uploaded twice."
-                if keeps_method
-                else f"{POST_ON_301_302 if g.method == 'POST' else OTHER_ON_302}."
-            )
-        if (g.status == 307 and adds) or g.route:
-            framework = (
-                "Starlette/FastAPI's router (`redirect_slashes=True`, answering 307) did this: "
-                "link to the canonical URL, or register the route under both spellings / pass "
-                "`redirect_slashes=False` to the app's router"
-            )
-        elif g.status == 301 and adds:
-            framework = (
-                "Django's CommonMiddleware (`APPEND_SLASH = True`, answering 301) likely did "
-                "this: link to the URL with the slash, or set `APPEND_SLASH = False` and route "
-                "both spellings"
+        if gone:
+            recommendation = (
+                f"Point {place.source} at a URL that exists, or answer it with 404/410 itself "
+                f"if the resource is gone for good."
             )
         else:
-            framework = "link and submit to the canonical URL so no redirect is needed"
-        recommendation = f"Use {short(g.target)} in links, forms and API clients; {framework}."
-        severity: Severity = "info" if g.method in ("GET", "HEAD") else "warning"
-        yield finding(ctx, "slash-redirect", g, message, recommendation, severity=severity)
+            recommendation = (
+                f"303 tells clients to GET {short(group.target)}: make that URL answer GET "
+                f"(the result page), or redirect to a page that does."
+            )
+        yield finding(
+            ctx,
+            "redirect-target-fails",
+            group,
+            message,
+            recommendation,
+            evidence=_evidence(ctx, place),
+        )
+
+
+def _fails_for_redirect(hop: Hop) -> bool:
+    """The follow-up used the method the redirect asked for and failed for its reason;
+    failures the method problems explain are their evidence, not this one's."""
+    if hop.method not in ("GET", "HEAD") and hop.status in (301, 302):
+        return False  # method-change-on-move or post-redirect-get-302
+    if hop.method == "POST" and hop.status in (307, 308) and hop.f_method == "POST":
+        content = (hop.content_type or "").lower()
+        if content.startswith(FORM_TYPES) and move_kind(hop.url, hop.target) is None:
+            return False  # form-reposted-by-307
+    if hop.f_status in (404, 410):
+        return hop.f_method == hop.method or hop.status == 303
+    return hop.status == 303 and hop.f_method == "GET" and hop.f_status == 405

@@ -14,16 +14,20 @@ from collections.abc import Iterator
 from dataclasses import replace
 from email.utils import parsedate_to_datetime
 
+from auditor.analysis.fixes import slash_middleware
 from auditor.analysis.rules._groups import (
     GROUP_AGGREGATES,
     Group,
+    describe_agents,
     finding,
     framework_fix,
     grouped_requests,
     plural,
     query_groups,
 )
+from auditor.analysis.rules._hops import client_evidence, move_kind, places, redirect_hops
 from auditor.analysis.rules.base import SOURCE_SQL, AuditContext, Finding, rule
+from auditor.analysis.rules.method import short
 
 FAMILY = "permanence"
 DAY = 86400.0
@@ -70,9 +74,9 @@ def freshness_lifetime(cache_control: str | None, expires: str | None, at: float
         return 0.0
 
 
-def caching_fix(group: Group, status: int, header: str) -> str:
+def caching_fix(ctx: AuditContext, status: int, header: str) -> str:
     return framework_fix(
-        group,
+        ctx,
         starlette=f"RedirectResponse(url, status_code={status}, headers="
         f"{{'Cache-Control': '{header}'}}).",
         django=f"response = redirect(url, permanent={status in (301, 308)}); "
@@ -120,7 +124,7 @@ def temporary_looks_permanent(ctx: AuditContext) -> Iterator[Finding]:
             f"If the move is permanent, answer {permanent} (keeps the method like "
             f"{group.status} does{'' if permanent == 308 else ' for GET/HEAD'}) with a "
             f"Cache-Control max-age you can live with; if it really is temporary, ignore this. "
-            + caching_fix(group, permanent, f"max-age={SUGGESTED_MAX_AGE}"),
+            + caching_fix(ctx, permanent, f"max-age={SUGGESTED_MAX_AGE}"),
         )
 
 
@@ -182,8 +186,7 @@ def permanent_target_changed(ctx: AuditContext) -> Iterator[Finding]:
             f"that saw an earlier target keep going there without asking this server.",
             "Never re-point a permanent redirect: keep the old target redirecting onwards "
             "(one more hop) or serve the content there. While a move may still change, use "
-            "307 (or 302), or a 308 with a short max-age. "
-            + caching_fix(combined, 308, "max-age=3600"),
+            "307 (or 302), or a 308 with a short max-age. " + caching_fix(ctx, 308, "max-age=3600"),
         )
 
 
@@ -196,41 +199,23 @@ def permanent_target_changed(ctx: AuditContext) -> Iterator[Finding]:
     needs_links=False,
 )
 def legacy_302(ctx: AuditContext) -> Iterator[Finding]:
-    """Any 302: clients disagree about the method they use to follow it."""
-    for group in grouped_requests(ctx, "status = 302"):
-        if group.method in ("GET", "HEAD"):
-            clients = (
-                f"For {group.method} every client follows it like a 307, but the code does not "
-                f"say whether a form POST to the same URL should become a GET."
-            )
-            fix_status = 307
-        elif group.method == "POST":
-            clients = (
-                "Chromium, Node fetch, aiohttp, httpx, requests and curl -L turn this POST "
-                "into a GET and drop its body, which is what 303 says explicitly."
-            )
-            fix_status = 303
-        else:
-            clients = (
-                f"Clients disagree on a {group.method}: Chromium, Node fetch and aiohttp "
-                f"repeat it with its body, httpx and requests send a GET without it."
-            )
-            fix_status = 307
+    """GET/HEAD answered 302 (a non-GET on 302 is the method family's)."""
+    for group in grouped_requests(ctx, "status = 302 and method in ('GET', 'HEAD')"):
         yield finding(
             ctx,
             "legacy-302",
             group,
             f"{group.method} {group.source} answers 302 Found to {group.target or '(no Location)'} "
-            f"({group.seen()}). {clients}",
-            "Say what you mean: 303 See Other when the client should GET the target (after a "
-            "form POST: post/redirect/get), 307 Temporary Redirect to repeat the same method "
-            "and body, 308 if the move is permanent. "
+            f"({group.seen()}). For {group.method} every client follows it like a 307, but "
+            f"the code does not say whether a form POST to the same URL should become a GET.",
+            "Say what you mean: 307 Temporary Redirect (the same method and body), 308 if the "
+            "move is permanent, 303 See Other for a result page after a form post. "
             + framework_fix(
-                group,
-                starlette=f"RedirectResponse(url, status_code={fix_status}) (its default is 307).",
-                django="HttpResponseRedirect(url, preserve_request=True) gives 307 (5.2+); "
-                "for 303 return HttpResponse(status=303, headers={'Location': url}).",
-                litestar=f"Redirect(path=url, status_code={fix_status}).",
+                ctx,
+                starlette="RedirectResponse(url, status_code=307) (its default).",
+                django="redirect(to, preserve_request=True) gives 307 (Django 5.2+).",
+                litestar="Redirect(path=url, status_code=307) (its default is 302).",
+                quart="redirect(url, code=307) (its default is 302).",
             ),
         )
 
@@ -244,10 +229,11 @@ def legacy_302(ctx: AuditContext) -> Iterator[Finding]:
     needs_links=False,
 )
 def permanent_without_cache_control(ctx: AuditContext) -> Iterator[Finding]:
-    """301/308 with neither Cache-Control max-age/s-maxage/no-store/no-cache nor Expires."""
+    """301/308 answering GET/HEAD with neither Cache-Control max-age/s-maxage/no-store/
+    no-cache nor Expires (a redirected POST is not cached: RFC 9111 §3)."""
     for group in grouped_requests(
         ctx,
-        """status in (301, 308)
+        """status in (301, 308) and method in ('GET', 'HEAD')
            and expires is null
            and (cache_control is null
                 or (cache_control not like '%max-age%'
@@ -266,7 +252,7 @@ def permanent_without_cache_control(ctx: AuditContext) -> Iterator[Finding]:
             f"those clients never see it.",
             "State how long clients may reuse it: Cache-Control: max-age=<seconds> "
             f"(e.g. {SUGGESTED_MAX_AGE} while the move is new, a year once it is final). "
-            + caching_fix(group, group.status, f"max-age={SUGGESTED_MAX_AGE}"),
+            + caching_fix(ctx, group.status, f"max-age={SUGGESTED_MAX_AGE}"),
         )
 
 
@@ -312,7 +298,7 @@ def temporary_with_long_cache(ctx: AuditContext) -> Iterator[Finding]:
             f"following it until the cached copy expires.",
             f"Give a temporary redirect a short lifetime (at most "
             f"{_duration(limit)}) or none; if the move is permanent, say 308/301. "
-            + caching_fix(group, group.status, "no-cache"),
+            + caching_fix(ctx, group.status, "no-cache"),
         )
 
 
@@ -342,9 +328,53 @@ def deprecated_status(ctx: AuditContext) -> Iterator[Finding]:
             f"Clients end up in different places.",
             "Use 307 (temporary, keeps the method) or 308 (permanent) with a Location. "
             + framework_fix(
-                group,
+                ctx,
                 starlette="RedirectResponse(url, status_code=307).",
                 django="HttpResponseRedirect(url, preserve_request=True) (307, Django 5.2+).",
                 litestar="Redirect(path=url, status_code=307).",
             ),
+        )
+
+
+@rule(
+    "slash-redirect",
+    severity="info",
+    title="Redirect only adds or removes a trailing slash",
+    spec="RFC 9110 §15.4 (redirection); RFC 3986 §6.2.3",
+    family=FAMILY,
+)
+def slash_redirect(ctx: AuditContext) -> Iterator[Finding]:
+    """A redirect whose target differs from the request URL only by a trailing slash
+    (the host may differ: behind a proxy the app builds it from its own Host header).
+    A non-GET answered 301/302 this way is ``method-change-on-move``'s."""
+    hops = redirect_hops(
+        ctx,
+        """r.status in (301, 302, 303, 307, 308) and r.location_url is not null
+           and (r.method in ('GET', 'HEAD') or r.status in (307, 308))""",
+    )
+    for place in places(h for h in hops if move_kind(h.url, h.target) == "slash"):
+        group = place.group()
+        adds = short(group.target).split("?")[0].endswith("/")
+        middleware = slash_middleware(ctx.framework, place.status, adds)
+        message = (
+            f"{plural(group.hits, 'request')}: {place.method} {place.source} answered "
+            f"{place.status} only to {'add' if adds else 'remove'} a trailing slash "
+            f"({short(group.target)}); every one costs a round trip. Sent by "
+            f"{describe_agents(group.agents)}."
+        )
+        if place.method not in ("GET", "HEAD"):
+            message += f" {place.status} keeps the {place.method}, but its body is uploaded twice."
+        how = middleware or "link and submit to the canonical URL so no redirect is needed"
+        recommendation = f"Use {short(group.target)} in links, forms and API clients; {how}."
+        yield finding(
+            ctx,
+            "slash-redirect",
+            group,
+            message,
+            recommendation,
+            evidence={
+                "clients": client_evidence(place.hops),
+                "sent_by": "framework" if middleware else "app",
+                **({"framework": ctx.framework} if ctx.framework else {}),
+            },
         )

@@ -37,7 +37,7 @@ def delete_200_no_content(ctx: AuditContext) -> Iterator[Finding]:
             f"every client there is nothing to read.",
             "Answer 204 No Content (or 200 with a status body). "
             + framework_fix(
-                group,
+                ctx,
                 starlette="return Response(status_code=204); in FastAPI declare "
                 "@app.delete(..., status_code=204) and return None.",
                 django="return HttpResponse(status=204).",
@@ -73,7 +73,7 @@ def body_on_no_content(ctx: AuditContext) -> Iterator[Finding]:
             f"would desynchronise the next response on the connection.",
             f"Send no body with {group.status}; if there is something to say, use 200. "
             + framework_fix(
-                group,
+                ctx,
                 starlette=f"return Response(status_code={group.status}) with no content "
                 "(not JSONResponse(..., status_code=204)).",
                 django=f"return HttpResponse(status={group.status}) with no content.",

@@ -1,0 +1,87 @@
+"""A fix in the app's own framework: the redirect call with a status, and which
+framework middleware sends redirects by itself (so the fix is a setting, not code).
+
+The framework is what the recorder noted (``recorder_stats.framework``); an unknown
+one gets plain HTTP advice.
+"""
+
+from __future__ import annotations
+
+FRAMEWORK_NAMES = {
+    "fastapi": "FastAPI",
+    "starlette": "Starlette",
+    "django": "Django",
+    "litestar": "Litestar",
+    "quart": "Quart",
+    "datasette": "Datasette",
+}
+
+_STATUS_CONSTANT = {
+    301: "HTTP_301_MOVED_PERMANENTLY",
+    302: "HTTP_302_FOUND",
+    303: "HTTP_303_SEE_OTHER",
+    307: "HTTP_307_TEMPORARY_REDIRECT",
+    308: "HTTP_308_PERMANENT_REDIRECT",
+}
+
+
+def framework_name(framework: str | None) -> str:
+    """``FastAPI``, ``Django``... or ``the app`` when unknown."""
+    return FRAMEWORK_NAMES.get(framework or "", "the app")
+
+
+def redirect_call(framework: str | None, status: int) -> str:
+    """How this framework answers with ``status``, as code the developer can paste."""
+    if framework == "fastapi":
+        return f"`RedirectResponse(url, status_code=status.{_STATUS_CONSTANT[status]})`"
+    if framework == "starlette":
+        return f"`RedirectResponse(url, status_code={status})`"
+    if framework == "django":
+        return {
+            301: "`redirect(to, permanent=True)`",
+            302: "`redirect(to)`",
+            303: "`HttpResponseRedirect(url, status=303)` (`redirect()` only sends 301/302)",
+            307: "`redirect(to, preserve_request=True)` (Django 5.2+)",
+            308: "`redirect(to, permanent=True, preserve_request=True)` (Django 5.2+)",
+        }[status]
+    if framework == "litestar":
+        return f"`Redirect(path=url, status_code={status})`"
+    if framework == "quart":
+        return f"`redirect(url, code={status})`"
+    if framework == "datasette":
+        return f"`Response.redirect(path, status={status})`"
+    return f"a {status} response"
+
+
+def default_redirect_status(framework: str | None) -> str | None:
+    """The status the framework's redirect helper sends when none is given, as a remark."""
+    return {
+        "fastapi": "FastAPI's `RedirectResponse` defaults to 307",
+        "starlette": "Starlette's `RedirectResponse` defaults to 307",
+        "django": "Django's `redirect()` sends 302",
+        "litestar": "Litestar's `Redirect` defaults to 302",
+        "quart": "Quart's `redirect()` defaults to 302",
+        "datasette": "Datasette's `Response.redirect` defaults to 302",
+    }.get(framework or "")
+
+
+def slash_middleware(framework: str | None, status: int, adds_slash: bool) -> str | None:
+    """The framework feature that sends trailing-slash redirects by itself, when this
+    redirect looks like its work; None when the app's own code sent it."""
+    if framework in ("fastapi", "starlette") and status == 307:
+        return (
+            "Starlette's router (`redirect_slashes=True`, 307) sent it: link to the canonical "
+            "URL, or register the route under both spellings / pass `redirect_slashes=False` "
+            "to the router"
+        )
+    if framework == "django" and status == 301 and adds_slash:
+        return (
+            "Django's `CommonMiddleware` (`APPEND_SLASH = True`, 301) sent it: link and submit "
+            "to the URL with the slash, or set `APPEND_SLASH = False` and route both spellings"
+        )
+    if framework == "quart" and status in (301, 308) and adds_slash:
+        return (
+            "the router's `strict_slashes` (a route defined with a trailing slash) sent it: "
+            "link to the URL with the slash, or define the route with `strict_slashes=False`"
+        )
+    return None
