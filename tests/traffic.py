@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import requests
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
@@ -40,6 +41,9 @@ REDIRECTS: dict[str, tuple[int, str]] = {
     "/m/get-307": (307, "/land/get-307"),
     "/m/form-302": (302, "/m/post-only"),
     "/m/form-307": (307, "/m/post-only-2"),
+    "/m/login-307": (307, "/land/welcome"),
+    "/m/post-303-bad": (303, "/m/post-only"),
+    "/v1/things": (301, "/v2/things"),
     "/m/moved": (301, "/m/items/"),
     # chains family
     "/c/chain-a": (301, "/c/chain-b"),
@@ -87,6 +91,7 @@ app = Starlette(
         Route("/land/{name}", landing, methods=ALL_METHODS),
         Route("/m/post-only", post_only, methods=["POST"]),
         Route("/m/post-only-2", post_only, methods=["POST"]),
+        Route("/v2/things", landing, methods=["PUT"]),
         Route("/m/items/", items, methods=["GET", "POST"]),  # /m/items -> 307 (redirect_slashes)
     ]
 )
@@ -115,7 +120,9 @@ def drive(base: str) -> None:
         web.get("/m/get-307")
         web.head("/m/get-307")
         web.post("/m/form-302", content=b"a=1")  # -> GET /m/post-only -> 405
-        web.post("/m/form-307", content=b"a=1")  # -> POST /m/post-only-2 -> 201
+        web.post("/m/form-307", data={"a": "1"})  # form -> POST /m/post-only-2 -> 201
+        web.post("/m/login-307", data={"user": "u", "password": "p"})  # re-posted to /land
+        web.post("/m/post-303-bad", data={"a": "1"})  # -> GET /m/post-only -> 405
         web.get("/m/items")  # Starlette redirect_slashes: 307 to /m/items/
         web.post("/m/items", content=b"a=1")
         web.get("/m/items/")
@@ -134,6 +141,9 @@ def drive(base: str) -> None:
     # curl -L -X PUT --data keeps the method and drops the body on 301; keeps both on 308
     curl("-L", "-X", "PUT", "--data", "x=1", f"{base}/m/put-301")
     curl("-L", "-X", "PUT", "--data", "x=1", f"{base}/m/put-308")
+    # a moved API: requests keeps PUT and drops the body on 301; httpx keeps both
+    requests.put(f"{base}/v1/things", data=b"x=1", timeout=10)
+    httpx.put(f"{base}/v1/things", content=b"x=1", follow_redirects=True, timeout=10)
     # urllib follows a HEAD on 307 with a GET
     urllib_request(f"{base}/m/head-307", "HEAD")
     # the static graph: each redirect requested once, by different clients, never followed

@@ -16,7 +16,7 @@ from auditor.analysis.audit import AuditResult, tool_version
 from auditor.analysis.rules.base import SEVERITIES, Finding, Severity
 from auditor.analysis.rules.method import short
 
-JSON_SCHEMA_VERSION = 1
+JSON_SCHEMA_VERSION = 2
 SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 SEVERITY_PLURAL = {"error": "errors", "warning": "warnings", "info": "info"}
 FINDING_FIELDS = [f.name for f in dataclasses.fields(Finding)]
