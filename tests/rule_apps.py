@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from auditor import RedirectRecorder
+from auditor.analysis.audit import recorded_framework
 from auditor.analysis.rules.base import AuditContext, AuditOptions, Finding
 from auditor.registry import flush_all
 from tests.servers import serve_in_thread
@@ -63,7 +64,8 @@ def run_rule(
     conn = sqlite3.connect(db_path)
     conn.row_factory = sqlite3.Row
     try:
-        return list(check(AuditContext(conn, AuditOptions(**options))))
+        framework = recorded_framework(conn)
+        return list(check(AuditContext(conn, AuditOptions(**options), framework=framework)))
     finally:
         conn.close()
 

@@ -60,10 +60,10 @@ def test_redirect_to_own_url_is_self_redirect_not_loop(result: AuditResult) -> N
     assert [f.source for f in result.findings if f.rule == "self-redirect"] == ["/c/self"]
 
 
-def test_chain_ending_in_404_is_redirect_to_error(result: AuditResult) -> None:
-    [finding] = found(result, "redirect-to-error", "/c/gone")
-    assert "404" in finding.message
-    assert not found(result, "redirect-to-error", "/c/one")
+def test_redirect_to_a_missing_page_is_redirect_target_fails(result: AuditResult) -> None:
+    [finding] = found(result, "redirect-target-fails", "/c/gone")
+    assert "404" in finding.message and finding.severity == "error"
+    assert not found(result, "redirect-target-fails", "/c/one")
 
 
 def test_redirect_never_followed_is_unfollowed(result: AuditResult) -> None:

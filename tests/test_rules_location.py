@@ -242,13 +242,14 @@ def test_public_off_site_location_is_not_an_internal_host_leak(db: Path) -> None
     assert {"/leak/public", "/good/absolute", "/sso", "/login"}.isdisjoint(sources)
 
 
-def test_off_site_next_parameter_is_open_redirect(db: Path) -> None:
+def test_off_site_next_parameter_is_one_open_redirect_with_its_targets(db: Path) -> None:
     findings = by_source(run_rule(db, open_redirect))
-    login = findings["/login"]
-    assert {f.target for f in login} == {"https://evil.example/phish", "http://evil.example/x"}
-    assert all(f.severity == "error" and f.status == 303 for f in login)
-    assert "evil.example" in login[0].message and "CWE-601" in login[0].spec
-    assert "allow-list" in login[0].recommendation
+    [login] = findings["/login"]
+    assert login.evidence["parameter"] == "next"
+    assert set(login.evidence["targets"]) == {"https://evil.example/phish", "http://evil.example/x"}
+    assert (login.severity, login.status, login.hits) == ("error", 303, 2)
+    assert "evil.example" in login.message and "CWE-601" in login.spec
+    assert "allow-list" in login.recommendation
 
 
 def test_off_site_host_taken_from_the_path_is_open_redirect(db: Path) -> None:

@@ -87,9 +87,7 @@ def test_curl_put_on_301_losing_its_body_is_method_change_on_move(result: AuditR
 
 
 @pytest.mark.parametrize("source", ["/m/put-308", "/m/post-307", "/m/get-307", "/m/head-307"])
-def test_307_and_308_that_keep_the_method_are_no_finding(
-    result: AuditResult, source: str
-) -> None:
+def test_307_and_308_that_keep_the_method_are_no_finding(result: AuditResult, source: str) -> None:
     assert at(result, source) == []
 
 

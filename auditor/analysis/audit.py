@@ -207,12 +207,16 @@ def audit(
 
 
 def recorded_framework(conn: sqlite3.Connection) -> str | None:
-    """The app's framework as the recorder noted it: the one that wrote most rows."""
+    """The app's framework as the recorder noted it (the one that wrote most rows); for
+    traffic recorded before it was noted, Starlette when a route template was recorded."""
     row = conn.execute(
         "select framework from recorder_stats where framework is not null "
         "group by framework order by sum(coalesce(rows_written, 0)) desc, framework limit 1"
     ).fetchone()
-    return str(row[0]) if row else None
+    if row:
+        return str(row[0])
+    routed = conn.execute("select 1 from requests where route is not null limit 1").fetchone()
+    return "starlette" if routed else None
 
 
 def _checkpoint_and_count(db_path: str | Path) -> dict[str, int] | None:

@@ -40,7 +40,7 @@ def redirect_call(framework: str | None, status: int) -> str:
         return {
             301: "`redirect(to, permanent=True)`",
             302: "`redirect(to)`",
-            303: "`HttpResponseRedirect(url, status=303)` (`redirect()` only sends 301/302)",
+            303: "`HttpResponseRedirect(url, status=303)`",
             307: "`redirect(to, preserve_request=True)` (Django 5.2+)",
             308: "`redirect(to, permanent=True, preserve_request=True)` (Django 5.2+)",
         }[status]

@@ -2,33 +2,46 @@
 
 The linking rule (DESIGN.md, "Hop linking"): request Q is the follow-up of redirect R when
 
-1. Q comes from the same client: the same client key and the same user agent;
+1. Q comes from the same client: the same client key, user agent and forwarded-for
+   hint (the keyed first X-Forwarded-For hop, trusted or not: a hint, no verdict);
 2. Q starts after R's response ended, at most ``window`` seconds later;
 3. Q's URL equals R's resolved Location: the whole normalized URL when the
    Location is absolute, only path and query when it is relative;
-4. Q's method is R's or GET: no client follows a redirect with another method;
-5. R is the latest such redirect still unlinked: requests are taken in time order,
-   first matched on their own connection (clients follow on their keep-alive
-   connection), then on any connection of the client. A redirect links one
-   follow-up (its earliest) and a request follows one redirect.
+4. Q's method is one that client sends after R's method and status
+   (``follow_up_methods``, client-behaviour.md): urllib never follows a 307 POST,
+   nobody turns a 307 POST into a GET;
+5. a redirect links one follow-up and a request follows one redirect, chosen in
+   three steps, each on what the steps before left:
+
+   - **exact**: exactly one such R carries Q's request id (X-Request-ID...);
+   - **connection**: R is the latest such redirect still free on Q's own connection
+     (requests taken in time order; clients follow on their keep-alive connection).
+     Not behind a proxy (a forwarded-for hint): its upstream connections are pooled;
+   - **client**: per client and target, a global assignment of the follow-ups to the
+     redirects: follow-ups in time order each take the earliest free redirect, one
+     whose method that client sends after it first (FIFO: concurrent clients follow
+     in the order their redirects ended), then augmenting paths make it a maximum
+     matching. The link is ``sure`` when every maximum matching has it, else
+     ``ambiguous``: another pairing, or another request, explains the hop as well.
 
 A redirect with no such Q stays unlinked: a client that never follows (urllib on a
-307 POST) is not mislinked, and an unfollowed redirect does not take the follow-up
-of a later redirect to the same URL. Chains are the linked runs that start at a
-redirect which is not itself a follow-up.
+307 POST) is not mislinked. ``requests.link_confidence`` says which: ``exact``,
+``sure`` (connection, or the only pairing) or ``ambiguous``. Chains are the linked
+runs that start at a redirect which is not itself a follow-up.
 
 Scale: one SQL scan with an index probe per row picks the candidate requests (whose
 path is some redirect's target for that client; on a large table two connections
-scan half each, at once), then one sorted pass in Python matches them. The links are
-written in one statement; ``link_and_build_chains`` (what ``audit`` runs) builds the
-chains from the rows it read, in another thread, meanwhile.
+scan half each, at once), then sorted passes in Python match them; a client and
+target with one redirect and one candidate (the common case) skips the assignment.
+The links are written in one statement; ``link_and_build_chains`` (what ``audit``
+runs) builds the chains from the rows it read, in another thread, meanwhile.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections import deque
 from collections.abc import Callable, Container, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -45,11 +58,8 @@ REDIRECT_SQL = "status between 300 and 399 and status != 304"
 CLOCK_SLACK = 2e-6
 # The path and query of a normalized http(s) URL, as ``split_url`` cuts it.
 PATH_SQL = "substr(q.url, instr(substr(q.url, 9), '/') + 8)"
-
-
-def is_redirect(status: int | None) -> bool:
-    """True for the responses a chain continues through: 3xx except 304."""
-    return status is not None and 300 <= status <= 399 and status != 304
+# requests.link_confidence
+EXACT, SURE, AMBIGUOUS = "exact", "sure", "ambiguous"
 
 
 def split_url(url: str) -> tuple[str, str]:
@@ -66,6 +76,57 @@ def _rows(conn: sqlite3.Connection, sql: str, params: Iterable[Any] = ()) -> Ite
     return iter(cursor.execute(sql, tuple(params)))
 
 
+# --- which methods follow a redirect -----------------------------------------------
+# A minimal copy of client-behaviour.md for linking. DESIGN.md puts this answer in
+# auditor/redirects.py, for everyone; until that module is there, linking keeps its own.
+
+_FOLLOWED_STATUSES = frozenset({301, 302, 303, 307, 308})
+
+
+def client_family(user_agent: str | None) -> str:
+    """How a client follows redirects, from its User-Agent: ``urllib``, ``requests``
+    (requests and httpx), ``curl``, ``browser`` (browsers, Node fetch, aiohttp) or
+    ``unknown``."""
+    agent = (user_agent or "").lower()
+    if "python-urllib/" in agent:
+        return "urllib"
+    if "python-requests/" in agent or "python-httpx/" in agent:
+        return "requests"
+    if agent.startswith("curl/"):
+        return "curl"
+    if agent.startswith("mozilla/") or "aiohttp/" in agent or "undici" in agent:
+        return "browser"
+    if agent == "node" or agent.startswith(("node/", "node-fetch")):
+        return "browser"
+    return "unknown"
+
+
+def follow_up_methods(family: str, method: str, status: int) -> tuple[str | None, frozenset[str]]:
+    """(the method ``family`` sends after ``method`` got ``status``, or None when it does
+    not follow; every method its follow-up can have, quirks included: ``curl -L -X``
+    keeps the method). An ``unknown`` family may be any of them."""
+    if status not in _FOLLOWED_STATUSES:  # 300, 305, 306: not measured, not excluded
+        return method, frozenset((method, "GET"))
+    if method == "GET":
+        return "GET", frozenset(("GET",))
+    if family == "urllib":  # GET/HEAD on all five and POST on 301-303 become GET
+        if method == "HEAD" or (method == "POST" and status in (301, 302, 303)):
+            return "GET", frozenset(("GET",))
+        return None, frozenset()
+    if method == "HEAD":
+        return "HEAD", frozenset(("HEAD", "GET") if family == "unknown" else ("HEAD",))
+    if status in (307, 308):
+        return method, frozenset((method,))
+    # a non-GET/HEAD method on 301, 302 or 303
+    if family == "requests":  # requests and httpx: GET after 302/303, and POST on 301
+        expected = "GET" if status != 301 or method == "POST" else method
+    else:  # browsers, and curl without -X: GET after 303, and POST on 301/302
+        expected = "GET" if status == 303 or method == "POST" else method
+    if family in ("browser", "requests"):
+        return expected, frozenset((expected,))
+    return expected, frozenset((expected, method))  # curl -X keeps it; unknown: any
+
+
 # --- linking ------------------------------------------------------------------------
 
 
@@ -74,89 +135,69 @@ class _Redirect:
     id: int
     method: str
     ended_at: float
-    client_key: str
-    user_agent: str | None
-    connection_key: str | None
-    target: str  # location_url when the Location is absolute, else its path and query
+    connection_key: str | None  # None behind a proxy: pooled connections are no evidence
+    target_url: str | None  # the follow-up's whole URL when the Location is absolute
+    expected: str | None  # the method the client sends next
+    possible: frozenset[str]  # every method the client's follow-up can have
+    request_id: str | None
 
 
 # A possible follow-up: (started_at, id, method, client_key, user_agent, connection_key,
-# url, path, status, location_url, route, request_body_size, request_body_chunked),
-# ordered by time.
+# url, path, status, location_url, route, request_body_size, request_body_chunked,
+# forwarded_for_key, request_id), ordered by time.
 _Candidate = tuple[Any, ...]
+# (client key, user agent, forwarded-for key, path and query of the target)
+_Key = tuple[Any, Any, Any, str]
 
 
-def _latest_of(
-    by_url: list[_Redirect] | None,
-    by_path: list[_Redirect] | None,
-    started_at: float,
-    method: str,
-    request_id: int,
-    window: float,
-    linked: set[int],
-) -> _Redirect | None:
-    """The later of the latest free redirects to the request's URL and to its path."""
-    latest = by_url and _latest_free(by_url, started_at, method, request_id, window, linked)
-    found = by_path and _latest_free(by_path, started_at, method, request_id, window, linked)
-    if found and (not latest or found.ended_at > latest.ended_at):
-        return found
-    return latest or None
+def _fits(r: _Redirect, q: _Candidate) -> bool:
+    """Q may follow R, but for the time: its method, its URL, not R itself."""
+    return q[2] in r.possible and r.id != q[1] and (r.target_url is None or r.target_url == q[6])
 
 
-def _latest_free(
-    queue: list[_Redirect],
-    started_at: float,
-    method: str,
-    request_id: int,
-    window: float,
-    linked: set[int],
-) -> _Redirect | None:
-    """The latest redirect of ``queue`` (ordered by end) that ended by ``started_at``, at
-    most ``window`` earlier, is not linked yet, is not the request itself, and that a
-    request with ``method`` can follow (the same method, or GET after any)."""
-    latest_end = started_at + CLOCK_SLACK
-    if len(queue) == 1:  # the most common case, as the loop below would take it
+def _in_window(queue: list[_Redirect], started_at: float, window: float) -> list[_Redirect]:
+    """The redirects of ``queue`` (ordered by end) that ended by ``started_at``, at most
+    ``window`` earlier."""
+    if len(queue) == 1:
         r = queue[0]
-        if (
-            r.ended_at <= latest_end
-            and r.ended_at + window >= started_at
-            and r.id not in linked
-            and r.id != request_id
-            and method in ("GET", r.method)
-        ):
-            return r
-        return None
-    if len(queue) > 8:
-        i = bisect_right(queue, latest_end, key=attrgetter("ended_at")) - 1
-    else:  # most queues hold one or two redirects: walk back from the end
-        i = len(queue) - 1
-        while i >= 0 and queue[i].ended_at > latest_end:
-            i -= 1
-    while i >= 0 and queue[i].ended_at + window >= started_at:
-        r = queue[i]
-        if r.id not in linked and r.id != request_id and method in ("GET", r.method):
-            return r
-        i -= 1
-    return None
+        fits = r.ended_at <= started_at + CLOCK_SLACK and started_at <= r.ended_at + window
+        return queue if fits else []
+    key = attrgetter("ended_at")
+    low = bisect_left(queue, started_at - window, key=key)
+    return queue[low : bisect_right(queue, started_at + CLOCK_SLACK, key=key)]
 
 
-# Every redirect as read once: a hop of a chain (``_Hop``'s columns first) and what
+# Every redirect as read once: a hop of a chain (``_HOP_COLUMNS`` first) and what
 # linking needs.
 _REDIRECT_COLUMNS = (
     "id, started_at, method, url, status, location_url, client_key, "
     "started_at + coalesce(duration_ms, 0) / 1000.0, user_agent, connection_key, location"
 )
+# Read from ``requests`` by id when the redirects' table has no copy of them.
+_HINT_COLUMNS = ("forwarded_for_key", "request_id")
 
 
 def _read_redirects(conn: sqlite3.Connection, table: str) -> list[tuple[Any, ...]]:
-    return list(_rows(conn, f"select {_REDIRECT_COLUMNS} from {table} where {REDIRECT_SQL}"))
+    """``_REDIRECT_COLUMNS`` and ``_HINT_COLUMNS`` of every redirect of ``table``."""
+    cursor = conn.execute(f"select * from {table} as t limit 0")
+    has = {column[0] for column in cursor.description}
+    hints = ", ".join(
+        name if name in has else f"(select q.{name} from main.requests q where q.id = t.id)"
+        for name in _HINT_COLUMNS
+    )
+    sql = f"select {_REDIRECT_COLUMNS}, {hints} from {table} as t where {REDIRECT_SQL}"
+    return list(_rows(conn, sql))
 
 
-def _link_redirects(rows: list[tuple[Any, ...]]) -> list[_Redirect]:
-    """The redirects a request can follow: with a client and an http(s) target, in
-    order of their end."""
-    redirects = []
-    for rid, _, method, _, _, location_url, client_key, ended, agent, conn_key, location in rows:
+def _link_redirects(rows: list[tuple[Any, ...]]) -> dict[_Key, list[_Redirect]]:
+    """The redirects a request can follow (with a client and an http(s) target), by
+    client and target, each list in order of their end."""
+    by_key: dict[_Key, list[_Redirect]] = {}
+    methods: dict[tuple[str | None, str, int], tuple[str | None, frozenset[str]]] = {}
+    families: dict[str | None, str] = {}
+    for row in rows:
+        rid, _, method, _, status, location_url, client_key, ended, agent, conn_key = row[:10]
+        location, forwarded_for, request_id = row[10:13]
         if location_url is None or client_key is None:
             continue
         if location is None:
@@ -167,14 +208,38 @@ def _link_redirects(rows: list[tuple[Any, ...]]) -> list[_Redirect]:
             absolute = is_absolute_location(location)
         if absolute and not location_url.startswith(("http://", "https://")):
             continue  # mailto:, javascript: ... never reach this app
-        target = location_url if absolute else split_url(location_url)[1]
-        redirects.append(_Redirect(rid, method, ended, client_key, agent, conn_key, target))
-    redirects.sort(key=attrgetter("ended_at", "id"))
-    return redirects
+        follows = methods.get((agent, method, status))
+        if follows is None:
+            family = families.get(agent) or families.setdefault(agent, client_family(agent))
+            follows = methods.setdefault(
+                (agent, method, status), follow_up_methods(family, method, status)
+            )
+        if not follows[1]:
+            continue  # this client does not follow it
+        if forwarded_for is not None:
+            conn_key = None
+        key = (client_key, agent, forwarded_for, split_url(location_url)[1])
+        redirect = _Redirect(
+            rid,
+            method,
+            ended,
+            conn_key,
+            location_url if absolute else None,
+            follows[0],
+            follows[1],
+            request_id,
+        )
+        queue = by_key.get(key)
+        if queue is None:
+            by_key[key] = [redirect]
+        else:
+            queue.append(redirect)
+    for queue in by_key.values():
+        if len(queue) > 1:
+            queue.sort(key=attrgetter("ended_at", "id"))
+    return by_key
 
 
-# Above this many requests the candidate scan is split in two id ranges, the second
-# scanned by another connection in another thread (SQLite runs both without Python).
 PARALLEL_SCAN_ROWS = 200_000
 SCAN_CHUNKS = 16
 BUSY_TIMEOUT_S = 5.0
@@ -206,7 +271,7 @@ def _prepare_scan(conn: sqlite3.Connection, targets: str) -> None:
     conn.execute(
         """create temp table link_candidates (started_at, id, method, client_key, user_agent,
              connection_key, url, path, status, location_url, route, request_body_size,
-             request_body_chunked)"""
+             request_body_chunked, forwarded_for_key, request_id)"""
     )
 
 
@@ -215,7 +280,8 @@ def _scan(conn: sqlite3.Connection, first_id: int, last_id: int) -> None:
         f"""insert into temp.link_candidates
             select q.started_at, q.id, q.method, q.client_key, q.user_agent,
                    q.connection_key, q.url, {PATH_SQL}, q.status, q.location_url,
-                   q.route, q.request_body_size, q.request_body_chunked
+                   q.route, q.request_body_size, q.request_body_chunked,
+                   q.forwarded_for_key, q.request_id
             from requests q
             where q.id between ? and ?
               and exists (select 1 from temp.link_targets t
@@ -226,7 +292,7 @@ def _scan(conn: sqlite3.Connection, first_id: int, last_id: int) -> None:
 
 def _load_candidates(
     conn: sqlite3.Connection,
-    redirects: list[_Redirect],
+    by_key: dict[_Key, list[_Redirect]],
     meanwhile: Callable[[], object] | None = None,
     alongside: Callable[[], object] | None = None,
 ) -> list[_Candidate]:
@@ -238,9 +304,7 @@ def _load_candidates(
     another thread during the scan. ``alongside`` runs on this thread first and may use
     ``conn``: another connection scans meanwhile. The rest is compared in Python.
     """
-    targets = json.dumps(
-        sorted({(r.client_key, split_url(r.target)[1]) for r in redirects}), ensure_ascii=False
-    )
+    targets = json.dumps(sorted({(key[0], key[3]) for key in by_key}), ensure_ascii=False)
     # min() and max() in one statement would scan the table: two rowid seeks instead.
     first_id = _rows(conn, "select min(id) from requests").__next__()[0] or 0
     last_id = _rows(conn, "select max(id) from requests").__next__()[0] or 0
@@ -293,55 +357,235 @@ def _load_candidates(
 
 
 def _match(
-    redirects: list[_Redirect], candidates: list[_Candidate], window: float
-) -> dict[int, int]:
-    """Follow-up id -> redirect id, by the rule in the module docstring."""
-    by_client: dict[tuple[Any, ...], list[_Redirect]] = {}
-    by_connection: dict[tuple[Any, ...], list[_Redirect]] = {}
-    for r in redirects:  # in order of their end
-        key: tuple[Any, ...] = (r.client_key, r.user_agent, r.target)
-        queue = by_client.get(key)
-        if queue is None:
-            by_client[key] = [r]
-        else:
-            queue.append(r)
-        if r.connection_key is not None:  # proxies share connections: keep the client too
-            key = (r.connection_key, r.client_key, r.user_agent, r.target)
-            queue = by_connection.get(key)
-            if queue is None:
-                by_connection[key] = [r]
-            else:
-                queue.append(r)
-    linked: set[int] = set()
+    by_key: dict[_Key, list[_Redirect]], candidates: list[_Candidate], window: float
+) -> tuple[dict[int, int], dict[int, str]]:
+    """(follow-up id -> redirect id, follow-up id -> ``exact`` or ``ambiguous`` for the
+    links that are not ``sure``), by the rule in the module docstring."""
     follow_ups: dict[int, int] = {}
-    unlinked = []
-    # First on the request's own connection, requests in time order, then (below) on any
-    # connection of the same client; the latest free redirect to its URL or its path.
-    get = by_connection.get
+    confidence: dict[int, str] = {}
+    linked: set[int] = set()
+    get = by_key.get
+
+    # 1. exact: the one redirect that fits and carries the request's id
+    request_ids = {
+        r.request_id for queue in by_key.values() for r in queue if r.request_id is not None
+    }
+    if request_ids:
+        for q in candidates:
+            request_id = q[14]
+            if request_id is None or request_id not in request_ids:
+                continue
+            queue = get((q[3], q[4], q[13], q[7]))
+            if queue is None:
+                continue
+            same = [
+                r
+                for r in _in_window(queue, q[0], window)
+                if r.request_id == request_id and _fits(r, q)
+            ]
+            if len(same) == 1 and same[0].id not in linked:
+                linked.add(same[0].id)
+                follow_ups[q[1]] = same[0].id
+                confidence[q[1]] = EXACT
+
+    # 2. connection: the latest free redirect on the request's own connection
+    by_connection: dict[tuple[Any, ...], list[_Redirect]] = {}
+    for key, queue in by_key.items():
+        for r in queue:  # in order of their end
+            if r.connection_key is not None:
+                connection = by_connection.get((r.connection_key, *key))
+                if connection is None:
+                    by_connection[(r.connection_key, *key)] = [r]
+                else:
+                    connection.append(r)
+    on_connection = by_connection.get
     for q in candidates:
-        started_at, qid, method, client_key, agent, conn_key, url, path = q[:8]
-        latest = _latest_of(
-            get((conn_key, client_key, agent, url)),
-            get((conn_key, client_key, agent, path)),
-            started_at, method, qid, window, linked,
-        )  # fmt: skip
-        if latest:
-            linked.add(latest.id)
-            follow_ups[qid] = latest.id
+        if q[5] is None or q[13] is not None or q[1] in follow_ups:
+            continue  # no connection, behind a proxy (pooled connections), or exact
+        queue = on_connection((q[5], q[3], q[4], None, q[7]))
+        if queue is None:
+            continue
+        window_queue = _in_window(queue, q[0], window)
+        for i in range(len(window_queue) - 1, -1, -1):
+            r = window_queue[i]
+            if r.id not in linked and _fits(r, q):
+                linked.add(r.id)
+                follow_ups[q[1]] = r.id
+                break
+
+    # 3. client: per client and target, an assignment of what is left
+    waiting: dict[_Key, list[_Candidate]] = {}
+    for q in candidates:
+        if q[1] in follow_ups:
+            continue
+        key = (q[3], q[4], q[13], q[7])
+        if key in by_key:
+            bucket = waiting.get(key)
+            if bucket is None:
+                waiting[key] = [q]
+            else:
+                bucket.append(q)
+    for key, follow_up_candidates in waiting.items():
+        queue = [r for r in by_key[key] if r.id not in linked]
+        if len(queue) == 1 and len(follow_up_candidates) == 1:  # the common case
+            r, q = queue[0], follow_up_candidates[0]
+            if _in_window(queue, q[0], window) and _fits(r, q):
+                linked.add(r.id)
+                follow_ups[q[1]] = r.id
+        elif queue:
+            _assign(queue, follow_up_candidates, window, follow_ups, confidence)
+    return follow_ups, confidence
+
+
+def _assign(
+    redirects: list[_Redirect],
+    candidates: list[_Candidate],
+    window: float,
+    follow_ups: dict[int, int],
+    confidence: dict[int, str],
+) -> None:
+    """Link the ``candidates`` (in time order) to the free ``redirects`` (by end) of one
+    client and target: a maximum matching that prefers, per follow-up, a redirect whose
+    method that client sends next, then the earliest (FIFO). Links every maximum matching
+    has are ``sure``, the others ``ambiguous``."""
+    ends = [r.ended_at for r in redirects]
+    edges: list[list[int]] = []  # per candidate: the redirects it may follow, preferred first
+    for q in candidates:
+        low = bisect_left(ends, q[0] - window)
+        high = bisect_right(ends, q[0] + CLOCK_SLACK)
+        fitting = [i for i in range(low, high) if _fits(redirects[i], q)]
+        method = q[2]
+        if any(redirects[i].expected != method for i in fitting):
+            fitting.sort(key=lambda i: redirects[i].expected != method)  # stable: FIFO
+        edges.append(fitting)
+    follower = [-1] * len(redirects)  # redirect -> candidate
+    followed = [-1] * len(candidates)  # candidate -> redirect
+    for qi, fitting in enumerate(edges):
+        if not fitting:
+            continue
+        free = next((ri for ri in fitting if follower[ri] < 0), -1)
+        if free >= 0:
+            follower[free], followed[qi] = qi, free
         else:
-            unlinked.append(q)
-    get = by_client.get
-    for q in unlinked:
-        started_at, qid, method, client_key, agent, _, url, path = q[:8]
-        latest = _latest_of(
-            get((client_key, agent, url)),
-            get((client_key, agent, path)),
-            started_at, method, qid, window, linked,
-        )  # fmt: skip
-        if latest:
-            linked.add(latest.id)
-            follow_ups[qid] = latest.id
-    return follow_ups
+            _augment(qi, edges, follower, followed)
+    unsure = _unforced(edges, follower, followed)
+    for qi, ri in enumerate(followed):
+        if ri >= 0:
+            qid = candidates[qi][1]
+            follow_ups[qid] = redirects[ri].id
+            if qi in unsure:
+                confidence[qid] = AMBIGUOUS
+
+
+def _augment(start: int, edges: list[list[int]], follower: list[int], followed: list[int]) -> None:
+    """Link candidate ``start`` along a shortest augmenting path, if there is one: each
+    candidate on it moves to another redirect it may follow (breadth first, preferred
+    redirects first)."""
+    reached_from = {}  # redirect -> the candidate that reached it
+    frontier = [start]
+    while frontier:
+        following = []
+        for qi in frontier:
+            for ri in edges[qi]:
+                if ri in reached_from:
+                    continue
+                reached_from[ri] = qi
+                holder = follower[ri]
+                if holder < 0:  # free: shift every link along the path
+                    while True:
+                        qi = reached_from[ri]
+                        previous = followed[qi]
+                        follower[ri], followed[qi] = qi, ri
+                        if qi == start:
+                            return
+                        ri = previous
+                following.append(holder)
+        frontier = following
+
+
+def _unforced(edges: list[list[int]], follower: list[int], followed: list[int]) -> set[int]:
+    """The linked candidates whose link some other maximum matching does not have: on an
+    alternating path from an unlinked candidate or a free redirect, or on an alternating
+    cycle (Dulmage-Mendelsohn)."""
+    unsure: set[int] = set()
+    # From unlinked candidates: candidate -(may follow)-> redirect -(linked to)-> candidate.
+    seen: set[int] = set()
+    stack = [qi for qi, fitting in enumerate(edges) if fitting and followed[qi] < 0]
+    while stack:
+        for ri in edges[stack.pop()]:
+            holder = follower[ri]
+            if ri not in seen and holder >= 0:
+                seen.add(ri)
+                unsure.add(holder)
+                stack.append(holder)
+    # From free redirects: redirect -(may be followed by)-> candidate -(links)-> redirect.
+    followers: list[list[int]] = [[] for _ in follower]
+    for qi, fitting in enumerate(edges):
+        for ri in fitting:
+            followers[ri].append(qi)
+    seen = set()
+    stack = [ri for ri, holder in enumerate(follower) if holder < 0 and followers[ri]]
+    while stack:
+        for qi in followers[stack.pop()]:
+            if qi not in seen and followed[qi] >= 0:
+                seen.add(qi)
+                unsure.add(qi)
+                stack.append(followed[qi])
+    # Alternating cycles: linked candidate -> the holder of another redirect it may follow.
+    after = {
+        qi: [follower[ri] for ri in edges[qi] if ri != ri_linked]
+        for qi, ri_linked in enumerate(followed)
+        if ri_linked >= 0 and qi not in unsure and len(edges[qi]) > 1
+    }
+    unsure.update(_on_cycles(after))
+    return unsure
+
+
+def _on_cycles(graph: dict[int, list[int]]) -> set[int]:
+    """The nodes of ``graph`` in a strongly connected component of two or more nodes
+    (Tarjan's algorithm, iterative); edges to nodes outside ``graph`` are ignored."""
+    index: dict[int, int] = {}
+    low: dict[int, int] = {}
+    on_stack: set[int] = set()
+    stack: list[int] = []
+    cyclic: set[int] = set()
+    for root in graph:
+        if root in index:
+            continue
+        work = [(root, 0)]
+        while work:
+            node, i = work.pop()
+            if i == 0:
+                index[node] = low[node] = len(index)
+                stack.append(node)
+                on_stack.add(node)
+            successors = graph[node]
+            while i < len(successors):
+                nxt = successors[i]
+                i += 1
+                if nxt not in graph:
+                    continue
+                if nxt not in index:
+                    work.append((node, i))
+                    work.append((nxt, 0))
+                    break
+                if nxt in on_stack:
+                    low[node] = min(low[node], index[nxt])
+            else:
+                if low[node] == index[node]:
+                    component = []
+                    while True:
+                        member = stack.pop()
+                        on_stack.discard(member)
+                        component.append(member)
+                        if member == node:
+                            break
+                    if len(component) > 1:
+                        cyclic.update(component)
+                if work:
+                    parent = work[-1][0]
+                    low[parent] = min(low[parent], low[node])
+    return cyclic
 
 
 @contextmanager
@@ -372,35 +616,48 @@ def _compute_links(
     redirects_from: str,
     meanwhile: Callable[[list[tuple[Any, ...]]], object] | None = None,
     alongside: Callable[[], object] | None = None,
-) -> tuple[list[tuple[Any, ...]], list[_Candidate], dict[int, int]]:
-    """(redirect rows, candidate rows, follow-up id -> redirect id)."""
+) -> tuple[list[tuple[Any, ...]], list[_Candidate], dict[int, int], dict[int, str]]:
+    """(redirect rows, candidate rows, follow-up id -> redirect id, follow-up id ->
+    confidence where not ``sure``)."""
     rows = _read_redirects(conn, redirects_from)
-    redirects = _link_redirects(rows)
+    by_key = _link_redirects(rows)
     work = (lambda: meanwhile(rows)) if meanwhile is not None else None
-    if redirects:
-        candidates = _load_candidates(conn, redirects, work, alongside)
+    if by_key:
+        candidates = _load_candidates(conn, by_key, work, alongside)
     else:
         candidates = []
         for task in (work, alongside):
             if task is not None:
                 task()
-    return rows, candidates, _match(redirects, candidates, window)
+    return rows, candidates, *_match(by_key, candidates, window)
 
 
-def _stage_links(conn: sqlite3.Connection, follow_ups: dict[int, int]) -> None:
+def _stage_links(
+    conn: sqlite3.Connection, follow_ups: dict[int, int], confidence: dict[int, str]
+) -> None:
     """Put the links that change (stale ones as null) into ``temp.link_changes``."""
-    current = dict(
-        _rows(conn, "select id, follow_up_of from requests where follow_up_of is not null")
-    )
+    current = {
+        q: (r, level)
+        for q, r, level in _rows(
+            conn,
+            "select id, follow_up_of, link_confidence from requests where follow_up_of is not null",
+        )
+    }
     conn.execute(
-        "create temp table if not exists link_changes (id integer primary key, follow_up_of int)"
+        """create temp table if not exists link_changes
+             (id integer primary key, follow_up_of int, link_confidence text)"""
     )
     conn.execute("delete from temp.link_changes")
+    level_of = confidence.get
     conn.executemany(
-        "insert into temp.link_changes values (?, ?)",
+        "insert into temp.link_changes values (?, ?, ?)",
         sorted(
-            [(q, None) for q in current if q not in follow_ups]
-            + [(q, r) for q, r in follow_ups.items() if current.get(q) != r]
+            [(q, None, None) for q in current if q not in follow_ups]
+            + [
+                (q, r, level)
+                for q, r in follow_ups.items()
+                if current.get(q) != (r, level := level_of(q, SURE))
+            ]
         ),
     )
 
@@ -411,8 +668,9 @@ def _apply_links(conn: sqlite3.Connection, in_callers_transaction: bool) -> None
     with _writing(conn, in_callers_transaction):
         conn.execute(
             """update requests
-               set follow_up_of = (select c.follow_up_of from temp.link_changes as c
-                                   where c.id = requests.id)
+               set (follow_up_of, link_confidence) =
+                   (select c.follow_up_of, c.link_confidence from temp.link_changes as c
+                    where c.id = requests.id)
                where id in (select id from temp.link_changes)"""
         )
         conn.execute("delete from temp.link_changes")
@@ -421,16 +679,17 @@ def _apply_links(conn: sqlite3.Connection, in_callers_transaction: bool) -> None
 def link_requests(
     conn: sqlite3.Connection, *, window: float = 30.0, redirects_from: str = "requests"
 ) -> int:
-    """Recompute ``requests.follow_up_of`` for every row; return the number of links.
+    """Recompute ``requests.follow_up_of`` and ``link_confidence`` for every row; return
+    the number of links.
 
-    Updates only that column, inside the caller's transaction if one is open, else
+    Updates only those columns, inside the caller's transaction if one is open, else
     in a short BEGIN IMMEDIATE transaction of its own that it commits.
     ``redirects_from`` may name a (temp) copy of the rows of ``requests`` holding at
     least every redirect, read instead of scanning ``requests`` for them.
     """
     in_callers_transaction = conn.in_transaction
-    _, _, follow_ups = _compute_links(conn, window, redirects_from)
-    _stage_links(conn, follow_ups)
+    _, _, follow_ups, confidence = _compute_links(conn, window, redirects_from)
+    _stage_links(conn, follow_ups, confidence)
     _apply_links(conn, in_callers_transaction)
     return len(follow_ups)
 
@@ -456,14 +715,15 @@ def link_and_build_chains(
     meanwhile); by default they are read on ``conn``. ``follow_ups_read`` is given the
     linked follow-up requests as read: (id, follow_up_of, started_at, method, url,
     status, location_url, client_key, route, user_agent, request_body_size,
-    request_body_chunked). ``alongside`` runs on this thread, and may read with ``conn``,
-    while another connection scans for the candidates.
+    request_body_chunked, link_confidence). ``alongside`` runs on this thread, and may
+    read with ``conn``, while another connection scans for the candidates.
     """
     in_callers_transaction = conn.in_transaction
-    rows, candidates, follow_ups = _compute_links(
+    rows, candidates, follow_ups, confidence = _compute_links(
         conn, window, redirects_from, meanwhile, alongside
     )
     if follow_ups_read is not None:
+        level_of = confidence.get
         follow_ups_read(
             [
                 (
@@ -479,6 +739,7 @@ def link_and_build_chains(
                     q[4],
                     q[11],
                     q[12],
+                    level_of(q[1], SURE),
                 )
                 for q in candidates
                 if q[1] in follow_ups
@@ -486,7 +747,7 @@ def link_and_build_chains(
         )
     # read here: the other thread must not use conn
     hosts = known_hosts() if known_hosts is not None else recorded_hosts(conn)
-    _stage_links(conn, follow_ups)
+    _stage_links(conn, follow_ups, confidence)
     with ThreadPoolExecutor(max_workers=1) as pool:
         computing = pool.submit(_chains_in_memory, rows, candidates, follow_ups, hosts)
         _apply_links(conn, in_callers_transaction)
@@ -519,42 +780,11 @@ _HOP_COLUMNS = "id, started_at, method, url, status, location_url, client_key"
 _HopRow = tuple[Any, ...]
 
 
-@dataclass(slots=True)
-class _Hop:
-    id: int
-    started_at: float
-    method: str
-    url: str
-    status: int
-    location_url: str | None
-    client_key: str | None
-
-
 def follow_up_method(method: str, status: int) -> str:
     """The method most clients use to follow: GET after 303, and after 301/302 to a POST."""
     if method != "HEAD" and (status == 303 or (status in (301, 302) and method == "POST")):
         return "GET"
     return method
-
-
-def chain_outcome(hops: list[_Hop], known_hosts: Container[str]) -> str:
-    """loop (revisits a method and URL), error (ends in 4xx/5xx), completed, external
-    (the last Location names a host never recorded) or unfollowed."""
-    seen = {(hop.method, hop.url) for hop in hops}
-    if len(seen) < len(hops):
-        return "loop"
-    last = hops[-1]
-    if not is_redirect(last.status):
-        return "error" if last.status >= 400 else "completed"
-    target = last.location_url
-    if target is None:
-        return "unfollowed"
-    if (follow_up_method(last.method, last.status), target) in seen:
-        return "loop"
-    host = host_of(target)
-    if all(host_of(hop.url) != host for hop in hops) and host not in known_hosts:
-        return "external"
-    return "unfollowed"
 
 
 def host_of(url: str) -> str:
@@ -586,36 +816,7 @@ def recorded_hosts(conn: sqlite3.Connection) -> set[str]:
     }
 
 
-def path_text(hops: list[_Hop]) -> str:
-    """``POST /a —301→ GET /b —200``; other origins than the first hop's in full."""
-    origin = split_url(hops[0].url)[0]
-
-    def shown(url: str) -> str:
-        url_origin, path = split_url(url)
-        return path if url_origin == origin else url
-
-    steps = [f"{h.method} {shown(h.url)}" for h in hops]
-    statuses = [h.status for h in hops]
-    pairs = zip(steps[:-1], statuses[:-1], strict=True)
-    text = "".join(f"{step} —{status}→ " for step, status in pairs)
-    last = hops[-1]
-    if not is_redirect(last.status):
-        return f"{text}{steps[-1]} —{last.status}"
-    target = shown(last.location_url) if last.location_url else "(no Location)"
-    return f"{text}{steps[-1]} —{last.status}→ {target} (not followed)"
-
-
 _json_string = json.encoder.encode_basestring_ascii  # what json.dumps uses for a str
-
-
-def hops_json(hops: list[_Hop]) -> str:
-    """``json.dumps`` of the hops' request_id, method, url and status, built directly."""
-    items = ", ".join(
-        f'{{"request_id": {h.id}, "method": {_json_string(h.method)}, '
-        f'"url": {_json_string(h.url)}, "status": {"null" if h.status is None else h.status}}}'
-        for h in hops
-    )
-    return f"[{items}]"
 
 
 def build_chains(conn: sqlite3.Connection, *, redirects_from: str = "requests") -> int:

@@ -8,9 +8,8 @@ columns: ``user_agent`` (counted per client), ``extra`` (counted per value),
 a group into a ``Finding`` with the rule's registered severity, title and spec.
 
 ``grouped_requests`` is the common case: the recorded responses (the temp subset
-``audit_responses``, see ``_subset``) matching a WHERE clause, grouped by
-(source, method, status, target), a source answering more than
-``MAX_TARGETS_PER_SOURCE`` targets folded into one group.
+``audit_responses``, see ``_subset``) matching a WHERE clause, one group per place
+(source, method, status): a finding is one problem at one place.
 """
 
 from __future__ import annotations
@@ -32,10 +31,6 @@ from auditor.analysis.rules.base import REGISTRY, SOURCE_SQL, AuditContext, Find
 # but its dict, which ``__new__`` makes.
 _new_counter: Callable[[], Counter[Any]] = partial(Counter.__new__, Counter)
 
-# One (source, method, status) answering more distinct targets than this (say a
-# route template redirecting every id somewhere else) becomes one finding.
-MAX_TARGETS_PER_SOURCE = 20
-
 
 def source_sql(alias: str) -> str:
     """``base.SOURCE_SQL`` for a table alias: the route template, recorded or inferred."""
@@ -49,6 +44,20 @@ def group_columns(alias: str) -> str:
         count(*) as hits, min({alias}.started_at) as first_seen,
         max({alias}.started_at) as last_seen, min({alias}.id) as example_request_id"""
 
+
+# The path of ``location_url`` (a normalized absolute http(s) URL) without its query.
+_LOCATION_PATH_QUERY = "substr(location_url, instr(substr(location_url, 9), '/') + 8)"
+_LOCATION_PATH = (
+    f"case when instr({_LOCATION_PATH_QUERY}, '?') "
+    f"then substr({_LOCATION_PATH_QUERY}, 1, instr({_LOCATION_PATH_QUERY}, '?') - 1) "
+    f"else {_LOCATION_PATH_QUERY} end"
+)
+# Not a redirect that only adds or removes a trailing slash (slash-redirect's, with the
+# framework setting that sends it): hygiene rules leave those alone.
+NOT_SLASH_MOVE = (
+    f"(location_url is null or {_LOCATION_PATH} = path "
+    f"or rtrim({_LOCATION_PATH}, '/') != rtrim(path, '/'))"
+)
 
 # The aggregate columns a query over ``audit_responses`` selects after its group key.
 GROUP_AGGREGATES = """count(*) as hits, min(started_at) as first_seen,
@@ -187,55 +196,44 @@ def collect(
     *,
     keys: Iterable[str] = (),
     keep: Callable[[Group], bool] | None = None,
-    fold: bool = False,
+    per_target: bool = False,
 ) -> list[Group]:
-    """Fold rows into one group per (source, method, status, target), most hits first.
+    """Fold rows into one group per place (source, method, status), most hits first; its
+    target is the example's, ``targets`` counts the distinct ones. ``per_target`` keeps
+    one group per target (for a rule that compares a place's targets).
 
     ``keys`` are further columns a ``keep`` filter may inspect (each group keeps those
-    of its example request's row); ``fold`` folds a (source, method, status) with more
-    than MAX_TARGETS_PER_SOURCE targets into one group with target None.
+    of its example request's row).
     """
     keys = tuple(keys)
     groups: dict[tuple[Any, ...], Group] = {}
+    targets: dict[tuple[Any, ...], set[Any]] = {}
     columns: set[str] = set()
     at: dict[str, Any] = {}
     for row in rows:
         if not columns:
             columns = set(row.keys())
             at = _positions(row)
-        key = (row[at["source"]], row[at["method"]], row[at["status"]], row[at["target"]])
+        key: tuple[Any, ...] = (row[at["source"]], row[at["method"]], row[at["status"]])
+        if per_target:
+            key += (row[at["target"]],)
         existing = groups.get(key)
         if keep is None and existing is not None:
             _add_row(existing, row, columns, keys, at)
+            targets[key].add(row[at["target"]])
             continue
         group = _row_group(row, columns, keys, at)
         if keep is not None and not keep(group):
             continue
         if existing is not None:
             existing.add(group)
+            targets[key].add(group.target)
         else:
             groups[key] = group
-    result = list(groups.values())
-    if fold:
-        result = _fold_targets(result)
-    return sorted(result, key=lambda g: (-g.hits, g.source, g.method or "", g.status or 0))
-
-
-def _fold_targets(groups: list[Group]) -> list[Group]:
-    per_source: dict[tuple[Any, ...], list[Group]] = {}
-    for group in groups:
-        per_source.setdefault((group.source, group.method, group.status), []).append(group)
-    result = []
-    for same_source in per_source.values():
-        if len(same_source) <= MAX_TARGETS_PER_SOURCE:
-            result.extend(same_source)
-            continue
-        folded = same_source[0]
-        for group in same_source[1:]:
-            folded.add(group)
-        folded.target, folded.targets = None, len(same_source)
-        result.append(folded)
-    return result
+            targets[key] = {group.target}
+    for key, group in groups.items():
+        group.targets = len(targets[key])
+    return sorted(groups.values(), key=lambda g: (-g.hits, g.source, g.method or "", g.status or 0))
 
 
 def query_groups(
@@ -245,7 +243,7 @@ def query_groups(
     *,
     keys: Iterable[str] = (),
     keep: Callable[[Group], bool] | None = None,
-    fold: bool = False,
+    per_target: bool = False,
 ) -> list[Group]:
     """Run a rule's grouped query over ``audit_responses`` (source, method, status,
     target, ``keys``..., GROUP_AGGREGATES) and ``collect`` it, each group with its
@@ -258,7 +256,7 @@ def query_groups(
             order by g.example_request_id""",
         params,
     )
-    return collect(rows, keys=keys, keep=keep, fold=fold)
+    return collect(rows, keys=keys, keep=keep, per_target=per_target)
 
 
 def grouped_requests(
@@ -270,12 +268,12 @@ def grouped_requests(
     by: dict[str, str] | None = None,
     keep: Callable[[Group], bool] | None = None,
 ) -> list[Group]:
-    """Responses (``audit_responses``) matching ``where``, grouped by (source, method,
-    status, target), more than MAX_TARGETS_PER_SOURCE targets folded.
+    """Responses (``audit_responses``) matching ``where``, one group per place (source,
+    method, status), ``target`` the example's.
 
     ``by`` adds group-by expressions whose values a ``keep`` filter can inspect
-    (Python over the matching subset only); kept groups are then merged back to
-    (source, method, status, target). (``audit`` applies ``ignore_paths``.)
+    (Python over the matching subset only); kept groups are then merged back to one
+    per place. (``audit`` applies ``ignore_paths``.)
     """
     by = by or {}
     extra = "".join(f", {expr} as {name}" for name, expr in by.items())
@@ -290,7 +288,6 @@ def grouped_requests(
         params,
         keys=by,
         keep=keep,
-        fold=True,
     )
 
 
@@ -386,7 +383,9 @@ def finding(
     the example chain is the group's, else the chain its example request is a hop of."""
     registered = REGISTRY[rule_id]
     if group.targets > 1:
-        message += f" ({plural(group.targets, 'distinct target')} from this source.)"
+        message += f" ({plural(group.targets, 'distinct target')} from this place.)"
+    if ctx.framework and evidence is not None and "framework" not in evidence:
+        evidence = {**evidence, "framework": ctx.framework}
     example_chain_id = group.example_chain_id
     pending = ctx.pending_chains
     if example_chain_id is None and pending is None:
@@ -407,11 +406,15 @@ def finding(
         last_seen=group.last_seen,
         example_request_id=group.example_request_id,
         example_chain_id=example_chain_id,
-        evidence=evidence or {},
+        evidence=evidence if evidence is not None else _framework_only(ctx),
     )
     if example_chain_id is None and pending is not None:
         pending.append(found)
     return found
+
+
+def _framework_only(ctx: AuditContext) -> dict[str, Any]:
+    return {"framework": ctx.framework} if ctx.framework else {}
 
 
 def resolve_pending_chains(ctx: AuditContext) -> None:

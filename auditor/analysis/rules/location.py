@@ -439,30 +439,34 @@ def open_redirect(ctx: AuditContext) -> Iterator[Finding]:
         "server_host": "server_host",
     }
 
-    def from_request(g: Group) -> bool:
-        k = g.keys
-        return target_from_request(k["location"], k["req_path"], k["req_query"], k)
-
     by_parameter: dict[tuple[str, str, int, str], tuple[Group, list[str]]] = {}
-    for group in grouped_requests(
+
+    def sort_by_parameter(g: Group) -> bool:
+        """Gather each (place, parameter)'s groups here; ``grouped_requests`` keeps none
+        (it would merge a place's parameters into one group)."""
+        k = g.keys
+        if not target_from_request(k["location"], k["req_path"], k["req_query"], k):
+            return False
+        site = browser_location_host(k["location"]) or ""
+        parameter = carrying_parameter(_hostname(site), k["req_query"]) or "path"
+        key = (g.source, g.method, g.status, parameter)
+        if key in by_parameter:
+            merged, targets = by_parameter[key]
+            merged.add(g)
+            targets.append(g.target or "")
+        else:
+            by_parameter[key] = (g, [g.target or ""])
+        return False
+
+    grouped_requests(
         ctx,
         """status between 300 and 399
            and (location like '%//%' or location like '%\\%')
            and (query != '' or path like '%.%' or path like '%//%')""",
         target="coalesce(location_url, location)",
         by=keys,
-        keep=from_request,
-    ):
-        k = group.keys
-        site = browser_location_host(k["location"]) or ""
-        parameter = carrying_parameter(_hostname(site), k["req_query"]) or "path"
-        key = (group.source, group.method, group.status, parameter)
-        if key in by_parameter:
-            merged, targets = by_parameter[key]
-            merged.add(group)
-            targets.append(group.target or "")
-        else:
-            by_parameter[key] = (group, [group.target or ""])
+        keep=sort_by_parameter,
+    )
     for (_, _, _, parameter), (group, targets) in by_parameter.items():
         examples = sorted(set(targets))[:5]
         where = f"the `{parameter}` parameter" if parameter != "path" else "the path"

@@ -17,6 +17,7 @@ from email.utils import parsedate_to_datetime
 from auditor.analysis.fixes import slash_middleware
 from auditor.analysis.rules._groups import (
     GROUP_AGGREGATES,
+    NOT_SLASH_MOVE,
     Group,
     describe_agents,
     finding,
@@ -154,6 +155,7 @@ def permanent_target_changed(ctx: AuditContext) -> Iterator[Finding]:
             ) as changed on changed.url = r.url and changed.method = r.method
             where r.status in (301, 308) and r.location_url is not null
             group by {SOURCE_SQL}, r.method, r.status, r.location_url""",
+        per_target=True,
     )
     per_source: dict[tuple[str, str], list[Group]] = {}
     for group in sorted(groups, key=lambda g: g.first_seen):
@@ -200,7 +202,9 @@ def permanent_target_changed(ctx: AuditContext) -> Iterator[Finding]:
 )
 def legacy_302(ctx: AuditContext) -> Iterator[Finding]:
     """GET/HEAD answered 302 (a non-GET on 302 is the method family's)."""
-    for group in grouped_requests(ctx, "status = 302 and method in ('GET', 'HEAD')"):
+    for group in grouped_requests(
+        ctx, f"status = 302 and method in ('GET', 'HEAD') and {NOT_SLASH_MOVE}"
+    ):
         yield finding(
             ctx,
             "legacy-302",
@@ -233,7 +237,7 @@ def permanent_without_cache_control(ctx: AuditContext) -> Iterator[Finding]:
     no-cache nor Expires (a redirected POST is not cached: RFC 9111 §3)."""
     for group in grouped_requests(
         ctx,
-        """status in (301, 308) and method in ('GET', 'HEAD')
+        f"""status in (301, 308) and method in ('GET', 'HEAD') and {NOT_SLASH_MOVE}
            and expires is null
            and (cache_control is null
                 or (cache_control not like '%max-age%'
