@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Iterable
 from pathlib import Path
 from time import time
-from typing import Literal
+from typing import Any, Literal
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -69,6 +69,75 @@ async def _sent_after_return(message: Message) -> None:
     raise RuntimeError("ASGI message sent after the application returned")
 
 
+# Application classes, by the qualified name of a class in the object's MRO (most
+# derived first, so FastAPI is not mistaken for the Starlette it subclasses). Names,
+# not imports: detecting a framework never imports one.
+_APPLICATIONS = {
+    "fastapi.applications.FastAPI": "fastapi",
+    "starlette.applications.Starlette": "starlette",
+    "django.core.handlers.asgi.ASGIHandler": "django",
+    "litestar.app.Litestar": "litestar",
+    "quart.app.Quart": "quart",
+}
+# Packages whose other objects (routers, framework middleware) hint at the framework
+# without settling it: the application object may still be above us (add_middleware).
+_FRAMEWORK_PACKAGES = ("fastapi", "starlette", "django", "litestar", "quart", "datasette")
+_MAX_WRAPPERS = 32
+
+
+def application_framework(obj: Any) -> str | None:
+    """The framework whose application object ``obj`` is, or None if it is none of
+    theirs. Everything Datasette's ``app()`` returns is Datasette's own wrapper chain."""
+    if obj is None:
+        return None
+    for cls in type(obj).__mro__:
+        framework = _APPLICATIONS.get(f"{cls.__module__}.{cls.__qualname__}")
+        if framework is not None:
+            return framework
+    if _package(obj) == "datasette":
+        return "datasette"
+    return None
+
+
+def _package(obj: Any) -> str:
+    # A class instance's package, or a function's (Datasette's inner ``asgi`` closure).
+    try:
+        module = getattr(obj, "__module__", None)
+    except Exception:  # an object whose __getattr__ raises something else
+        module = None
+    if not isinstance(module, str):
+        module = type(obj).__module__
+    return module.partition(".")[0]
+
+
+def detect_framework(app: Any) -> tuple[str, bool]:
+    """The wrapped app's framework and whether that is settled.
+
+    Walks the wrapper chain (``.app`` attributes) down from ``app``. An application
+    object settles it. Otherwise a framework's router or middleware met on the way is
+    a hint that the first request's ``scope["app"]`` (set by Starlette/FastAPI and
+    Litestar before their middleware runs) may still settle; nothing known is ``other``.
+    """
+    hint: str | None = None
+    seen: set[int] = set()
+    obj = app
+    for _ in range(_MAX_WRAPPERS):
+        if obj is None or id(obj) in seen:
+            break
+        seen.add(id(obj))
+        framework = application_framework(obj)
+        if framework is not None:
+            return framework, True
+        package = _package(obj)
+        if package in _FRAMEWORK_PACKAGES and hint != "fastapi":  # FastAPI over Starlette
+            hint = package
+        try:
+            obj = getattr(obj, "app", None)
+        except Exception:  # a property that raises: stop walking, keep what we know
+            break
+    return hint or "other", False
+
+
 class RedirectRecorder:
     """Record every HTTP request of an ASGI app into a SQLite traffic database.
 
@@ -120,6 +189,9 @@ class RedirectRecorder:
             writer=writer,
         )
         self.writer: TrafficWriter = writer_for(db_path, options)
+        self.framework, settled = detect_framework(app)
+        self._framework_pending = not settled
+        self.writer.note_framework(self.framework)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -127,6 +199,8 @@ class RedirectRecorder:
                 send = self._flush_on_shutdown(send)
             await self.app(scope, receive, send)
             return
+        if self._framework_pending:  # the only per-request cost of framework detection
+            self._settle_framework(scope)
         exchange = Exchange(scope, send)
         try:
             await self.app(scope, receive, exchange.send)
@@ -140,6 +214,15 @@ class RedirectRecorder:
             # the capture waits in the queue for up to flush_interval.
             exchange._send = _sent_after_return
             self.writer.submit(exchange)
+
+    def _settle_framework(self, scope: Scope) -> None:
+        # Once, at the first HTTP request: with add_middleware we wrap the inner stack,
+        # and the application object is only in the scope.
+        self._framework_pending = False
+        framework = application_framework(scope.get("app"))
+        if framework is not None and framework != self.framework:
+            self.framework = framework
+            self.writer.note_framework(framework)
 
     def _flush_on_shutdown(self, send: Send) -> Send:
         writer = self.writer

@@ -75,11 +75,13 @@ class ProcessWriter:
     def __init__(self, db_path: Path, options: RecorderOptions) -> None:
         self.db_path = db_path
         self.options = options
+        self._framework: str | None = None  # the app's, as the recorder noted it
         self._start()
 
     def _start(self) -> None:
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         self.closed = False
+        self._framework_shipped: str | None = None
         self._queue: deque[CapturedExchange] = deque()
         self._limit = self.options.queue_size
         self._counters_fd, self._counters_map = _shared_counters()
@@ -139,6 +141,12 @@ class ProcessWriter:
     def dropped_queue_full(self) -> int:
         """Exchanges this process's own queue had no room for."""
         return self._counts[QUEUE_FULL]
+
+    def note_framework(self, framework: str) -> None:
+        """The app's framework, for this worker's ``recorder_stats`` row: a plain
+        assignment here (the event loop may call it); the shipping thread sends it
+        ahead of the rows captured after it."""
+        self._framework = framework
 
     def flush(self) -> None:
         """Write everything pending now, and wait until the writer process has."""
@@ -204,9 +212,13 @@ class ProcessWriter:
     def _ship(self) -> None:
         with self._ship_lock:
             try:
+                self._ship_framework()
                 while self._queue:
                     count = min(len(self._queue), SHIP_BATCH)
                     batch = [self._queue.popleft() for _ in range(count)]
+                    # Read after taking the batch: a framework noted before a request was
+                    # queued travels ahead of that request's row.
+                    self._ship_framework()
                     if self._fallback is not None:
                         for exchange in batch:
                             self._fallback.submit(exchange)
@@ -214,6 +226,16 @@ class ProcessWriter:
                         self._send_rows(batch)
             except Exception as exc:  # a bug here must never reach the app
                 self._lost(0, exc)
+
+    def _ship_framework(self) -> None:
+        framework = self._framework
+        if framework is None or framework == self._framework_shipped:
+            return
+        self._framework_shipped = framework
+        if self._fallback is not None:
+            self._fallback.note_framework(framework)
+        else:
+            self._send(encode(("framework", framework)), 0)
 
     def _send_rows(self, batch: list[CapturedExchange]) -> None:
         items = []
@@ -367,6 +389,8 @@ class ProcessWriter:
                 # The writer process folded this process's queue-full count; go on from there.
                 counts, base = self._counts, self._counts[QUEUE_FULL]
                 fallback.queue_full_elsewhere = lambda: counts[QUEUE_FULL] - base
+                if self._framework is not None:
+                    fallback.note_framework(self._framework)
                 self._fallback = fallback
             self._state.notify_all()
         if lost:

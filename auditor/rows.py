@@ -134,16 +134,19 @@ class TrustedProxies:
 
 
 def route_template(scope: Any) -> str | None:
-    """The matched route's path template (Starlette/FastAPI), with any Mount prefix.
+    """The matched route's path template (Starlette/FastAPI, Litestar), with any Mount prefix.
 
     Mount prefixes are turned back into templates (``/users/{uid}``, not ``/users/42``)
     so one route groups all its requests; a Mount over a plain ASGI app (static files)
-    reads ``/static/{path:path}``.
+    reads ``/static/{path:path}``. Litestar's ``scope["path_template"]`` is taken as
+    Litestar gives it: the full path with parameters named, types dropped
+    (``/users/{user_id}/profile-old`` for ``/users/{user_id:int}/profile-old``).
     """
     route = scope.get("route")
     template = getattr(route, "path", None) if route is not None else None
     if not isinstance(template, str):
-        return None
+        litestar = scope.get("path_template")
+        return litestar if isinstance(litestar, str) and litestar else None
     root_path = scope.get("root_path", "")
     app_root = scope.get("app_root_path", root_path)
     prefix = root_path[len(app_root) :] if root_path.startswith(app_root) else ""

@@ -138,6 +138,7 @@ class Writer:
         # Queue-full drops counted outside this object (the serving process, when this
         # writer runs in the writer process); folded in like our own.
         self.queue_full_elsewhere: Callable[[], int] = lambda: 0
+        self.framework: str | None = None  # the app's, as the recorder noted it
         self._start()
 
     @property
@@ -158,6 +159,7 @@ class Writer:
         self.rows_skipped = 0
         self.dropped = dict.fromkeys(DROP_REASONS, 0)
         self._saved_totals: tuple[int, ...] = (0,) * (2 + len(DROP_REASONS))
+        self._saved_framework: str | None = None
         # Written only by the event loop (submit); the writer folds in what is new since
         # it last looked, so no increment is lost between a read and a reset.
         self.dropped_queue_full = 0
@@ -190,6 +192,12 @@ class Writer:
         """Write everything pending now, including rows held for follow-up matching."""
         self._drain(final=True)
 
+    def note_framework(self, framework: str) -> None:
+        """The app's framework, for this worker's ``recorder_stats`` row. A plain
+        assignment (the event loop may call it); saved with the next rows or counts,
+        so a recorder that never sees a request leaves the database alone."""
+        self.framework = framework
+
     def write_now(self, items: list[tuple[Any, ...]], pause: float = 0.0) -> None:
         """Build and insert captures shipped as ``rows.to_portable`` tuples, in the
         calling thread (the writer process's). With ``pause``, sleep that long after
@@ -216,10 +224,11 @@ class Writer:
 
     def unsaved_counts(self) -> bool:
         """Rows written or dropped (queue-full drops counted elsewhere too) that
-        ``recorder_stats`` does not show yet."""
+        ``recorder_stats`` does not show yet; or a framework noted after one was saved."""
         return (
             self._queue_full_seen() != self._queue_full_folded
             or self._stats_totals(0) != self._saved_totals
+            or (self._saved_framework is not None and self.framework != self._saved_framework)
         )
 
     def _queue_full_seen(self) -> int:
@@ -333,12 +342,13 @@ class Writer:
         if queue_full:
             self._count_drop("queue_full", queue_full, OverflowError(f"{self._limit} rows queued"))
         totals = self._stats_totals(len(rows))
-        if not rows and totals == self._saved_totals:
+        framework = self.framework
+        if not rows and totals == self._saved_totals and framework == self._saved_framework:
             return  # idle: no empty transaction (and fsync) every flush interval
         try:
             with conn:
                 insert_rows(conn, rows, pause)
-                self._save_stats(conn, totals)
+                self._save_stats(conn, totals, framework)
         except (sqlite3.Error, OSError) as exc:
             reason = classify_error(exc)
             self._count_drop(reason, len(rows), exc)
@@ -351,6 +361,7 @@ class Writer:
             return
         self.rows_written += len(rows)
         self._saved_totals = totals
+        self._saved_framework = framework
 
     def _stats_totals(self, written_now: int) -> tuple[int, ...]:
         d = self.dropped
@@ -360,7 +371,9 @@ class Writer:
             *(d[reason] for reason in DROP_REASONS),
         )
 
-    def _save_stats(self, conn: sqlite3.Connection, totals: tuple[int, ...]) -> None:
+    def _save_stats(
+        self, conn: sqlite3.Connection, totals: tuple[int, ...], framework: str | None
+    ) -> None:
         # Adds what changed since the last save rather than overwriting totals: a
         # restarted process can reuse the worker id (pid 1 in a container), and its
         # predecessor's counts, drops above all, must not vanish.
@@ -368,8 +381,8 @@ class Writer:
         conn.execute(
             """insert into recorder_stats (worker_id, started_at, updated_at, rows_written,
                  rows_skipped, dropped_queue_full, dropped_locked, dropped_disk_full,
-                 dropped_read_only, dropped_other, last_error)
-               values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                 dropped_read_only, dropped_other, last_error, framework)
+               values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                on conflict(worker_id) do update set updated_at = excluded.updated_at,
                  rows_written = rows_written + excluded.rows_written,
                  rows_skipped = rows_skipped + excluded.rows_skipped,
@@ -378,8 +391,9 @@ class Writer:
                  dropped_disk_full = dropped_disk_full + excluded.dropped_disk_full,
                  dropped_read_only = dropped_read_only + excluded.dropped_read_only,
                  dropped_other = dropped_other + excluded.dropped_other,
-                 last_error = coalesce(excluded.last_error, last_error)""",
-            (self.worker_id, self.started_at, time.time(), *deltas, self.last_error),
+                 last_error = coalesce(excluded.last_error, last_error),
+                 framework = coalesce(excluded.framework, framework)""",
+            (self.worker_id, self.started_at, time.time(), *deltas, self.last_error, framework),
         )
 
     def count_drop(self, reason: str, count: int, exc: BaseException) -> None:

@@ -176,6 +176,8 @@ def serve(config: dict[str, Any], stdin: BinaryIO, replies: _Replies) -> None:
         elif kind == "drop":
             received += message[1]
             writer.count_drop("other", message[1], RuntimeError(message[2]))
+        elif kind == "framework":
+            writer.note_framework(message[1])  # frames come in order: before later rows
         elif kind in ("flush", "prune"):
             backlog.wait_empty()
             writer.flush()
