@@ -1,4 +1,10 @@
-"""`redirect-auditor run`: serve any ASGI app under uvicorn with the recorder around it."""
+"""`redirect-auditor run`: serve any ASGI app under uvicorn with the recorder around it.
+
+It must behave as plain ``uvicorn APP`` does. uvicorn's own options (proxy headers,
+trusted proxies, lifespan) are handed to uvicorn only when given, so uvicorn's
+defaults, whatever the installed version's are (its ``FORWARDED_ALLOW_IPS``
+environment variable included), apply unchanged.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +12,11 @@ import os
 import sqlite3
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 import uvicorn
+from uvicorn.config import LIFESPAN
 
 from auditor.schema import SchemaError, connect, create_private_file, ensure_schema
 from auditor.serve import AppImportError, import_app, settings_env
@@ -50,16 +57,31 @@ def run(
     factory: Annotated[bool, typer.Option("--factory", help="APP is a factory to call.")] = False,
     app_dir: Annotated[str, typer.Option(help="Directory to import APP from.")] = ".",
     proxy_headers: Annotated[
-        bool,
+        bool | None,
         typer.Option(
-            "--proxy-headers",
-            help="Trust X-Forwarded-Proto/-For/-Host and Forwarded from --forwarded-allow-ips "
-            "(uvicorn's option, and the recorder's effective scheme/host).",
+            "--proxy-headers/--no-proxy-headers",
+            help="uvicorn's option, passed through (default: uvicorn's, on): take the scheme "
+            "and client from X-Forwarded-Proto/-For sent by --forwarded-allow-ips. The "
+            "recorder records what uvicorn gave the app.",
+            show_default=False,
         ),
-    ] = False,
+    ] = None,
     forwarded_allow_ips: Annotated[
-        str, typer.Option(help="Comma-separated proxy addresses to trust, or '*'.")
-    ] = "127.0.0.1",
+        str | None,
+        typer.Option(
+            help="uvicorn's option, passed through: comma-separated proxy addresses, "
+            "networks or literals to trust, or '*' (default: uvicorn's: "
+            "$FORWARDED_ALLOW_IPS, else its local addresses).",
+            show_default=False,
+        ),
+    ] = None,
+    lifespan: Annotated[
+        str | None,
+        typer.Option(
+            help=f"uvicorn's option, passed through: {'|'.join(LIFESPAN)} (default: uvicorn's).",
+            show_default=False,
+        ),
+    ] = None,
     store_client_ip: Annotated[
         bool,
         typer.Option(
@@ -79,8 +101,11 @@ def run(
 
     Example: redirect-auditor run myproject.asgi:app --db traffic.db --workers 2
     """
+    if lifespan is not None and lifespan not in LIFESPAN:
+        fail(f"--lifespan must be one of {', '.join(LIFESPAN)}, not {lifespan!r}")
     try:
-        import_app(app, factory=factory, app_dir=app_dir)
+        # Import only: a factory is called once, by uvicorn, in the process that serves.
+        import_app(app, app_dir=app_dir)
     except AppImportError as exc:
         fail(str(exc))
     except Exception as exc:  # the user's module failed while importing
@@ -90,9 +115,6 @@ def run(
     if not db.absolute().parent.is_dir():
         fail(f"{db}: directory {db.absolute().parent} does not exist")
     prepare_db(db)
-    trusted = (
-        [p.strip() for p in forwarded_allow_ips.split(",") if p.strip()] if proxy_headers else []
-    )
     os.environ.update(
         settings_env(
             app=app,
@@ -102,7 +124,11 @@ def run(
             recorder={
                 "record": record.value,
                 "sample_rate": sample_rate,
-                "trusted_proxies": trusted,
+                # uvicorn's ProxyHeadersMiddleware wraps the recorder and rewrites the
+                # scope it records (scheme, client) for exactly the proxies it trusts;
+                # trusting them again here would also take X-Forwarded-Host and
+                # Forwarded, which the app, under uvicorn, never sees applied.
+                "trusted_proxies": [],
                 "store_client_ip": store_client_ip,
                 "writer": writer.value,
             },
@@ -113,15 +139,23 @@ def run(
         f"at http://{host}:{port}  - stop with Ctrl-C",
         highlight=False,
     )
+    passed_through: dict[str, Any] = {
+        name: value
+        for name, value in (
+            ("proxy_headers", proxy_headers),
+            ("forwarded_allow_ips", forwarded_allow_ips),
+            ("lifespan", lifespan),
+        )
+        if value is not None
+    }
     uvicorn.run(
         "auditor.serve:create_app",
         factory=True,
         host=host,
         port=port,
         workers=workers,
-        proxy_headers=proxy_headers,
-        forwarded_allow_ips=forwarded_allow_ips,
         log_level=log_level,
+        **passed_through,
     )
 
 

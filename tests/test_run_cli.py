@@ -95,7 +95,9 @@ def test_db_with_newer_schema_is_refused(tmp_path: Path) -> None:
     assert version == ("99",)
 
 
-@pytest.mark.parametrize("option", [["--record", "everything"], ["--sample-rate", "2"]])
+@pytest.mark.parametrize(
+    "option", [["--record", "everything"], ["--sample-rate", "2"], ["--lifespan", "sometimes"]]
+)
 def test_bad_option_value_fails_without_traceback(tmp_path: Path, option: list[str]) -> None:
     code, stderr = run_cli("tests.apps.site:app", "--db", str(tmp_path / "t.db"), *option)
     assert code == 2
