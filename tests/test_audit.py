@@ -92,17 +92,17 @@ def test_readers_never_see_a_half_replaced_findings_table(db: Path) -> None:
 
 
 def test_ignore_rules_and_paths(db: Path) -> None:
-    result = audit(db, ignore_rules=["method-changed"], ignore_paths=["/c/*"])
-    assert not [f for f in result.findings if f.rule == "method-changed"]
+    result = audit(db, ignore_rules=["method-change-on-move"], ignore_paths=["/c/*"])
+    assert not [f for f in result.findings if f.rule == "method-change-on-move"]
     assert not [f for f in result.findings if f.source.startswith("/c/")]
-    assert [f for f in result.findings if f.rule == "body-dropped"]
+    assert [f for f in result.findings if f.rule == "post-redirect-get-302"]
 
 
 def test_progress_callback_reports_every_step(db: Path) -> None:
     steps: list[tuple[str, int, int]] = []
     audit(db, progress=lambda step, done, total: steps.append((step, done, total)))
     assert steps[0][1] == 0 and steps[-1][1] == steps[-1][2]
-    assert any(step == "rule method-changed" for step, _, _ in steps)
+    assert any(step == "rule method-change-on-move" for step, _, _ in steps)
 
 
 def snapshot(path: Path) -> tuple[bytes, int]:

@@ -35,7 +35,8 @@ def test_json_output_matches_the_documented_schema(db: Path) -> None:
     [database] = document["databases"]
     assert database["path"] == str(db)
     rules = {f["rule"] for f in database["findings"]}
-    assert {"method-changed", "redirect-loop", "slash-redirect"} <= rules
+    assert {"method-change-on-move", "redirect-loop", "slash-redirect"} <= rules
+    assert all("evidence" in f for f in database["findings"])
     assert document["counts"] == database["counts"]
 
 
@@ -53,13 +54,11 @@ def test_fail_on_is_0_when_only_lower_findings_remain(db: Path) -> None:
         for r in ids
         if r
         in {
-            "method-changed",
-            "method-not-preserved",
-            "body-dropped",
-            "method-change-broke-request",
+            "method-change-on-move",
+            "form-reposted-by-307",
+            "redirect-target-fails",
             "redirect-loop",
             "self-redirect",
-            "redirect-to-error",
         }
     ]
     args = [a for rule in errors for a in ("--ignore-rule", rule)]
@@ -89,7 +88,7 @@ def test_markdown_output_is_a_pull_request_comment(db: Path) -> None:
     code, out, _ = run(str(db), "--format", "markdown", "--fail-on", "warning", "--no-config")
     assert code == 1
     assert out.startswith("## redirect-auditor: ")
-    assert "| `method-changed` |" in out and "_Check failed (`--fail-on warning`)._" in out
+    assert "| `method-change-on-move` |" in out and "_Check failed (`--fail-on warning`)._" in out
 
 
 def test_several_databases_are_audited_in_turn(db: Path, tmp_path: Path) -> None:

@@ -83,7 +83,7 @@ def test_explore_audits_serves_and_stops_on_ctrl_c(recorded_db: Path, tmp_path: 
 
         response = wait_for(findings, timeout=20, what="explore to answer")
         rules = {row["rule"] for row in response.json()["rows"]}
-        assert {"method-changed", "redirect-loop", "open-redirect"} <= rules
+        assert {"post-redirect-get-302", "redirect-loop", "open-redirect"} <= rules
         graph = httpx.get(f"{base}/-/redirect-graph", params={"route": "/old"}, timeout=5)
         assert graph.status_code == 200 and "<svg" in graph.text
     finally:

@@ -144,7 +144,7 @@ def test_a_browser_post_to_v1_orders_arrives_as_a_get(server: str, tmp_path: Pat
         "follow_up_of": rows[0]["id"]
     }
     rules = {r["rule"] for r in fetch_rows(db, "select rule from findings")}
-    assert "method-changed" in rules
+    assert "method-change-on-move" in rules
 
 
 def test_requests_keeps_put_on_301_but_drops_the_body(server: str) -> None:
@@ -229,10 +229,10 @@ def test_sweep_visits_every_route_and_audits_with_no_traffic(tmp_path: Path) -> 
     code, out, _ = probe("--app", "tests.test_probe:app", "--sweep", "--db", str(db))
     assert code == 0, out
     assert "POST /v1/orders 301 -> GET /v2/orders 200" in out
-    assert "method-changed" in out
+    assert "method-change-on-move" in out
     assert "(loop)" in out
     findings = fetch_rows(db, "select rule, method, status, source from findings")
-    assert {"rule": "method-changed", "method": "POST", "status": 301, "source": "/v1/orders"} in (
+    assert {"rule": "method-change-on-move", "method": "POST", "status": 301, "source": "/v1/orders"} in (
         findings
     )
 

@@ -171,12 +171,14 @@ def audit(
         run([r for r in rules if r.needs_links])
 
         # In the registry's order, whichever ran first.
-        findings = [
-            f
-            for r in rules
-            for f in found_by_rule.get(r.id, ())
-            if not _ignored(f.source, options.ignore_paths)
-        ]
+        findings = without_hygiene_at_errors(
+            [
+                f
+                for r in rules
+                for f in found_by_rule.get(r.id, ())
+                if not _ignored(f.source, options.ignore_paths)
+            ]
+        )
         rule_errors = {r.id: errors_by_rule[r.id] for r in rules if r.id in errors_by_rule}
         findings.sort(key=lambda f: (SEVERITIES.index(f.severity), -f.hits, f.rule, f.source))
         _commit(conn)
@@ -204,6 +206,16 @@ def audit(
         with contextlib.suppress(sqlite3.Error):
             conn.execute("pragma wal_checkpoint(passive)")  # what our commits wrote since
         conn.close()
+
+
+def without_hygiene_at_errors(findings: list[Finding]) -> list[Finding]:
+    """Drop the info findings of a place (source, method, status) that has an error:
+    the error's fix replaces that redirect, so its style does not matter (a loop's 302s
+    are not also "say 307"). One mistake, one finding."""
+    broken = {(f.source, f.method, f.status) for f in findings if f.severity == "error"}
+    return [
+        f for f in findings if f.severity != "info" or (f.source, f.method, f.status) not in broken
+    ]
 
 
 def recorded_framework(conn: sqlite3.Connection) -> str | None:
