@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from hashlib import blake2b
 from typing import Any, Protocol
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from starlette.routing import Mount
 
@@ -308,8 +308,14 @@ class RowBuilder:
         scheme = scheme.lower()
         host = host.lower()
 
-        path = path or "/"
-        raw = _text(raw_path) if raw_path else quote(path, safe="/:@!$&'()*+,;=-._~%")
+        if raw_path:
+            raw = _text(raw_path)
+            # The path as the client sent it: an app may rewrite scope["path"] (Litestar
+            # strips a trailing slash) before this runs.
+            path = unquote(raw) if "%" in raw else raw
+        else:
+            path = path or "/"
+            raw = quote(path, safe="/:@!$&'()*+,;=-._~%")
         query = redact_query(_text(query_string)) if query_string else ""
         url = build_url(scheme, host, raw, query)
 
