@@ -28,6 +28,8 @@ from datasette import hookimpl
 from datasette.utils.asgi import Forbidden, NotFound, Response
 from markupsafe import Markup
 
+from auditor.redirects import is_redirect
+
 GRAPH_PATH = "/-/redirect-graph"
 TEMPLATE = Path(__file__).with_name("templates") / "redirect_graph.html"
 TIMESTAMP_COLUMNS = {
@@ -50,10 +52,6 @@ def status_colour(status: Any) -> str:
     except (TypeError, ValueError):
         return "#57606a"
     return {2: "#1a7f37", 3: "#0550ae", 4: "#bc4c00", 5: "#cf222e"}.get(family, "#57606a")
-
-
-def is_redirect(status: Any) -> bool:
-    return isinstance(status, int) and 300 <= status < 400
 
 
 # --- chains as a readable path ---------------------------------------------------------

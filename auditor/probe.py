@@ -28,6 +28,7 @@ from urllib.parse import unquote
 
 import httpx
 
+from auditor.redirects import FOLLOWED_STATUSES, is_redirect, next_hop
 from auditor.rows import INSERT_SQL, Capture, RowBuilder, TrustedProxies
 from auditor.schema import (
     SchemaError,
@@ -38,59 +39,22 @@ from auditor.schema import (
 )
 from auditor.writer import load_secret
 
-Action = Literal["keep", "get", "drop-body", "stop"]
+Action = Literal["keep", "get", "drop-body"]
 KEEP: Action = "keep"  # same method, body resent
 GET: Action = "get"  # GET without the body
 DROP_BODY: Action = "drop-body"  # same method, body dropped
-STOP: Action = "stop"  # the redirect is not followed
 
-REDIRECT_CODES = (301, 302, 303, 307, 308)
-_SAFE = {"GET": KEEP, "HEAD": KEEP}
-_FETCH = {  # Chromium form submit / fetch(), Node fetch (undici), aiohttp
-    301: {**_SAFE, "POST": GET, "*": KEEP},
-    302: {**_SAFE, "POST": GET, "*": KEEP},
-    303: {**_SAFE, "*": GET},
-    307: {"*": KEEP},
-    308: {"*": KEEP},
+# The clients probe replays, each the client family redirects.next_hop knows.
+FAMILIES = {
+    "browser": "Chromium",
+    "node": "Node fetch",
+    "aiohttp": "aiohttp",
+    "httpx": "httpx",
+    "requests": "requests",
+    "curl": "curl",
+    "urllib": "urllib",
 }
-
-# client -> status -> method ("*" for any other) -> what the follow-up is.
-CLIENT_BEHAVIOUR: dict[str, dict[int, dict[str, Action]]] = {
-    "browser": _FETCH,
-    "node": _FETCH,
-    "aiohttp": _FETCH,
-    "httpx": {
-        301: {**_SAFE, "POST": GET, "*": KEEP},
-        302: {**_SAFE, "*": GET},
-        303: {**_SAFE, "*": GET},
-        307: {"*": KEEP},
-        308: {"*": KEEP},
-    },
-    "requests": {
-        301: {**_SAFE, "POST": GET, "*": DROP_BODY},
-        302: {**_SAFE, "*": GET},
-        303: {**_SAFE, "*": GET},
-        307: {"*": KEEP},
-        308: {"*": KEEP},
-    },
-    # `curl -L --data` for POST (no -X), `curl -L -X METHOD --data` for the others.
-    "curl": {
-        301: {**_SAFE, "POST": GET, "*": DROP_BODY},
-        302: {**_SAFE, "POST": GET, "*": DROP_BODY},
-        303: {**_SAFE, "POST": GET, "*": DROP_BODY},
-        307: {"*": KEEP},
-        308: {"*": KEEP},
-    },
-    # urllib.request: HEAD becomes GET; only GET/HEAD, and POST on 301-303, are followed.
-    "urllib": {
-        301: {"GET": GET, "HEAD": GET, "POST": GET, "*": STOP},
-        302: {"GET": GET, "HEAD": GET, "POST": GET, "*": STOP},
-        303: {"GET": GET, "HEAD": GET, "POST": GET, "*": STOP},
-        307: {"GET": GET, "HEAD": GET, "*": STOP},
-        308: {"GET": GET, "HEAD": GET, "*": STOP},
-    },
-}
-CLIENTS = tuple(CLIENT_BEHAVIOUR)
+CLIENTS = tuple(FAMILIES)
 # Sent unless the caller sets User-Agent: findings then name the client being replayed
 # (versions are the ones client-behaviour.md measured).
 USER_AGENTS = {
@@ -120,18 +84,15 @@ class NextRequest:
 
 def next_request(client: str, method: str, status: int, body: bytes | None) -> NextRequest | None:
     """What ``client`` sends after answering ``method`` with ``status``; None: not followed."""
-    by_status = CLIENT_BEHAVIOUR[client].get(status)
-    if by_status is None:
-        return None
     method = method.upper()
-    action = by_status.get(method, by_status["*"])
-    if action == STOP:
+    hop = next_hop(FAMILIES[client], method, status)
+    if hop.method is None:
         return None
-    if action == GET:
-        return NextRequest("GET", None, action)
-    if action == DROP_BODY:
-        return NextRequest(method, None, action)
-    return NextRequest(method, body, action)
+    if hop.method != method:
+        return NextRequest(hop.method, None, GET)
+    if hop.body or method in ("GET", "HEAD"):
+        return NextRequest(method, body, KEEP)
+    return NextRequest(method, None, DROP_BODY)
 
 
 def describe(client: str, method: str, status: int, follow: NextRequest | None) -> str:
@@ -209,7 +170,7 @@ async def probe(
     ``same_host_only`` stops at a Location on another host (an in-process app
     cannot answer for it). ``on_hop`` sees each exchange (for recording).
     """
-    if client not in CLIENT_BEHAVIOUR:
+    if client not in FAMILIES:
         raise ValueError(f"unknown client {client!r}; one of {', '.join(CLIENTS)}")
     result = ProbeResult()
     seen: set[tuple[str, str]] = set()
@@ -239,8 +200,8 @@ async def probe(
             hop.location = response.headers.get("location")
             if on_hop:
                 on_hop(hop, request, response, started, time.time())
-            if hop.location is None or hop.status not in REDIRECT_CODES:
-                if 300 <= hop.status < 400 and hop.status != 304:
+            if hop.location is None or hop.status not in FOLLOWED_STATUSES:
+                if is_redirect(hop.status):
                     result.outcome = "redirect without Location"
                 return result
             follow = next_request(client, method, hop.status, body)

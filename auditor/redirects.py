@@ -18,6 +18,15 @@ TEMPORARY = frozenset({302, 303, 307})
 METHOD_PRESERVING = frozenset({307, 308})
 # A recorded response is a redirect for the audit: 3xx but 304 Not Modified.
 REDIRECT_SQL = "status between 300 and 399 and status != 304"
+
+
+def redirect_sql(alias: str) -> str:
+    """``REDIRECT_SQL`` for a table alias."""
+    return f"{alias}.status between 300 and 399 and {alias}.status != 304"
+
+
+# FOLLOWED_STATUSES as an SQL list: ``status in {FOLLOWED_SQL}``.
+FOLLOWED_SQL = "(301, 302, 303, 307, 308)"
 SAFE_METHODS = frozenset({"GET", "HEAD"})
 
 
@@ -58,12 +67,14 @@ def next_hop(client: str, method: str, status: int) -> NextHop:
         return NOT_FOLLOWED
     if method in SAFE_METHODS or status in METHOD_PRESERVING:
         return NextHop(method, method not in SAFE_METHODS)
+    if client == "curl" and method != "POST":  # curl -L -X METHOD keeps it, not its body
+        return NextHop(method, False)
     if status == 303 or method == "POST":
         return NextHop("GET", False)
     # PUT/PATCH/DELETE... on 301/302: the clients disagree.
     if client in ("requests", "httpx") and status == 302:
         return NextHop("GET", False)
-    if client in ("requests", "curl"):  # curl needs -X for these: it drops the body
+    if client == "requests":
         return NextHop(method, False)
     return NextHop(method, True)
 

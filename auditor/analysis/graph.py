@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any, NamedTuple
 
-from auditor.analysis.linking import REDIRECT_SQL, follow_up_method
+from auditor.redirects import REDIRECT_SQL, follow_up_method
 
 MAX_CHAIN_HOPS = 64  # static chains stop here (and at any revisited node)
 

@@ -26,9 +26,9 @@ from auditor.analysis.rules._hops import client_evidence, describe_evidence, pla
 from auditor.analysis.rules._subset import RESPONSES, ensure_responses
 from auditor.analysis.rules.base import AuditContext, Finding, StaticGraph, rule
 from auditor.analysis.rules.method import short
+from auditor.redirects import FOLLOWED_SQL, redirect_sql
 
 FAMILY = "chains"
-REDIRECT_STATUSES = "(301, 302, 303, 307, 308)"
 PERMANENT, TEMPORARY = (301, 308), (302, 303, 307)
 # Default redirect limits: Chromium and httpx 20, requests 30, curl -L 50.
 LIMITS = "Chromium and httpx give up after 20 redirects, requests after 30, curl -L after 50"
@@ -258,7 +258,7 @@ def self_redirect(ctx: AuditContext) -> Iterator[Finding]:
             f"""select {group_columns("r")}, r.user_agent as user_agent,
                        max(coalesce(r.x_forwarded_proto, r.forwarded)) as extra
                 from {RESPONSES} r
-                where r.status between 300 and 399 and r.location_url = r.url
+                where {redirect_sql("r")} and r.location_url = r.url
                 group by 1, 2, 3, 4, r.user_agent"""
         )
     )
@@ -298,7 +298,7 @@ def unfollowed_redirect(ctx: AuditContext) -> Iterator[Finding]:
     same_site = "r.scheme || '://' || r.host || '/'"
     hops = redirect_hops(
         ctx,
-        f"""r.status in {REDIRECT_STATUSES} and r.location_url is not null
+        f"""r.status in {FOLLOWED_SQL} and r.location_url is not null
             and r.location_url != r.url
             and substr(r.location_url, 1, length({same_site})) = {same_site}""",
     )

@@ -19,6 +19,7 @@ from auditor.analysis.rules._groups import Group, finding, framework_fix, groupe
 from auditor.analysis.rules._hops import client_evidence, places, redirect_hops
 from auditor.analysis.rules.base import AuditContext, Finding, rule
 from auditor.analysis.rules.method import short
+from auditor.redirects import FOLLOWED_SQL
 from auditor.rows import parse_forwarded
 
 # Statuses on which a Location means something (RFC 9110 §10.2.2): 201 names the
@@ -115,7 +116,7 @@ def missing_location(ctx: AuditContext) -> Iterator[Finding]:
     """A 301/302/303/307/308 that does not say where to go."""
     for group in grouped_requests(
         ctx,
-        "status in (301, 302, 303, 307, 308) and (location is null or trim(location) = '')",
+        f"status in {FOLLOWED_SQL} and (location is null or trim(location) = '')",
         target="null",
     ):
         yield finding(

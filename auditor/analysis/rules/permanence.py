@@ -29,6 +29,7 @@ from auditor.analysis.rules._groups import (
 from auditor.analysis.rules._hops import client_evidence, move_kind, places, redirect_hops
 from auditor.analysis.rules.base import SOURCE_SQL, AuditContext, Finding, rule
 from auditor.analysis.rules.method import short
+from auditor.redirects import FOLLOWED_SQL
 
 FAMILY = "permanence"
 DAY = 86400.0
@@ -353,7 +354,7 @@ def slash_redirect(ctx: AuditContext) -> Iterator[Finding]:
     A non-GET answered 301/302 this way is ``method-change-on-move``'s."""
     hops = redirect_hops(
         ctx,
-        """r.status in (301, 302, 303, 307, 308) and r.location_url is not null
+        f"""r.status in {FOLLOWED_SQL} and r.location_url is not null
            and (r.method in ('GET', 'HEAD') or r.status in (307, 308))""",
     )
     for place in places(h for h in hops if move_kind(h.url, h.target) == "slash"):
