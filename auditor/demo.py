@@ -8,8 +8,11 @@
    on a free port of 127.0.0.1 in a thread; the clients of ``demo_traffic``
    send phase 1, the marketing campaign changes, phase 2 follows. Stopping the
    server runs the lifespan shutdown, which flushes the recorder.
-3. ``audit_demo``: the real audit, with thresholds scaled down to a demo's
-   seconds (``DEMO_AUDIT_OPTIONS``).
+3. ``audit_demo``: the real audit with ``redirect-auditor audit``'s default
+   options, so ``redirect-auditor audit demo.db`` reports the same findings.
+4. ``check_findings``: the stored findings against ``demo_app.PLANTED`` (each
+   planted problem once, at its severity, and nothing else) and
+   ``demo_app.CORRECT_ROUTES`` (no finding at all).
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from urllib.parse import urlsplit
 import uvicorn
 
 from auditor.analysis.audit import AuditResult, audit
-from auditor.demo_app import CAMPAIGNS, CORRECT_ROUTES, EXPECTED_RULES, build_app, start_campaign
+from auditor.analysis.rules.base import AuditOptions
+from auditor.demo_app import CAMPAIGNS, CORRECT_ROUTES, PLANTED, Planted, build_app, start_campaign
 from auditor.demo_traffic import (
     Step,
     client_addresses,
@@ -48,14 +52,6 @@ from auditor.schema import (
 DEMO_MARKER_KEY = "demo"  # auditor_meta row that marks a database the demo may replace
 SIDE_FILES = ("-wal", "-shm", "-journal")
 STARTUP_TIMEOUT = 30.0
-
-# A 302 must look permanent within a demo's seconds, not a production week.
-DEMO_SPAN_SECONDS = 1.0
-DEMO_MIN_HITS = 20
-DEMO_AUDIT_OPTIONS: dict[str, Any] = {
-    "temporary_min_span_days": DEMO_SPAN_SECONDS / 86400,
-    "temporary_min_hits": DEMO_MIN_HITS,
-}
 
 # progress(what is happening, steps done, steps in total)
 Progress = Callable[[str, int, int], None]
@@ -220,18 +216,14 @@ def record_traffic(db_path: Path, progress: Progress | None = None) -> TrafficSu
     try:
         with serving(recorder) as base_url, demo_clients(base_url, addresses) as clients:
             summary = TrafficSummary(base_url, addresses)
-            span_start = 0.0
             for phase, steps in enumerate(phases, start=1):
                 if phase == 2:
                     start_campaign(app, CAMPAIGNS[1])
-                    report(f"campaign is now {CAMPAIGNS[1]!r}; letting the clock run", done, total)
-                    _wait_until(span_start + DEMO_SPAN_SECONDS)
+                    report(f"campaign is now {CAMPAIGNS[1]!r}", done, total)
                 for step in steps:
                     report(_describe(phase, step), done, total)
                     summary.requests_sent += clients[step.client].send(step)
                     done += 1
-                    if not span_start:  # after the first request of phase 1
-                        span_start = time.time()
             report("stopping the app (the recorder flushes)", done, total)
     finally:
         recorder.writer.close()
@@ -245,32 +237,37 @@ def _describe(phase: int, step: Step) -> str:
     return f"phase {phase}: {step.client} {step.method} {step.path}"
 
 
-def _wait_until(wall_time: float) -> None:
-    # Not synchronisation: the 302 on "/" must be seen over a span of real time.
-    delay = wall_time - time.time()
-    if delay > 0:
-        time.sleep(delay)
-
-
 # --- Audit and the expected result ----------------------------------------------------
 
 
 def audit_demo(db_path: Path) -> AuditResult:
-    """The real audit, with the demo's thresholds."""
-    return audit(db_path, **DEMO_AUDIT_OPTIONS)
+    """The real audit with ``redirect-auditor audit``'s default options."""
+    return audit(db_path, options=AuditOptions())
+
+
+Place = tuple[str, str, str]  # (rule, method, source)
 
 
 @dataclass
 class Expectations:
-    """How the stored findings compare with ``EXPECTED_RULES`` and ``CORRECT_ROUTES``."""
+    """How the stored findings compare with ``PLANTED`` and ``CORRECT_ROUTES``."""
 
-    found: set[str] = field(default_factory=set)
-    missing: list[str] = field(default_factory=list)  # expected rule ids not found
+    found: dict[Place, list[str]] = field(default_factory=dict)  # -> severity of each finding
+    missing: list[Planted] = field(default_factory=list)
+    repeated: list[tuple[Planted, int]] = field(default_factory=list)  # reported more than once
+    wrong_severity: list[tuple[Planted, list[str]]] = field(default_factory=list)
+    unplanted: list[Place] = field(default_factory=list)  # findings the app does not plant
     on_correct_routes: list[tuple[str, str]] = field(default_factory=list)  # (rule, route)
 
     @property
     def met(self) -> bool:
-        return not self.missing and not self.on_correct_routes
+        return not (
+            self.missing
+            or self.repeated
+            or self.wrong_severity
+            or self.unplanted
+            or self.on_correct_routes
+        )
 
 
 def _route_of(value: str | None) -> str | None:
@@ -283,12 +280,26 @@ def check_findings(db_path: Path) -> Expectations:
     """Read the ``findings`` table and compare it with the documented result."""
     conn = sqlite3.connect(f"{db_path.resolve().as_uri()}?mode=ro", uri=True)
     try:
-        rows = conn.execute("select rule, source, target from findings").fetchall()
+        rows = conn.execute(
+            "select rule, severity, method, source, target from findings order by id"
+        ).fetchall()
     finally:
         conn.close()
-    result = Expectations(found={rule for rule, _, _ in rows})
-    result.missing = [rule for rule in EXPECTED_RULES if rule not in result.found]
-    for rule, source, target in rows:
+    result = Expectations()
+    for rule, severity, method, source, _ in rows:
+        result.found.setdefault((rule, method or "", source), []).append(severity)
+    planted = {(p.rule, p.method, p.source): p for p in PLANTED}
+    for place, p in planted.items():
+        severities = result.found.get(place, [])
+        if not severities:
+            result.missing.append(p)
+            continue
+        if len(severities) > 1:
+            result.repeated.append((p, len(severities)))
+        if set(severities) != {p.severity}:
+            result.wrong_severity.append((p, severities))
+    result.unplanted = [place for place in result.found if place not in planted]
+    for rule, _, _, source, target in rows:
         for route in {_route_of(source), _route_of(target)}:
             if route in CORRECT_ROUTES:
                 result.on_correct_routes.append((rule, route))

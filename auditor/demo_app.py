@@ -1,10 +1,11 @@
 """The demo's example app: a small shop website that gets redirects wrong on purpose.
 
-Each route's docstring says which mistake (or which right thing) it shows and
-which rule id the audit should (or must not) report for it. ``EXPECTED_RULES``
-and ``CORRECT_ROUTES`` at the bottom are the documented result that
-``tests/test_demo.py`` checks. The traffic that exercises these routes is in
-``demo_traffic.py``.
+Each planted mistake's docstring names the one problem of the catalogue
+(docs/problems.md) that it plants, and the audit must report that problem once,
+at the severity ``PLANTED`` gives. Routes that do the right thing say so and must
+produce no finding. ``PLANTED`` and ``CORRECT_ROUTES`` at the bottom are the
+documented result that ``redirect-auditor demo`` and ``tests/test_demo.py``
+check. The traffic that exercises these routes is in ``demo_traffic.py``.
 
 The shop under ``/shop`` sits behind a TLS-terminating proxy and is served
 without ``--proxy-headers``, so it believes every request arrived over http.
@@ -13,6 +14,7 @@ without ``--proxy-headers``, so it believes every request arrived over http.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from urllib.parse import parse_qs
 
 from starlette.applications import Starlette
@@ -38,17 +40,25 @@ async def form_fields(request: Request) -> dict[str, str]:
     return {name: values[0] for name, values in parse_qs(body).items()}
 
 
-# --- Method semantics ---------------------------------------------------------------
+def sign_in_form(action: str = "") -> str:
+    return (
+        f'<form method="post" action="{action}"><input name="user">'
+        '<input name="password" type="password"><button>Sign in</button></form>'
+    )
+
+
+# --- Method and body ----------------------------------------------------------------
 
 
 async def login(request: Request) -> Response:
-    """Mistake: the login form's POST is answered with 302 Found.
+    """Mistake: the login form's POST is answered with 302 Found, then the account page.
 
-    Every client turns the POST into a GET (that is what 302 invites): rules
-    ``ambiguous-method-redirect``, ``method-changed`` and ``legacy-302``. Right: 303.
+    Post/redirect/get is the right pattern; only the code is old-fashioned (every
+    client turns the POST into a GET, as intended): ``post-redirect-get-302`` (info).
+    Right: 303 See Other.
     """
     if request.method == "GET":
-        return page("Sign in", '<form method="post"><input name="user"><button>Go</button></form>')
+        return page("Sign in", sign_in_form())
     await form_fields(request)
     return RedirectResponse("/account", status_code=302)
 
@@ -58,12 +68,31 @@ async def account(request: Request) -> Response:
     return page("Your account")
 
 
+async def members_login(request: Request) -> Response:
+    """Mistake: a FastAPI-style login form answered with ``RedirectResponse(url)``, whose
+    default status is 307 Temporary Redirect.
+
+    307 tells every client to re-send the form, password included, to the members'
+    home page, which takes only GET and answers 405: ``form-reposted-by-307`` (error:
+    a login route). Right: ``RedirectResponse(url, status_code=303)``.
+    """
+    if request.method == "GET":
+        return page("Members: sign in", sign_in_form())
+    await form_fields(request)
+    return RedirectResponse("/members/home")  # FastAPI's (Starlette's) default: 307
+
+
+async def members_home(request: Request) -> Response:
+    """The members' home page (GET only)."""
+    return page("Welcome back")
+
+
 async def subscribe_moved(request: Request) -> Response:
     """Mistake: an old form action answered with 301 to its new URL.
 
-    Clients follow the POST with a GET, which the new endpoint answers 405:
-    ``ambiguous-method-redirect``, ``method-changed``, ``method-change-broke-request``,
-    ``redirect-to-error``. Right: 308 keeps the POST and its body.
+    Clients follow the POST with a GET, which the new POST-only endpoint answers
+    405, and the e-mail address is lost: ``method-change-on-move`` (error). Right:
+    308 keeps the POST and its body.
     """
     return RedirectResponse("/newsletter/subscribe", status_code=301, headers=CACHE_A_DAY)
 
@@ -79,9 +108,8 @@ async def newsletter_subscribe(request: Request) -> Response:
 async def profile_moved(request: Request) -> Response:
     """Mistake: a PUT endpoint moved to /api/v2 with 301 instead of 308.
 
-    requests keeps the PUT on a 301 but drops its body, so the new endpoint
-    sees an empty PUT and answers 422: ``ambiguous-method-redirect``,
-    ``body-dropped``, ``redirect-to-error``.
+    requests keeps the PUT on a 301 but drops its body, so the new endpoint sees
+    an empty PUT and answers 422: ``method-change-on-move`` (error). Right: 308.
     """
     return RedirectResponse("/api/v2/profile", status_code=301, headers=CACHE_A_DAY)
 
@@ -96,52 +124,68 @@ async def profile(request: Request) -> Response:
     return JSONResponse({"name": "Ada"})
 
 
+async def feedback(request: Request) -> Response:
+    """Mistake: the feedback form's 303 points at a route declared for POST only.
+
+    303 rightly asks for a GET, and the target answers it 405: every client ends
+    on an error page: ``redirect-target-fails`` (error). Right: let
+    ``/feedback/received`` answer GET.
+    """
+    if request.method == "GET":
+        return page("Feedback", '<form method="post"><textarea name="message"></textarea>')
+    await form_fields(request)
+    return RedirectResponse("/feedback/received", status_code=303)
+
+
+async def feedback_received(request: Request) -> Response:
+    """Copied from the form handler, with its ``methods=["POST"]``."""
+    return page("Thanks for your feedback")
+
+
 # --- Chains, loops and trailing slashes --------------------------------------------
 
 
 async def old_blog_post(request: Request) -> Response:
-    """Mistake, hop 1 of a 3-hop chain: the 2019 URL scheme moved (301) ...
-
-    ... to ``/blog/{slug}``, which a later redesign sends (302) to
-    ``/posts/{slug}``, which the router sends (307) to ``/posts/{slug}/``:
-    ``redirect-chain``, ``mixed-permanence-chain``, ``slash-redirect``, ``legacy-302``.
-    Right: one 301 straight to the final URL.
+    """Mistake, hop 1 of a 2-hop chain: the 2019 URL scheme moved (301) to
+    ``/blog/{slug}``, which a later redesign moved again (301) to ``/posts/{slug}``:
+    ``redirect-chain`` (warning). Right: one 301 straight to the final URL.
     """
     slug = request.path_params["slug"]
     return RedirectResponse(f"/blog/{slug}", status_code=301, headers=CACHE_A_DAY)
 
 
 async def blog_post(request: Request) -> Response:
-    """Hop 2 of the chain: the blog moved to /posts, "temporarily" (302)."""
-    return RedirectResponse(f"/posts/{request.path_params['slug']}", status_code=302)
+    """Hop 2 of the chain: the blog moved to /posts."""
+    slug = request.path_params["slug"]
+    return RedirectResponse(f"/posts/{slug}", status_code=301, headers=CACHE_A_DAY)
 
 
 async def post(request: Request) -> Response:
-    """The final page. Its route ends in a slash, so ``/posts/{slug}`` is redirected
-    (307) by Starlette's ``redirect_slashes``: hop 3, ``slash-redirect``."""
+    """The final page."""
     return page(f"Post {request.path_params['slug']}")
 
 
 async def docs(request: Request) -> Response:
     """Mistake: links point at ``/docs`` but the route is ``/docs/``.
 
-    Every visit costs a round trip through Starlette's automatic 307: ``slash-redirect``.
+    Every visit costs a round trip through Starlette's automatic 307
+    (``redirect_slashes``): ``slash-redirect`` (info).
     """
     return page("Documentation")
 
 
 async def settings(request: Request) -> Response:
-    """Mistake, half of a loop: settings were renamed to preferences (302) ...
+    """Mistake, half of a loop: settings were renamed to preferences (307) ...
 
-    ... and preferences were later "moved back" to settings (302). Clients go
-    round until they give up: ``redirect-loop`` (and ``legacy-302``).
+    ... and preferences were later "moved back" to settings (307). Clients go
+    round until they give up: ``redirect-loop`` (error).
     """
-    return RedirectResponse("/account/preferences", status_code=302)
+    return RedirectResponse("/account/preferences")
 
 
 async def preferences(request: Request) -> Response:
     """The other half of the loop."""
-    return RedirectResponse("/account/settings", status_code=302)
+    return RedirectResponse("/account/settings")
 
 
 # --- Permanence and caching ---------------------------------------------------------
@@ -150,12 +194,12 @@ async def preferences(request: Request) -> Response:
 async def promo(request: Request) -> Response:
     """Mistake: the marketing URL is a 301 whose target changes with each campaign.
 
-    Browsers cache a 301 (heuristically forever, since it has no Cache-Control),
-    so returning visitors keep landing on last season's sale:
-    ``permanent-target-changed``, ``permanent-without-cache-control``. Right: 302/307.
+    Browsers cache a 301 (here for a day; without Cache-Control heuristically for
+    as long as they like), so returning visitors land on last season's sale:
+    ``permanent-target-changed`` (warning). Right: 307.
     """
     campaign = request.app.state.campaign
-    return RedirectResponse(f"/sale/{campaign}", status_code=301)
+    return RedirectResponse(f"/sale/{campaign}", status_code=301, headers=CACHE_A_DAY)
 
 
 async def sale(request: Request) -> Response:
@@ -163,9 +207,25 @@ async def sale(request: Request) -> Response:
     return page(f"The {request.path_params['campaign']} sale")
 
 
+async def about_us(request: Request) -> Response:
+    """Mistake: the about page moved for good with 301 and no Cache-Control, so each
+    browser decides how long to remember it: ``permanent-without-cache-control``
+    (info). Right: say so, e.g. ``Cache-Control: max-age=86400``.
+    """
+    return RedirectResponse("/about", status_code=301)
+
+
+async def about(request: Request) -> Response:
+    """The about page."""
+    return page("About the shop")
+
+
 async def home(request: Request) -> Response:
-    """Mistake: the home page has sent everyone to the dashboard with a "temporary"
-    302 since launch: ``temporary-looks-permanent``, ``legacy-302``. Right: 301/308.
+    """Mistake: the home page sends everyone to the dashboard with 302 Found, where 307
+    says what is meant: ``legacy-302`` (info).
+
+    It never changes, so after a week and 100 hits of real traffic the audit would
+    add ``temporary-looks-permanent``; the demo's seconds of traffic cannot show that.
     """
     return RedirectResponse("/dashboard", status_code=302)
 
@@ -181,17 +241,18 @@ async def dashboard(request: Request) -> Response:
 async def login_return(request: Request) -> Response:
     """Mistake: after sign-in, send the user to ``?next=`` without checking it.
 
-    ``/login/return?next=https://evil.example/`` sends users off-site:
-    ``open-redirect`` (CWE-601), and ``legacy-302``. Right: accept only local paths.
+    ``/login/return?next=https://evil.example/`` sends users off-site, whichever
+    host the link names: ``open-redirect`` (error, CWE-601). Right: accept only
+    local paths.
     """
-    return RedirectResponse(request.query_params.get("next", "/account"), status_code=302)
+    return RedirectResponse(request.query_params.get("next", "/account"))
 
 
 async def shop_add_to_cart(request: Request) -> Response:
     """Mistake: behind a TLS-terminating proxy, without ``--proxy-headers``, the app
     builds its Location from ``request.url_for``, which says ``http://``.
 
-    303 after the POST is right; the scheme is not: ``scheme-downgrade``.
+    303 after the POST is right; the scheme is not: ``scheme-downgrade`` (error).
     """
     await form_fields(request)
     return RedirectResponse(request.url_for("cart"), status_code=303)
@@ -207,7 +268,7 @@ async def shop_cart(request: Request) -> Response:
 
 async def order(request: Request) -> Response:
     """Mistake: ``DELETE /api/v2/orders/{id}`` answers 200 with an empty body:
-    ``delete-200-no-content``. Right: 204 No Content."""
+    ``delete-200-no-content`` (info). Right: 204 No Content."""
     if request.method == "DELETE":
         return Response(status_code=200)
     return JSONResponse({"id": request.path_params["order_id"], "status": "open"})
@@ -217,8 +278,8 @@ async def order(request: Request) -> Response:
 
 
 async def contact(request: Request) -> Response:
-    """Right: post/redirect/get with 303 See Other. Every client follows with a GET,
-    as intended. Must not trigger ``method-changed`` or ``ambiguous-method-redirect``."""
+    """Right: post/redirect/get with 303 See Other to a page that answers GET. Every
+    client follows with a GET, as intended: no finding."""
     if request.method == "GET":
         return page("Contact us", '<form method="post"><textarea name="message"></textarea>')
     await form_fields(request)
@@ -232,8 +293,7 @@ async def contact_thanks(request: Request) -> Response:
 
 async def orders_v1(request: Request) -> Response:
     """Right: the API moved from /v1 to /v2 with 308 Permanent Redirect and an explicit
-    max-age. Every client keeps the method and the body. Must not trigger
-    ``method-changed``, ``body-dropped`` or ``permanent-without-cache-control``."""
+    max-age. Every client keeps the method and the body: no finding."""
     return RedirectResponse("/api/v2/orders", status_code=308, headers=CACHE_A_DAY)
 
 
@@ -249,8 +309,7 @@ async def orders_v2(request: Request) -> Response:
 
 async def avatar_upload(request: Request) -> Response:
     """Right: during the storage migration, avatar uploads are sent on with 307
-    Temporary Redirect, which keeps the PUT and its body. Must not trigger
-    ``method-not-preserved``, ``body-dropped`` or ``legacy-302``."""
+    Temporary Redirect, which keeps the PUT and its body: no finding."""
     return RedirectResponse("/storage/avatar", status_code=307)
 
 
@@ -276,6 +335,8 @@ def build_app() -> Starlette:
             Route("/dashboard", dashboard),
             Route("/login", login, methods=["GET", "POST"]),
             Route("/login/return", login_return),
+            Route("/members/login", members_login, methods=["GET", "POST"]),
+            Route("/members/home", members_home),
             Route("/account", account),
             Route("/account/settings", settings),
             Route("/account/preferences", preferences),
@@ -283,12 +344,16 @@ def build_app() -> Starlette:
             Route("/newsletter/subscribe", newsletter_subscribe, methods=["POST"]),
             Route("/api/profile", profile_moved, methods=["PUT"]),
             Route("/api/v2/profile", profile, methods=["GET", "PUT"]),
+            Route("/feedback", feedback, methods=["GET", "POST"]),
+            Route("/feedback/received", feedback_received, methods=["POST"]),
             Route("/blog/2019/{slug}", old_blog_post),
             Route("/blog/{slug}", blog_post),
-            Route("/posts/{slug}/", post),
+            Route("/posts/{slug}", post),
             Route("/docs/", docs),
             Route("/promo", promo),
             Route("/sale/{campaign}", sale),
+            Route("/about-us", about_us),
+            Route("/about", about),
             Route("/contact", contact, methods=["GET", "POST"]),
             Route("/contact/thanks", contact_thanks),
             Route("/api/v1/orders", orders_v1, methods=["GET", "POST"]),
@@ -310,29 +375,110 @@ def start_campaign(app: Starlette, campaign: str) -> None:
     app.state.campaign = campaign
 
 
-# The rule ids the demo must produce (each is caused by the routes named).
-EXPECTED_RULES: dict[str, str] = {
-    "ambiguous-method-redirect": "POST /login (302), POST /subscribe and PUT /api/profile (301)",
-    "method-changed": "POST /login and POST /subscribe followed with a GET",
-    "method-change-broke-request": "POST /subscribe -> GET /newsletter/subscribe -> 405",
-    "body-dropped": "PUT /api/profile -301-> the requests-like client's bodiless PUT",
-    "redirect-to-error": "chains from /subscribe and /api/profile that end in 4xx",
-    "slash-redirect": "/docs -> /docs/ and /posts/{slug} -> /posts/{slug}/",
-    "redirect-chain": "/blog/2019/{slug} -> /blog/{slug} -> /posts/{slug} -> /posts/{slug}/",
-    "mixed-permanence-chain": "the blog chain mixes 301, 302 and 307",
-    "redirect-loop": "/account/settings <-> /account/preferences",
-    "permanent-target-changed": "/promo: 301 to /sale/spring, then to /sale/summer",
-    "permanent-without-cache-control": "/promo's 301 has no Cache-Control",
-    "temporary-looks-permanent": "/ -> 302 /dashboard, unchanged and hit often",
-    "legacy-302": "the 302s of /login, /, /blog/{slug}, /account/*, /login/return",
-    "scheme-downgrade": "https POST /shop/cart/items -> 303 http://.../shop/cart",
-    "open-redirect": "/login/return?next=https://evil.example/...",
-    "delete-200-no-content": "DELETE /api/v2/orders/{order_id} -> 200, empty",
-}
+@dataclass(frozen=True)
+class Planted:
+    """One problem the app plants on purpose: the audit must report it once, here."""
+
+    rule: str  # the problem id (docs/problems.md)
+    severity: str
+    method: str
+    source: str  # the route template the finding names
+    how: str
+
+
+# The problems the demo must produce, one finding each (and no other finding).
+PLANTED: tuple[Planted, ...] = (
+    Planted(
+        "method-change-on-move",
+        "error",
+        "POST",
+        "/subscribe",
+        "old form action 301 to a POST-only endpoint: the GET follow-ups get 405",
+    ),
+    Planted(
+        "method-change-on-move",
+        "error",
+        "PUT",
+        "/api/profile",
+        "API moved to /api/v2 with 301: requests re-sends the PUT without its body, 422",
+    ),
+    Planted(
+        "form-reposted-by-307",
+        "error",
+        "POST",
+        "/members/login",
+        "login form answered RedirectResponse's default 307: the password is re-posted",
+    ),
+    Planted(
+        "redirect-target-fails",
+        "error",
+        "POST",
+        "/feedback",
+        "303 to a POST-only page: the GET it asks for gets 405",
+    ),
+    Planted(
+        "redirect-loop",
+        "error",
+        "GET",
+        "/account/settings",
+        "/account/settings <-> /account/preferences",
+    ),
+    Planted(
+        "open-redirect",
+        "error",
+        "GET",
+        "/login/return",
+        "?next= taken unchecked: one finding for every attacker URL",
+    ),
+    Planted(
+        "scheme-downgrade",
+        "error",
+        "POST",
+        "/shop/cart/items",
+        "https POST behind the TLS proxy -> 303 http://.../shop/cart",
+    ),
+    Planted(
+        "redirect-chain",
+        "warning",
+        "GET",
+        "/blog/2019/{slug}",
+        "/blog/2019/{slug} -301-> /blog/{slug} -301-> /posts/{slug}",
+    ),
+    Planted(
+        "permanent-target-changed",
+        "warning",
+        "GET",
+        "/promo",
+        "301 to /sale/spring, then to /sale/summer",
+    ),
+    Planted(
+        "post-redirect-get-302",
+        "info",
+        "POST",
+        "/login",
+        "login form answered 302 then GET /account: right pattern, say 303",
+    ),
+    Planted(
+        "permanent-without-cache-control",
+        "info",
+        "GET",
+        "/about-us",
+        "301 to /about without Cache-Control",
+    ),
+    Planted("legacy-302", "info", "GET", "/", "302 to /dashboard where 307 is meant"),
+    Planted("slash-redirect", "info", "GET", "/docs", "Starlette's 307 from /docs to /docs/"),
+    Planted(
+        "delete-200-no-content",
+        "info",
+        "DELETE",
+        "/api/v2/orders/{order_id:int}",
+        "DELETE answered 200 with an empty body",
+    ),
+)
 
 # Routes that do the right thing and must produce no finding (as source or target).
 CORRECT_ROUTES: dict[str, str] = {
-    "/contact": "POST answered 303 See Other (post/redirect/get)",
+    "/contact": "POST answered 303 See Other to a page that answers GET (post/redirect/get)",
     "/contact/thanks": "where the 303 lands",
     "/api/v1/orders": "API moved with 308 and an explicit max-age: method and body kept",
     "/api/v2/orders": "where the 308 lands",

@@ -14,7 +14,7 @@ from auditor import demo as demoing
 from auditor import explore as exploring
 from auditor.analysis.audit import AuditResult
 from auditor.analysis.report import SEVERITY_STYLE, drops_line, summary_line, where
-from auditor.demo_app import EXPECTED_RULES
+from auditor.demo_app import PLANTED
 from auditor.demo_traffic import CLIENTS
 from cli.common import console, err_console, fail
 
@@ -24,11 +24,15 @@ def print_findings(result: AuditResult, origin: str) -> None:
     legend = ", ".join(f"[{style}]{severity}[/]" for severity, style in SEVERITY_STYLE.items())
     table = Table(title=f"{len(result.findings)} findings ({legend})", title_justify="left")
     table.add_column("Rule", no_wrap=True)
+    table.add_column("Severity", no_wrap=True)
     table.add_column("Where", overflow="fold")
     table.add_column("Hits", justify="right")
     for f in result.findings:
         target = f" → {f.target.removeprefix(origin)}" if f.target else ""
-        table.add_row(f"[{SEVERITY_STYLE[f.severity]}]{f.rule}[/]", where(f) + target, str(f.hits))
+        style = SEVERITY_STYLE[f.severity]
+        table.add_row(
+            f"[{style}]{f.rule}[/]", f"[{style}]{f.severity}[/]", where(f) + target, str(f.hits)
+        )
     console.print(table)
     console.print(summary_line(result), style="bold", highlight=False)
     if drops_line(result):
@@ -59,24 +63,41 @@ def _report(db: Path, result: AuditResult, origin: str, expectations: demoing.Ex
         f"Why each one matters and how to fix it: redirect-auditor audit {db}",
         highlight=False,
     )
-    if expectations.missing:
-        console.print(
-            f"[yellow]Expected but not found:[/] {', '.join(expectations.missing)}",
-            highlight=False,
+    for line in expectation_lines(expectations):
+        console.print(line, highlight=False)
+
+
+def expectation_lines(expectations: demoing.Expectations) -> list[str]:
+    """What the findings say about the problems the app plants and the routes it gets right."""
+    lines = []
+    if not (expectations.missing or expectations.repeated or expectations.wrong_severity):
+        lines.append(
+            f"Each of the {len(PLANTED)} problems the demo app plants on purpose was found "
+            "once, at its severity" + (", and nothing else." if expectations.met else ".")
         )
-    else:
-        console.print(
-            f"All {len(EXPECTED_RULES)} rules the demo app triggers on purpose were found."
+    for p in expectations.missing:
+        lines.append(f"[yellow]Planted but not found:[/] {p.rule} at {p.method} {p.source}")
+    for p, times in expectations.repeated:
+        lines.append(
+            f"[yellow]Planted once, reported {times} times:[/] {p.rule} at {p.method} {p.source}"
         )
+    for p, severities in expectations.wrong_severity:
+        lines.append(
+            f"[yellow]Planted as {p.severity}, reported as {', '.join(sorted(set(severities)))}:[/]"
+            f" {p.rule} at {p.method} {p.source}"
+        )
+    for rule, method, source in expectations.unplanted:
+        where = " ".join(part for part in (method, source) if part)
+        lines.append(f"[yellow]Reported but not planted:[/] {rule} at {where}")
     if expectations.on_correct_routes:
         wrong = ", ".join(f"{rule} on {route}" for rule, route in expectations.on_correct_routes)
-        console.print(f"[yellow]Findings on routes that are right on purpose:[/] {wrong}")
+        lines.append(f"[yellow]Findings on routes that are right on purpose:[/] {wrong}")
     else:
-        console.print(
+        lines.append(
             "No finding on the routes that are right on purpose "
-            "(303 after POST, 308 for the moved API, 307 keeping the method).",
-            highlight=False,
+            "(303 after a POST, 308 for the moved API, 307 keeping a PUT)."
         )
+    return lines
 
 
 def _serve(db: Path, port: int) -> None:
@@ -146,9 +167,8 @@ def _record_and_audit(db: Path) -> tuple[str, AuditResult]:
         highlight=False,
     )
     console.print(
-        "Auditing with demo thresholds: temporary-looks-permanent after "
-        f"{demoing.DEMO_SPAN_SECONDS:g} s and {demoing.DEMO_MIN_HITS} hits "
-        "(the defaults are 7 days and 100 hits).",
+        f"Auditing with the default options of redirect-auditor audit {db}, which reports "
+        "the same findings.",
         highlight=False,
     )
     return traffic.base_url, demoing.audit_demo(db)

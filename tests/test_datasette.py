@@ -10,8 +10,17 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from auditor import RedirectRecorder
+from auditor.analysis.audit import audit
 from auditor.explore import build_datasette, build_metadata, database_names, load_metadata
-from tests.servers import ROOT
+from tests.servers import ROOT, serve_in_thread
 from tests.test_datasette_fixture import (  # noqa: F401 - pytest fixtures
     BROWSER_UA,
     CURL_UA,
@@ -106,27 +115,119 @@ def test_findings_by_severity_puts_errors_first(audited_db: Path) -> None:
     keys = [(ranks[r["severity"]], -r["hits"]) for r in rows]
     assert len(rows) == sql(audited_db, "select count(*) from findings")[0][0] > 0
     assert keys == sorted(keys)
-    only = query(audited_db, "findings_by_severity", rule="method-changed")
-    assert {r["rule"] for r in only} == {"method-changed"}
+    only = query(audited_db, "findings_by_severity", rule="post-redirect-get-302")
+    assert {r["rule"] for r in only} == {"post-redirect-get-302"}
     assert {r["source"] for r in only} == {"/login"}
+    (login,) = only
+    clients = {c["client"]: c for c in json.loads(login["evidence"])["clients"]}
+    assert clients["curl"]["outcomes"] == [
+        {"method": "GET", "body": "dropped", "status": 200, "count": 1}
+    ]
 
 
-def test_method_changing_redirects_name_the_clients(audited_db: Path) -> None:
-    rows = query(audited_db, "method_changing_redirects", route="")
-    login = [r for r in rows if r["source"] == "/login"]
-    assert len(login) == 1
-    assert login[0] | {"user_agents": None, "example_request_id": None} == {
-        "source": "/login",
+def test_findings_by_client_spreads_the_evidence(audited_db: Path) -> None:
+    rows = query(audited_db, "findings_by_client", rule="post-redirect-get-302")
+    assert {(r["source"], r["client"]): r["requests"] for r in rows} == {
+        ("/login", BROWSER_UA): 2,
+        ("/login", "curl"): 1,
+    }
+    assert all(r["followed"] == r["requests"] and r["not_followed"] == 0 for r in rows)
+    assert query(audited_db, "findings_by_client", rule="no-such-problem") == []
+
+
+# --- Clients' follow-ups: changes only where the status did not ask for them ----------
+
+
+async def contact(request: Request) -> Response:
+    await request.body()
+    return RedirectResponse("/thanks", status_code=303)
+
+
+async def old_form(request: Request) -> Response:
+    return RedirectResponse("/form", status_code=307)
+
+
+async def old_profile(request: Request) -> Response:
+    return RedirectResponse("/v2/profile", status_code=301)
+
+
+async def echo(request: Request) -> Response:
+    return PlainTextResponse(f"{request.method} {len(await request.body())} bytes")
+
+
+FOLLOW_UPS_APP = Starlette(
+    routes=[
+        Route("/contact", contact, methods=["POST"]),
+        Route("/thanks", echo),
+        Route("/old-form", old_form, methods=["POST"]),
+        Route("/form", echo, methods=["POST"]),
+        Route("/profile", old_profile, methods=["PUT"]),
+        Route("/v2/profile", echo, methods=["PUT"]),
+    ]
+)
+
+
+@pytest.fixture(scope="module")
+def follow_ups_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """httpx following as it does, and two clients' quirks sent by hand: curl -L -X POST
+    (keeps POST on a 303, without the body) and requests (drops a PUT's body on 301)."""
+    path = tmp_path_factory.mktemp("follow-ups") / f"{DB}.db"
+    recorder = RedirectRecorder(FOLLOW_UPS_APP, path)
+    try:
+        with serve_in_thread(recorder) as base, httpx.Client(base_url=base) as client:
+            form = {"message": "hello"}
+            client.post("/contact", data=form, follow_redirects=True)  # 303: GET, as asked
+            client.post("/old-form", data=form, follow_redirects=True)  # 307: re-posted
+            client.put("/profile", json={"name": "ada"}, follow_redirects=True)  # 301: PUT kept
+            sent = client.post("/contact", data=form, headers={"user-agent": CURL_UA})
+            client.post(sent.headers["location"], headers={"user-agent": CURL_UA})
+            sent = client.put("/profile", json={"name": "bob"}, headers={"user-agent": "req"})
+            client.put(sent.headers["location"], headers={"user-agent": "req"})
+    finally:
+        recorder.writer.close()
+    audit(path)
+    return path
+
+
+def test_follow_ups_per_redirect_flags_only_unasked_changes(
+    follow_ups_db: Path, audited_db: Path
+) -> None:
+    rows = query(follow_ups_db, "follow_ups_per_redirect", route="")
+    seen = {
+        (r["route_or_path"], r["status"], r["follow_up_method"], r["body"]): r["unasked_change"]
+        for r in rows
+    }
+    assert seen == {
+        ("/contact", 303, "GET", "dropped"): "",  # post/redirect/get done right
+        ("/contact", 303, "POST", "dropped"): "sent POST, not GET; body dropped",
+        ("/old-form", 307, "POST", "kept"): "",
+        ("/profile", 301, "PUT", "kept"): "",
+        ("/profile", 301, "PUT", "dropped"): "body dropped",
+    }
+    assert rows[0]["unasked_change"]  # unasked changes first
+    assert query(follow_ups_db, "follow_ups_per_redirect", route="/old-form")[0]["follow_ups"] == 1
+
+    (login,) = [
+        r
+        for r in query(audited_db, "follow_ups_per_redirect", route="/login")
+        if r["follow_up_method"] == "GET"
+    ]
+    assert login | {"user_agents": None, "example_request_id": None} == {
+        "route_or_path": "/login",
         "method": "POST",
         "status": 302,
+        "expected_method": "POST",
         "follow_up_method": "GET",
-        "hits": 3,
+        "body": "dropped",
+        "unasked_change": "sent GET, not POST; body dropped",
+        "follow_up_statuses": "200",
+        "follow_ups": 3,
+        "ambiguous_links": 0,
         "clients": 1,  # one loopback address: the client key is a hash of it
         "user_agents": None,
         "example_request_id": None,
     }
-    assert set(login[0]["user_agents"].split(",")) == {BROWSER_UA, CURL_UA}
-    assert query(audited_db, "method_changing_redirects", route="/old") == []
+    assert set(login["user_agents"].split(",")) == {BROWSER_UA, CURL_UA}
 
 
 def test_longest_chains_lists_the_two_hop_chain(audited_db: Path) -> None:
@@ -148,7 +249,7 @@ def test_redirect_loops_groups_the_loop(audited_db: Path) -> None:
 
 
 def test_temporary_vs_permanent_shows_the_evidence(audited_db: Path) -> None:
-    rows = {r["source"]: r for r in query(audited_db, "temporary_vs_permanent")}
+    rows = {r["route_or_path"]: r for r in query(audited_db, "temporary_vs_permanent")}
     assert rows["/a"]["statuses"] == "302"
     assert rows["/a"]["looks_like"] == "temporary redirect with one target"
     assert rows["/old"]["statuses"] == "301"
@@ -162,6 +263,8 @@ def test_security_query_has_open_redirect_and_downgrade(audited_db: Path) -> Non
     by_rule = {r["rule"]: r for r in rows}
     assert by_rule["open-redirect"]["source"] == "/go"
     assert by_rule["open-redirect"]["example_location"] == "https://evil.example/phish"
+    assert by_rule["open-redirect"]["parameter"] == "next"
+    assert json.loads(by_rule["open-redirect"]["example_targets"]) == ["https://evil.example/phish"]
     assert by_rule["scheme-downgrade"]["source"] == "/secure"
     assert by_rule["scheme-downgrade"]["example_location"].startswith("http://127.0.0.1:")
 
@@ -182,10 +285,10 @@ def test_redirects_over_time_counts_every_redirect(audited_db: Path) -> None:
 def test_top_redirect_sources_ranks_the_loop_first(audited_db: Path) -> None:
     rows = query(audited_db, "top_redirect_sources")
     total = sql(audited_db, "select count(*) from requests")[0][0]
-    assert rows[0]["source"] == "/loop/{n:int}"
+    assert rows[0]["route_or_path"] == "/loop/{n:int}"
     assert rows[0]["redirects"] == 6
     assert rows[0]["percent_of_traffic"] == round(100 * 6 / total, 2)
-    assert {"/login", "/old", "/go", "/secure", "/xss"} <= {r["source"] for r in rows}
+    assert {"/login", "/old", "/go", "/secure", "/xss"} <= {r["route_or_path"] for r in rows}
 
 
 def test_client_timeline_shows_a_post_and_its_follow_up(audited_db: Path) -> None:
@@ -206,11 +309,13 @@ def test_client_timeline_shows_a_post_and_its_follow_up(audited_db: Path) -> Non
 def test_findings_link_to_example_request_and_chain(audited_db: Path) -> None:
     ((request_id, chain_id),) = sql(
         audited_db,
-        "select example_request_id, example_chain_id from findings where rule = 'method-changed'",
+        "select example_request_id, example_chain_id from findings "
+        "where rule = 'post-redirect-get-302'",
     )
-    page = fetch([audited_db], f"/{DB}/findings?rule=method-changed")
+    page = fetch([audited_db], f"/{DB}/findings?rule=post-redirect-get-302")
     assert f'href="/{DB}/requests/{request_id}"' in page
     assert f'href="/{DB}/chains/{chain_id}"' in page
+    assert "col-evidence" in page and "per client family" in page  # the column's description
     chain = fetch([audited_db], f"/{DB}/chains/{chain_id}")
     assert f'href="/{DB}/requests/{request_id}"' in chain
 
