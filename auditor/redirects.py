@@ -99,13 +99,14 @@ _FAMILIES = (
 @lru_cache(maxsize=4096)
 def client_family(user_agent: str | None) -> str:
     """``httpx``, ``requests``, ``curl``, ``urllib``, ``Chromium``… from a User-Agent;
-    an unknown one is shown as sent (shortened), a missing one as ``no User-Agent``."""
+    an unknown one by its first product name, a missing one as ``no User-Agent``."""
     if not user_agent:
         return "no User-Agent"
     for pattern, family in _FAMILIES:
         if pattern.search(user_agent):
             return family
-    return user_agent if len(user_agent) <= 40 else user_agent[:39] + "…"
+    product = user_agent.split(None, 1)[0].split("/", 1)[0]  # "fixture-browser/1.0 (x)"
+    return product if len(product) <= 40 else product[:39] + "…"
 
 
 def clients_doing(method: str, status: int, outcome: NextHop) -> list[str]:

@@ -160,11 +160,6 @@ def test_nothing_is_reported_that_the_app_does_not_plant(runs: tuple[DemoRun, De
     assert unplanted == set()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="rules: a loop is reported once where clients entered it and again from the "
-    "static graph's smallest URL (chains.redirect_loop de-duplicates by source)",
-)
 def test_the_planted_loop_is_reported_once(runs: tuple[DemoRun, DemoRun]) -> None:
     first, _ = runs
     assert places(first.findings)[LOOP_REPORTED_AGAIN] == 0

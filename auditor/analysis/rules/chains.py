@@ -206,11 +206,14 @@ def redirect_loop(ctx: AuditContext) -> Iterator[Finding]:
     distinct_urls = (
         "(select count(distinct json_extract(j.value, '$.url')) from json_each(c.hops) j) > 1"
     )
-    seen: set[str] = set()
+    reported: set[str] = set()  # the URLs of the loops reported: one finding per loop
     # A loop's final URL is one it already visited: the target shown is the first hop's.
     loops = f"c.outcome = 'loop' and {distinct_urls}"
     for g in observed_chains(ctx, loops, target_sql="r.location_url"):
-        seen.add(g.source)
+        urls = _chain_urls(ctx, g.example_chain_id)
+        if urls & reported:
+            continue  # the same loop, entered at another URL
+        reported |= urls
         message = (
             f"{plural(g.hits, 'request')} to {g.method} {g.source} ran into a redirect loop: "
             f"{example_path(g)}. {LIMITS} and show an error; sent by "
@@ -219,13 +222,20 @@ def redirect_loop(ctx: AuditContext) -> Iterator[Finding]:
         yield finding(ctx, "redirect-loop", g, message, loop_fix(g, [g.source]))
     for loop in static_loops(ctx):
         g = loop.group
-        if g.source in seen or len(set(loop.urls)) < 2:
+        if set(loop.urls) & reported or len(set(loop.urls)) < 2:
             continue
+        reported |= set(loop.urls)
         message = (
             f"The recorded redirects form a loop: {url_set(loop.urls)}. Any client that follows "
             f"it fails: {LIMITS}."
         )
         yield finding(ctx, "redirect-loop", g, message, loop_fix(g, loop.urls))
+
+
+def _chain_urls(ctx: AuditContext, chain_id: int | None) -> set[str]:
+    """The URLs a chain visited."""
+    row = ctx.conn.execute("select hops from chains where id = ?", (chain_id,)).fetchone()
+    return {hop["url"] for hop in json.loads(row[0])} if row else set()
 
 
 def loop_fix(group: Group, urls: list[str]) -> str:
