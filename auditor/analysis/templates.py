@@ -9,26 +9,33 @@ findings by place, so it infers each path's template here in two steps:
    redaction markers (``{redacted:...}``) -> ``{redacted}``.
 2. Across paths (:func:`infer_templates`): a segment position becomes ``{slug}`` when,
    with the segments before it (already templated) and the segments after it
-   (templated) fixed, it takes at least ``min_variants`` distinct values. Other paths
-   at that position whose values are all among those values follow
-   (``/blog/{slug}/edit/`` once ``/blog/{slug}/`` is known).
+   (templated) fixed, it takes at least ``min_variants`` distinct values (the first
+   segment: ``TOP_LEVEL_FACTOR`` times more). Other paths with the same segments
+   before it and one of those values there follow (``/blog/{slug}/edit/`` once
+   ``/blog/{slug}/`` is known).
 
 Trailing slashes are kept (``/a/{id}/`` is not ``/a/{id}``); a query string is dropped.
 """
 
 from __future__ import annotations
 
+import gc
 import re
-from collections import Counter
-from collections.abc import Iterable
-from itertools import compress, groupby, repeat
-from operator import getitem, itemgetter, not_
+from collections import Counter, deque
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from itertools import compress, count, groupby, repeat
+from operator import and_, getitem, itemgetter, not_
 
 # Static routes under one parent with one suffix (allauth's /accounts/<view>/, the
 # models of one Django admin app, a DRF API's resources) are usually fewer than this;
 # a slug or username position in weeks of traffic reaches it quickly. Merging two
 # routes hides one of them, splitting one route only repeats it, so err high.
 DEFAULT_MIN_VARIANTS = 10
+# The first segment needs this many times more: a site's top level is where static
+# pages pile up (about, pricing, login, terms, ...), often past ten. Beyond forty,
+# one view serves them (usernames, CMS pages).
+TOP_LEVEL_FACTOR = 4
 
 ID, UUID, HEX, DATE, REDACTED, SLUG = "{id}", "{uuid}", "{hex}", "{date}", "{redacted}", "{slug}"
 
@@ -86,32 +93,48 @@ def infer_templates(
     plain = all(map(str.startswith, distinct, repeat("/"))) and not any(
         map(str.__contains__, distinct, repeat("?"))
     )
-    if plain:
-        id_forms = list(map(_ID_SEGMENT.sub, repeat(_placeholder), distinct))
-    else:
-        id_forms = list(map(template_of_path, distinct))
-    final = _collapse_slugs(set(id_forms), min_variants)
-    return dict(zip(distinct, map(final.__getitem__, id_forms), strict=True))
+    with _gc_paused():
+        if plain:
+            id_forms = list(map(_ID_SEGMENT.sub, repeat(_placeholder), distinct))
+        else:
+            id_forms = list(map(template_of_path, distinct))
+        forms = list(dict.fromkeys(id_forms))
+        templates = _collapse_slugs(forms, min_variants)
+        if len(forms) == len(distinct):  # no two paths share an id template
+            return dict(zip(distinct, templates, strict=True))
+        template_of_form = dict(zip(forms, templates, strict=True))
+        return dict(zip(distinct, map(template_of_form.__getitem__, id_forms), strict=True))
 
 
-Segments = tuple[str, ...]
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    # Hundreds of thousands of new tuples and lists, none in a cycle, would otherwise
+    # set off the cyclic collector again and again: with a million other objects alive
+    # in the process, 200,000 paths took 20-60 % longer.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+Segments = Sequence[str]
 # Values at a position that never count as varying (nor become {slug}).
 _FIXED = frozenset({"", ID, UUID, HEX, DATE, REDACTED, SLUG})
 
 
-def _collapse_slugs(forms: set[str], min_variants: int) -> dict[str, str]:
-    """Map each id-templated path to its final template (``{slug}`` positions added)."""
-    ordered = list(forms)
-    rows = list(map(tuple, map(str.split, ordered, repeat("/"))))
-    by_length = sorted(zip(map(len, rows), ordered, rows, strict=True), key=itemgetter(0))
-    result: dict[str, str] = {}
+def _collapse_slugs(forms: list[str], min_variants: int) -> list[str]:
+    """The template of each distinct id-templated path: ``{slug}`` positions added."""
+    rows = list(map(str.split, forms, repeat("/")))
+    by_length = sorted(zip(map(len, rows), count(), rows), key=itemgetter(0))
     buckets: dict[int, _Bucket] = {}
     for length, group in groupby(by_length, key=itemgetter(0)):
-        _, group_forms, group_rows = zip(*group, strict=True)
-        if length > MAX_SEGMENTS:
-            result.update(zip(group_forms, group_forms, strict=True))
-        else:
-            buckets[length] = _Bucket(list(group_forms), list(group_rows))
+        if length <= MAX_SEGMENTS:
+            members = list(group)
+            indices = list(map(itemgetter(1), members))
+            buckets[length] = _Bucket(indices, list(map(itemgetter(2), members)))
     positions = min(MAX_POSITIONS, max(buckets, default=0))
     quiet, i = 0, 0
     # Visit positions cyclically until each has been tried once since the last change:
@@ -119,49 +142,74 @@ def _collapse_slugs(forms: set[str], min_variants: int) -> dict[str, str]:
     while quiet < positions:
         quiet = 1 if _collapse_position(buckets, i, min_variants) else quiet + 1
         i = (i + 1) % positions
+    templates = list(forms)
     for bucket in buckets.values():
-        templates = map("/".join, zip(*bucket.columns, strict=True))
-        result.update(zip(bucket.forms, templates, strict=True))
-    return result
+        if bucket.changed:
+            joined = map("/".join, zip(*bucket.columns, strict=True))
+            deque(map(templates.__setitem__, bucket.indices, joined), maxlen=0)
+    return templates
 
 
 class _Bucket:
     """The forms with one number of segments, as columns (a {slug} keeps the length)."""
 
-    def __init__(self, forms: list[str], rows: list[Segments]) -> None:
-        self.forms = forms
-        self.columns = [list(column) for column in zip(*rows, strict=True)]
+    def __init__(self, indices: list[int], rows: list[Segments]) -> None:
+        self.indices = indices  # of the forms, in the order the columns hold them
+        self.columns = [list(map(itemgetter(j), rows)) for j in range(len(rows[0]))]
         self.distinct: list[Segments] | None = rows  # the distinct current forms
+        self.changed = False
+        self.distinct_values = list(map(len, map(set, self.columns)))
 
     def rows(self) -> list[Segments]:
         if self.distinct is None:
             self.distinct = list(set(zip(*self.columns, strict=True)))
         return self.distinct
 
+    def may_vary_at(self, i: int, min_variants: int) -> bool:
+        """False when no ``min_variants`` forms can differ only at ``i``: fewer values
+        there, or a position elsewhere where no value can be shared by that many."""
+        if self.distinct_values[i] < min_variants:
+            return False
+        # A value occurs at most (rows - other values) times.
+        most = len(self.indices) + 1 - min_variants
+        return all(n <= most for j, n in enumerate(self.distinct_values) if j != i)
+
+    def set_column(self, i: int, column: list[str]) -> None:
+        self.columns[i] = column
+        self.distinct_values[i] = len(set(column))
+        self.distinct = None
+        self.changed = True
+
 
 def _collapse_position(buckets: dict[int, _Bucket], i: int, min_variants: int) -> bool:
     """Turn segment ``i`` into ``{slug}`` where its values vary enough; True if any did."""
     heads: set[object] = set()
     head = itemgetter(*range(i + 1))
+    if i <= 1:  # the first segment: 1 under "/" (segment 0 is ""), 0 in a relative path
+        min_variants *= TOP_LEVEL_FACTOR
     for length, bucket in buckets.items():
-        if length <= i or len(set(bucket.columns[i])) < min_variants:
+        if length <= i or not bucket.may_vary_at(i, min_variants):
             continue
         rows = bucket.rows()
-        varying = list(
-            compress(rows, map(not_, map(_FIXED.__contains__, map(itemgetter(i), rows))))
-        )
-        if len(varying) < min_variants:
-            continue
         # Distinct forms with equal keys differ only at i: a key's count is its number
-        # of values at i, with the segments before and after it fixed.
+        # of values at i, with the segments before and after it fixed. Count in C
+        # first; fixed values (placeholders, "") are set aside only where it matters.
         rest = [j for j in range(length) if j != i]
         others = itemgetter(*rest) if rest else _no_key
-        keys = list(map(others, varying))
+        keys = list(map(others, rows))
         counts = Counter(keys)
         if max(counts.values()) < min_variants:
             continue
-        hits = {key for key, count in counts.items() if count >= min_variants}
-        heads.update(map(head, compress(varying, map(hits.__contains__, keys))))
+        hits = {key for key, n in counts.items() if n >= min_variants}
+        selected = list(map(hits.__contains__, keys))
+        rows, keys = list(compress(rows, selected)), list(compress(keys, selected))
+        values = list(map(itemgetter(i), rows))
+        if not _FIXED.isdisjoint(values):
+            varying = list(map(not_, map(_FIXED.__contains__, values)))
+            counts = Counter(compress(keys, varying))
+            hits = {key for key, n in counts.items() if n >= min_variants}
+            rows = list(compress(rows, map(and_, varying, map(hits.__contains__, keys))))
+        heads.update(map(head, rows))
     if not heads:
         return False
     # Forms of any length with the same segments up to i and a value seen varying
@@ -170,10 +218,10 @@ def _collapse_position(buckets: dict[int, _Bucket], i: int, min_variants: int) -
         if length <= i:
             continue
         columns = bucket.columns
-        mask = list(map(heads.__contains__, map(head, zip(*columns[: i + 1], strict=True))))
+        prefixes = zip(*columns[: i + 1], strict=True) if i else columns[0]
+        mask = list(map(heads.__contains__, prefixes))
         if any(mask):
-            columns[i] = list(map(getitem, zip(columns[i], repeat(SLUG)), mask))
-            bucket.distinct = None
+            bucket.set_column(i, list(map(getitem, zip(columns[i], repeat(SLUG)), mask)))
     return True
 
 
