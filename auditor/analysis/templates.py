@@ -24,8 +24,10 @@ import re
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import lru_cache
 from itertools import compress, count, groupby, repeat
 from operator import and_, getitem, itemgetter, not_
+from urllib.parse import urlsplit
 
 # Static routes under one parent with one suffix (allauth's /accounts/<view>/, the
 # models of one Django admin app, a DRF API's resources) are usually fewer than this;
@@ -227,3 +229,13 @@ def _collapse_position(buckets: dict[int, _Bucket], i: int, min_variants: int) -
 
 def _no_key(segments: Segments) -> object:
     return ()
+
+
+@lru_cache(maxsize=65536)
+def template_of_url(url: str | None) -> str | None:
+    """A URL with its path's id-like segments as placeholders (``/v2/items/{id}``)."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    path = template_of_path(parts.path)
+    return url if path == parts.path else parts._replace(path=path).geturl()

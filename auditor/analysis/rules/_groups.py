@@ -25,6 +25,7 @@ from typing import Any
 
 from auditor.analysis.rules._subset import FOLLOW_UPS, RESPONSES, ensure_responses
 from auditor.analysis.rules.base import REGISTRY, SOURCE_SQL, AuditContext, Finding, Severity
+from auditor.analysis.templates import template_of_url
 
 # An empty Counter without running ``Counter.__init__`` (Python code: ~2 us a call, two
 # per group, and rules build tens of thousands of groups). A Counter holds no state
@@ -220,19 +221,21 @@ def collect(
         existing = groups.get(key)
         if keep is None and existing is not None:
             _add_row(existing, row, columns, keys, at)
-            targets[key].add(row[at["target"]])
+            targets[key].add(template_of_url(row[at["target"]]))
             continue
         group = _row_group(row, columns, keys, at)
         if keep is not None and not keep(group):
             continue
         if existing is not None:
             existing.add(group)
-            targets[key].add(group.target)
+            targets[key].add(template_of_url(group.target))
         else:
             groups[key] = group
-            targets[key] = {group.target}
+            targets[key] = {template_of_url(group.target)}
     for key, group in groups.items():
         group.targets = len(targets[key])
+        if group.targets == 1:  # /old/7 -> /new/7 for every id: show the target's shape
+            group.target = next(iter(targets[key]))
     return sorted(groups.values(), key=lambda g: (-g.hits, g.source, g.method or "", g.status or 0))
 
 

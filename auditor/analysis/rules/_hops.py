@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 from auditor.analysis.rules._groups import Group, plural
 from auditor.analysis.rules._subset import FOLLOW_UPS, RESPONSES, ensure_responses
 from auditor.analysis.rules.base import AuditContext
+from auditor.analysis.templates import template_of_url
 from auditor.redirects import client_family
 
 # Statuses a target answers on purpose (authentication, validation, rate limits): they
@@ -108,11 +109,16 @@ class Place:
         """The finding group of these hops (example: the first request)."""
         first = self.hops[0]
         targets = Counter(h.target for h in self.hops)
+        example = targets.most_common(1)[0][0]
+        shapes = {template_of_url(t) for t in targets}
+        if len(shapes) == 1:  # /v1/items/7 -> /v2/items/7 for every id: one target shape
+            targets = Counter({shapes.pop(): len(self.hops)})
+            example = next(iter(targets))
         group = Group(
             self.source,
             self.method,
             self.status,
-            target if target is not None else targets.most_common(1)[0][0],
+            target if target is not None else example,
             hits=len(self.hops),
             first_seen=min(h.started_at for h in self.hops),
             last_seen=max(h.started_at for h in self.hops),

@@ -86,18 +86,18 @@ def what_others_do(method: str, status: int, seen: set[str]) -> str:
             continue
         hop = next_hop(client, method, status)
         if hop.method is None:
-            text = "do not follow"
+            text = "not followed"
         elif hop.method != method:
-            text = f"send {hop.method} without the body"
+            text = f"{hop.method} without the body"
         elif method not in ("GET", "HEAD") and not hop.body:
-            text = f"keep {method} but drop the body"
+            text = f"{method} without the body"
         else:
-            text = f"re-send the {method} with its body"
+            text = f"{method} with the body" if method not in ("GET", "HEAD") else method
         by_outcome.setdefault(text, []).append(client)
     if not by_outcome:
         return ""
-    parts = [f"{', '.join(clients)} {text}" for text, clients in by_outcome.items()]
-    return "Other clients on this redirect (measured): " + "; ".join(parts) + "."
+    parts = [f"{', '.join(clients)}: {text}" for text, clients in by_outcome.items()]
+    return "Other clients would send (measured): " + "; ".join(parts) + "."
 
 
 def _takes_method(place: Place) -> str | None:
@@ -220,9 +220,9 @@ def post_redirect_get_302(ctx: AuditContext) -> Iterator[Finding]:
         clients = client_evidence(place.hops)
         message = (
             f"{_intro(place, group.target)} This is post/redirect/get: the client should "
-            f"fetch {short(group.target)} with GET, which is what {place.status} makes most "
-            f"clients do — by an old convention RFC 9110 only permits for POST. 303 See Other "
-            f"says it for every method and client. What clients did: "
+            f"fetch {short(group.target)} with GET. Most clients switch to GET on "
+            f"{place.status} only by an old convention (RFC 9110 allows it for POST); "
+            f"303 See Other says so for every method and client. What clients did: "
             f"{describe_evidence(clients)}."
         )
         default = default_redirect_status(ctx.framework)
