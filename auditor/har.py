@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from auditor.rows import INSERT_SQL, ROW_COLUMNS, RowBuilder, TrustedProxies, redact_location
+from auditor.redaction import redacted_path
+from auditor.rows import INSERT_SQL, ROW_COLUMNS, RowBuilder, TrustedProxies
 from auditor.schema import (
     SchemaError,
     check_traffic_db,
@@ -32,7 +33,7 @@ from auditor.schema import (
     create_private_file,
     ensure_schema,
 )
-from auditor.urls import DEFAULT_PORTS, build_url, redact_query, resolve_location
+from auditor.urls import DEFAULT_PORTS, build_url, resolve_location
 from auditor.writer import load_secret
 
 DEFAULT_LINK_WINDOW = 30.0  # seconds; the audit's default linking window
@@ -209,8 +210,15 @@ class _EntryRows:
             host = f"[{host}]"
         if port is not None and port != DEFAULT_PORTS[scheme]:
             host = f"{host}:{port}"
-        query = redact_query(parts.query)
-        url = build_url(scheme, host, parts.path or "/", query)
+        # Redacted as the recorder does (RowBuilder.build_portable): after normalization,
+        # the Location after resolution, so a redirect and its follow-up still link.
+        redactor = self.builder.redactor
+        query = redactor.query(parts.query)
+        sent_url = build_url(scheme, host, parts.path or "/", parts.query)
+        url = redactor.url(sent_url)
+        path = unquote(parts.path or "/")
+        if url is not sent_url:
+            path = redacted_path(sent_url, url, path)
 
         locations = [value for name, value in resp_headers if name == "location"]
         redirect_url = response.get("redirectURL")
@@ -218,8 +226,9 @@ class _EntryRows:
             locations = [redirect_url]
         location = location_url = None
         if locations:
-            location = redact_location(locations[0])
-            location_url = resolve_location(url, locations[0])
+            location = redactor.reference(locations[0])
+            resolved = resolve_location(sent_url, locations[0], redact=False)
+            location_url = None if resolved is None else redactor.url(resolved)
         is_redirect = 300 <= status < 400
 
         post = request.get("postData")
@@ -247,14 +256,14 @@ class _EntryRows:
             "method": method.upper(),
             "scheme": scheme,
             "host": host,
-            "path": unquote(parts.path or "/"),
+            "path": path,
             "query": query,
             "url": url,
             "route": None,
             "status": status,
             "location": location,
             "location_url": location_url,
-            "locations": json.dumps([redact_location(v) for v in locations])
+            "locations": json.dumps([redactor.reference(v) for v in locations])
             if len(locations) > 1
             else None,
             "request_body_size": content_length,
@@ -379,6 +388,11 @@ def import_har(
         secret = load_secret(db_path)
         builder = RowBuilder(secret, worker_id, TrustedProxies(()), store_client_ip=False)
         rows, skipped = read_har(har_path, builder, identity)
+        if not rows:  # nothing to import: neither a database nor a key file is made
+            raise HarError(
+                "no entries to import" if not skipped else f"none of its {len(skipped)} "
+                f"entries can be imported (first: {skipped[0]})"
+            )
     except BaseException:
         if not had_secret:  # leave no key file behind for a database never created
             secret_path.unlink(missing_ok=True)

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from auditor.redaction import app_token_routes
 from auditor.registry import TrafficWriter, writer_for
 from auditor.writer import RecorderOptions
 
@@ -153,6 +154,11 @@ class RedirectRecorder:
     deletes the oldest requests beyond them once a minute. ``writer="process"``
     (the default) builds and writes rows in a separate process so they never
     hold the GIL the event loop needs; ``"thread"`` keeps everything in this process.
+    Secrets in URLs are redacted (``auditor/redaction.py``); beyond the defaults,
+    ``redact_params`` names more parameters whose values are secrets,
+    ``allow_params`` parameters whose values are kept as sent, ``redact_patterns``
+    regexes a secret path segment or value matches, and ``redact_routes`` route
+    templates (``/share/{id}``) whose every placeholder is a secret.
     """
 
     def __init__(
@@ -172,6 +178,10 @@ class RedirectRecorder:
         max_rows: int | None = None,
         max_age: float | None = None,
         writer: Literal["process", "thread"] = "process",
+        redact_params: Iterable[str] = (),
+        allow_params: Iterable[str] = (),
+        redact_patterns: Iterable[str] = (),
+        redact_routes: Iterable[str] = (),
     ) -> None:
         self.app = app
         options = RecorderOptions.build(
@@ -187,6 +197,11 @@ class RedirectRecorder:
             max_rows=max_rows,
             max_age=max_age,
             writer=writer,
+            redact_params=redact_params,
+            allow_params=allow_params,
+            redact_patterns=redact_patterns,
+            redact_routes=redact_routes,
+            token_routes=app_token_routes(app),  # once, here: never per request
         )
         self.writer: TrafficWriter = writer_for(db_path, options)
         self.framework, settled = detect_framework(app)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from hashlib import blake2b
@@ -18,8 +17,10 @@ from urllib.parse import quote, unquote
 
 from starlette.routing import Mount
 
+from auditor.redaction import DEFAULT as DEFAULT_REDACTOR
+from auditor.redaction import MARKER_FORMAT, RedactionRules, Redactor, redacted_path
 from auditor.schema import REQUEST_COLUMNS
-from auditor.urls import REDACTED, build_url, redact_query, resolve_location
+from auditor.urls import build_url, resolve_location
 
 MAX_VALUE_CHARS = 8192  # longer header values are cut; the row is still written
 MAX_CACHE_ENTRIES = 65536
@@ -224,12 +225,15 @@ class RowBuilder:
         worker_id: str,
         trusted: TrustedProxies,
         store_client_ip: bool,
+        redaction: RedactionRules | None = None,
     ) -> None:
         self.secret = secret
         self.worker_id = worker_id
         self.trusted = trusted
         self.store_client_ip = store_client_ip
         self._keys: dict[str, str] = {}
+        # Secrets in URLs become markers keyed like the client hash (auditor.redaction).
+        self.redactor = Redactor(self.redaction_marker, redaction)
 
     def keyed_hash(self, value: str) -> str:
         """A short keyed hash: stable for one secret, irreversible without it."""
@@ -240,6 +244,10 @@ class RowBuilder:
             digest = blake2b(value.encode("utf-8", "surrogatepass"), key=self.secret, digest_size=8)
             cached = self._keys[value] = digest.hexdigest()
         return cached
+
+    def redaction_marker(self, secret: str) -> str:
+        """The marker a secret in a URL is replaced by: the same for the same secret."""
+        return MARKER_FORMAT.format(self.keyed_hash("redact:" + secret)[:12])
 
     def build(self, exchange: CapturedExchange) -> tuple[Any, ...]:
         """One row from a capture of this process (the thread writer, probe hops, tests)."""
@@ -316,15 +324,25 @@ class RowBuilder:
         else:
             path = path or "/"
             raw = quote(path, safe="/:@!$&'()*+,;=-._~%")
-        query = redact_query(_text(query_string)) if query_string else ""
-        url = build_url(scheme, host, raw, query)
+        # Redacted after normalization, the Location after resolution: a redirect's
+        # location_url and its follow-up's url redact alike and still link.
+        redactor = self.redactor
+        if route is not None:
+            redactor.learn(route)
+        sent_query = _text(query_string) if query_string else ""
+        query = redactor.query(sent_query)
+        sent_url = build_url(scheme, host, raw, sent_query)
+        url = redactor.url(sent_url)
+        if url is not sent_url:
+            path = redacted_path(sent_url, url, path)
 
         location = location_url = locations_json = None
         if locations:
-            location = redact_location(locations[0])
-            location_url = resolve_location(url, locations[0])
+            location = redactor.reference(locations[0])
+            resolved = resolve_location(sent_url, locations[0], redact=False)
+            location_url = None if resolved is None else redactor.url(resolved)
             if len(locations) > 1:
-                locations_json = json.dumps([redact_location(v) for v in locations])
+                locations_json = json.dumps([redactor.reference(v) for v in locations])
 
         content_length = req[_CONTENT_LENGTH]
         body_size = (
@@ -375,16 +393,8 @@ class RowBuilder:
         )
 
 
-_USERINFO = re.compile(r"^((?:[A-Za-z][A-Za-z0-9+.\-]*:)?//)[^/?#@]*@")
-
-
 def redact_location(location: str) -> str:
     """A raw Location with any userinfo and the values of secret-looking query
-    parameters redacted (``http://REDACTED@host/?token=REDACTED``)."""
-    if "@" in location:
-        location = _USERINFO.sub(rf"\1{REDACTED}@", location, count=1)
-    base, sep, rest = location.partition("?")
-    if not sep:
-        return location
-    query, hash_sep, fragment = rest.partition("#")
-    return f"{base}?{redact_query(query)}{hash_sep}{fragment}"
+    parameters redacted (``http://REDACTED@host/?token=REDACTED``), by name only;
+    ``RowBuilder.redactor`` also redacts by shape and route."""
+    return DEFAULT_REDACTOR.reference(location)

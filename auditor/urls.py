@@ -2,53 +2,33 @@
 
 One place answers "are these two URLs the same request target?" for the
 writer (which stores normalized URLs) and for hop linking (which joins on them).
+The redaction rules live in ``auditor.redaction``.
 """
 
 from __future__ import annotations
 
 import re
-from urllib.parse import SplitResult, quote, unquote, urljoin, urlsplit, urlunsplit
+from urllib.parse import SplitResult, quote, urljoin, urlsplit, urlunsplit
+
+from auditor.redaction import DEFAULT as _DEFAULT_REDACTOR
+from auditor.redaction import REDACTED as REDACTED
+from auditor.redaction import is_secret_name as is_secret_name
 
 DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
-REDACTED = "REDACTED"
-
-# Parameter names whose values are credentials or one-time secrets.
-_SECRET_NAME = re.compile(
-    r"pass|secret|token|auth|sig|session|credential|jwt|otp|apikey|api[_-]key|private"
-    r"|^(key|code|sid|ticket|hash|salt|nonce)$|[_-](key|code|sid)$",
-    re.IGNORECASE,
-)
-# Cheap pre-check: a query with none of these substrings needs no parsing.
-_SECRET_HINT = re.compile(
-    r"pass|secret|token|auth|sig|session|credential|jwt|otp|key|code|sid|ticket|hash|salt"
-    r"|nonce|private",
-    re.IGNORECASE,
-)
 # Characters RFC 3986 calls unreserved are equivalent percent-encoded or not.
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _PERCENT = re.compile(r"%([0-9A-Fa-f]{2})")
 
 
-def is_secret_name(name: str) -> bool:
-    """True when a query parameter name looks like it carries a secret."""
-    return bool(_SECRET_NAME.search(unquote(name)))
-
-
 def redact_query(query: str) -> str:
-    """Replace the values of secret-looking parameters with ``REDACTED``.
+    """Replace the values of secret-looking parameters with ``REDACTED``, also inside
+    URLs and query strings held (percent-encoded or not) in other values.
 
     Keeps parameter order and the raw encoding of everything else, so a
     redacted Location still equals the redacted URL its follow-up requests.
+    Names only: the recorder's ``redaction.Redactor`` also redacts by shape and route.
     """
-    if not query or not _SECRET_HINT.search(query):
-        return query
-    parts = []
-    for pair in query.split("&"):
-        name, sep, value = pair.partition("=")
-        if sep and value and is_secret_name(name):
-            pair = f"{name}={REDACTED}"
-        parts.append(pair)
-    return "&".join(parts)
+    return _DEFAULT_REDACTOR.query(query)
 
 
 def _normalize_percent(text: str) -> str:
@@ -92,10 +72,11 @@ def is_absolute_location(location: str) -> bool:
     return stripped.startswith("//") or bool(re.match(r"^[A-Za-z][A-Za-z0-9+.\-]*:", stripped))
 
 
-def resolve_location(request_url: str, location: str) -> str | None:
+def resolve_location(request_url: str, location: str, *, redact: bool = True) -> str | None:
     """Resolve a Location against the request URL (RFC 9110 §10.2.2), normalized.
 
-    Returns None when the value cannot be parsed as a URI reference.
+    Returns None when the value cannot be parsed as a URI reference. With
+    ``redact=False`` the query is left for the caller's ``redaction.Redactor``.
     """
     if location.startswith("/") and not location.startswith("//"):
         # Path-absolute reference (the common case): only the origin is borrowed.
@@ -104,7 +85,7 @@ def resolve_location(request_url: str, location: str) -> str | None:
         path, _, query = location.partition("#")[0].partition("?")
         canonical = _CANONICAL_PATH.fullmatch(path) and "/." not in path  # urljoin drops ./..
         if sep and canonical and _canonical_origin(scheme, host):
-            query = redact_query(query)
+            query = redact_query(query) if redact else query
             if not query:
                 return f"{scheme}://{host}{path}"
             if _CANONICAL_QUERY.fullmatch(query):
@@ -116,7 +97,7 @@ def resolve_location(request_url: str, location: str) -> str | None:
     except ValueError:
         return None
     if parts.scheme in ("http", "https"):
-        query = redact_query(parts.query)
+        query = redact_query(parts.query) if redact else parts.query
         resolved = urlunsplit(parts._replace(query=query))
         return normalize_url(resolved)
     return resolved

@@ -27,6 +27,7 @@ from itertools import chain
 from pathlib import Path
 from typing import Any
 
+from auditor.redaction import RedactionRules
 from auditor.retention import prune
 from auditor.rows import INSERT_SQL, ROW_COLUMNS, CapturedExchange, RowBuilder, TrustedProxies
 from auditor.schema import (
@@ -69,6 +70,25 @@ class RecorderOptions:
     max_rows: int | None = None  # retention: keep at most this many newest requests
     max_age: float | None = None  # retention: delete requests older than this (seconds)
     writer: str = "process"  # "process": rows built and written in a writer process
+    # Redaction beyond the defaults (auditor/redaction.py): parameter names whose values
+    # are secrets, names whose values are kept, regexes for secret segments or values,
+    # route templates whose every placeholder is a secret; token_routes: the app's own
+    # templates with token-named parameters (found by the recorder at start-up).
+    redact_params: tuple[str, ...] = ()
+    allow_params: tuple[str, ...] = ()
+    redact_patterns: tuple[str, ...] = ()
+    redact_routes: tuple[str, ...] = ()
+    token_routes: tuple[str, ...] = ()
+
+    def redaction(self) -> RedactionRules:
+        """The redaction rules these options add to the defaults."""
+        return RedactionRules(
+            params=self.redact_params,
+            allow_params=self.allow_params,
+            patterns=self.redact_patterns,
+            routes=self.redact_routes,
+            token_routes=self.token_routes,
+        )
 
     @classmethod
     def build(cls, **kwargs: Any) -> RecorderOptions:
@@ -87,7 +107,13 @@ class RecorderOptions:
         proxies = kwargs["trusted_proxies"]
         kwargs["trusted_proxies"] = (proxies,) if isinstance(proxies, str) else tuple(proxies)
         TrustedProxies(kwargs["trusted_proxies"])  # validates the addresses
-        return cls(**kwargs)
+        for name in ("redact_params", "allow_params", "redact_patterns", "redact_routes"):
+            values = kwargs.get(name, ())
+            kwargs[name] = (values,) if isinstance(values, str) else tuple(values)
+        kwargs["token_routes"] = tuple(kwargs.get("token_routes", ()))
+        options = cls(**kwargs)
+        options.redaction().validate()
+        return options
 
 
 def classify_error(exc: BaseException) -> str:
@@ -304,6 +330,7 @@ class Writer:
                     self.worker_id,
                     TrustedProxies(self.options.trusted_proxies),
                     self.options.store_client_ip,
+                    self.options.redaction(),
                 )
             except BaseException:
                 conn.close()

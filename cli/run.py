@@ -18,9 +18,16 @@ import typer
 import uvicorn
 from uvicorn.config import LIFESPAN
 
-from auditor.schema import SchemaError, connect, create_private_file, ensure_schema
+from auditor.redaction import RedactionRules
+from auditor.schema import (
+    SchemaError,
+    check_sqlite_file,
+    connect,
+    create_private_file,
+    ensure_schema,
+)
 from auditor.serve import AppImportError, import_app, settings_env
-from cli.common import console, fail
+from cli.common import console, fail, require_free_port
 
 
 class RecordMode(StrEnum):
@@ -96,6 +103,31 @@ def run(
         ),
     ] = WriterKind.process,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    redact_param: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="NAME", help="A query parameter whose values are secrets (repeatable)."
+        ),
+    ] = None,
+    allow_param: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="NAME", help="A query parameter whose values are kept as sent (repeatable)."
+        ),
+    ] = None,
+    redact_pattern: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="REGEX", help="A regex: path segments and values matching it are secrets."
+        ),
+    ] = None,
+    redact_route: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="TEMPLATE",
+            help="A route template, e.g. /share/{id}: its placeholders are secrets.",
+        ),
+    ] = None,
 ) -> None:
     """Serve an ASGI app under uvicorn with the recorder wrapped around it: no code change.
 
@@ -110,10 +142,23 @@ def run(
         fail(str(exc))
     except Exception as exc:  # the user's module failed while importing
         fail(f"importing {app!r} raised {type(exc).__name__}: {exc}")
+    redaction = RedactionRules(
+        params=tuple(redact_param or ()),
+        allow_params=tuple(allow_param or ()),
+        patterns=tuple(redact_pattern or ()),
+        routes=tuple(redact_route or ()),
+    )
+    try:
+        redaction.validate()
+    except ValueError as exc:
+        fail(str(exc))
     if db.exists() and db.is_dir():
         fail(f"{db}: is a directory; --db takes a SQLite file path")
     if not db.absolute().parent.is_dir():
         fail(f"{db}: directory {db.absolute().parent} does not exist")
+    # Before the database is created or the banner printed: a busy port fails here,
+    # with one line, instead of in uvicorn after both.
+    require_free_port(host, port)
     prepare_db(db)
     os.environ.update(
         settings_env(
@@ -131,6 +176,10 @@ def run(
                 "trusted_proxies": [],
                 "store_client_ip": store_client_ip,
                 "writer": writer.value,
+                "redact_params": redaction.params,
+                "allow_params": redaction.allow_params,
+                "redact_patterns": redaction.patterns,
+                "redact_routes": redaction.routes,
             },
         )
     )
@@ -161,8 +210,14 @@ def run(
 
 def prepare_db(db: Path) -> None:
     """Create (mode 0600) or check the database before any worker starts, so a file
-    this release cannot record into fails here with one line instead of in every worker."""
+    this release cannot record into fails here with one line instead of in every worker.
+
+    An existing file is checked read-only first (SQLite header, quick_check): a damaged
+    one would take the writers' rows and lose them all.
+    """
     try:
+        if db.exists() and db.stat().st_size > 0:
+            check_sqlite_file(db)
         create_private_file(db)
         conn = connect(db)
         try:
@@ -170,7 +225,8 @@ def prepare_db(db: Path) -> None:
         finally:
             conn.close()
     except SchemaError as exc:
-        fail(f"{db}: {exc}")
+        message = str(exc)
+        fail(message if message.startswith(f"{db}:") else f"{db}: {message}")
     except sqlite3.OperationalError as exc:
         if "locked" not in str(exc):  # busy at start-up is fine: the writers wait and retry
             fail(f"{db}: cannot record into this file ({exc})")
