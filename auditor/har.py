@@ -388,11 +388,6 @@ def import_har(
         secret = load_secret(db_path)
         builder = RowBuilder(secret, worker_id, TrustedProxies(()), store_client_ip=False)
         rows, skipped = read_har(har_path, builder, identity)
-        if not rows:  # nothing to import: neither a database nor a key file is made
-            raise HarError(
-                "no entries to import" if not skipped else f"none of its {len(skipped)} "
-                f"entries can be imported (first: {skipped[0]})"
-            )
     except BaseException:
         if not had_secret:  # leave no key file behind for a database never created
             secret_path.unlink(missing_ok=True)
