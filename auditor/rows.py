@@ -323,7 +323,7 @@ class RowBuilder:
             path = unquote(raw) if "%" in raw else raw
         else:
             path = path or "/"
-            raw = quote(path, safe="/:@!$&'()*+,;=-._~%")
+            raw = quote(path, safe="/:@!$&'()*+,;=-._~%", errors="surrogatepass")
         # Redacted after normalization, the Location after resolution: a redirect's
         # location_url and its follow-up's url redact alike and still link.
         redactor = self.redactor

@@ -6,7 +6,7 @@ findings by place, so it infers each path's template here in two steps:
 1. Id-like segments, one path at a time (:func:`template_of_path`): all digits ->
    ``{id}``, a UUID -> ``{uuid}``, a ``YYYY-MM-DD`` date -> ``{date}``, hex of 8+
    characters with a digit and a letter (or of 16+) -> ``{hex}``, and the recorder's
-   redaction markers (``{redacted:...}``) -> ``{redacted}``.
+   the recorder's redaction markers (``(redacted:...)``) -> ``{redacted}``.
 2. Across paths (:func:`infer_templates`): a segment position becomes ``{slug}`` when,
    with the segments before it (already templated) and the segments after it
    (templated) fixed, it takes at least ``min_variants`` distinct values (the first
@@ -55,7 +55,7 @@ _ID_SEGMENT = re.compile(
     r"|(?P<uuid>[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12})"
     r"|(?P<date>[0-9]{4}-[0-9]{2}-[0-9]{2})"
     r"|(?P<hex>[0-9A-Fa-f]{8,})"
-    r"|(?P<redacted>(?:\{|%7[Bb])(?i:redacted)(?:(?::|%3[Aa])[^/]*?)?(?:\}|%7[Dd]))"
+    r"|(?P<redacted>(?:\{|%7[Bb]|\(|%28)(?i:redacted)(?:(?::|%3[Aa])[^/]*?)?(?:\}|%7[Dd]|\)|%29))"
     r")(?![^/])"
 )
 _PLACEHOLDERS = {"id": "/" + ID, "uuid": "/" + UUID, "date": "/" + DATE, "redacted": "/" + REDACTED}
