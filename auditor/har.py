@@ -388,6 +388,9 @@ def import_har(
         secret = load_secret(db_path)
         builder = RowBuilder(secret, worker_id, TrustedProxies(()), store_client_ip=False)
         rows, skipped = read_har(har_path, builder, identity)
+        if not rows:  # nothing to import: neither a database nor a key file is made
+            reason = f"none of its {len(skipped)} entries can be imported" if skipped else ""
+            raise HarError(f"{reason} (first: {skipped[0]})" if skipped else "no entries to import")
     except BaseException:
         if not had_secret:  # leave no key file behind for a database never created
             secret_path.unlink(missing_ok=True)

@@ -17,11 +17,18 @@ from pathlib import Path
 from auditor.rows import ROW_COLUMNS
 from auditor.schema import (
     BUSY_TIMEOUT_MS,
+    META_TABLE,
     RECORDER_STATS_COLUMNS,
+    SchemaError,
     check_traffic_db,
+    connect_read_only,
     create_private_file,
     ensure_schema,
 )
+
+# auditor_meta row that marks a file made by merge: only such a file is merged into
+# again. ``merge a.db b.db all.db``, typed in cp's order, must not write into a.db.
+MERGED_MARKER_KEY = "merged"
 
 # Only merged files carry it: it makes the duplicate check an index seek.
 MERGE_KEY_INDEX = (
@@ -41,36 +48,75 @@ class MergeResult:
 def merge(out_path: str | Path, shard_paths: list[str | Path]) -> MergeResult:
     """Merge ``shard_paths`` into ``out_path`` (created when missing).
 
-    Every shard is checked first (``SchemaError`` for one that is not a traffic
-    database), so a bad argument changes nothing; each shard is then copied in
-    its own transaction.
+    Every argument is checked first (``SchemaError`` for a shard that is not an
+    intact traffic database, or an output that is a recorded traffic database not
+    made by ``merge``), so a bad argument changes nothing; each shard is then copied
+    in its own transaction.
     """
     out = Path(out_path)
     shards = [Path(p) for p in shard_paths]
+    if not shards:
+        raise ValueError("name at least one traffic database to merge")
+    if out.exists():  # first: in cp's order the output is a shard, and this says so
+        check_traffic_db(out)
+        if not is_merged_database(out):
+            raise SchemaError(
+                f"{out}: is a recorded traffic database, not one made by merge; refusing "
+                "to write into it (the output comes first: merge OUT SHARD...)"
+            )
+    elif not out.absolute().parent.is_dir():
+        raise SchemaError(f"{out}: directory {out.absolute().parent} does not exist")
     for shard in shards:
         check_traffic_db(shard)
-        if shard.resolve() == out.resolve():
+        if out.exists() and shard.resolve() == out.resolve():
             raise ValueError(f"{shard}: is the output file; name another file to merge into")
-    if out.exists():
-        check_traffic_db(out)
+    created = not out.exists()
     create_private_file(out)
     # URI filenames, so each shard can be attached read-only: a read-write attach
     # would checkpoint the shard's WAL on detach and change its bytes.
     conn = sqlite3.connect(out.resolve().as_uri(), uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
     try:
         ensure_schema(conn)
-        conn.execute(MERGE_KEY_INDEX)
+        with conn:
+            conn.execute(MERGE_KEY_INDEX)
+            conn.execute(
+                f"insert or replace into {META_TABLE} (key, value) values (?, '1')",
+                (MERGED_MARKER_KEY,),
+            )
         added = {str(shard): _merge_one(conn, shard) for shard in shards}
         total = conn.execute("select count(*) from requests").fetchone()[0]
-    finally:
+    except BaseException:
         conn.close()
+        if created:  # leave nothing behind for an output that never got made
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                Path(f"{out}{suffix}").unlink(missing_ok=True)
+        raise
+    conn.close()
     return MergeResult(added, total)
+
+
+def is_merged_database(path: str | Path) -> bool:
+    """True when ``path`` is a traffic database that ``merge`` made (read-only check)."""
+    try:
+        conn = connect_read_only(path)
+        try:
+            row = conn.execute(
+                f"select 1 from {META_TABLE} where key = ?", (MERGED_MARKER_KEY,)
+            ).fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return False
+    return row is not None
 
 
 def _merge_one(conn: sqlite3.Connection, shard: Path) -> int:
     columns = ", ".join(ROW_COLUMNS)
     stats = ", ".join(RECORDER_STATS_COLUMNS)
-    conn.execute("attach database ? as shard", (f"{shard.resolve().as_uri()}?mode=ro",))
+    uri = f"{shard.resolve().as_uri()}?mode=ro"
+    if not Path(f"{shard}-wal").exists():  # as connect_read_only: leave no -wal/-shm behind
+        uri += "&immutable=1"
+    conn.execute("attach database ? as shard", (uri,))
     try:
         with conn:
             before = conn.total_changes
@@ -89,6 +135,8 @@ def _merge_one(conn: sqlite3.Connection, shard: Path) -> int:
                 f"insert or replace into main.recorder_stats ({stats}) "
                 f"select {stats} from shard.recorder_stats"
             )
+    except sqlite3.DatabaseError as exc:
+        raise SchemaError(f"{shard}: cannot merge it ({exc})") from None
     finally:
         conn.execute("detach database shard")
     return added

@@ -172,6 +172,10 @@ async def probe(
     """
     if client not in FAMILIES:
         raise ValueError(f"unknown client {client!r}; one of {', '.join(CLIENTS)}")
+    if not timeout > 0:  # httpx takes 0 as "fail at once" and None as "wait forever"
+        raise ValueError(f"timeout must be more than 0 seconds, not {timeout!r}")
+    if max_hops < 0:
+        raise ValueError(f"max_hops must be 0 or more, not {max_hops!r}")
     result = ProbeResult()
     seen: set[tuple[str, str]] = set()
     request_headers = httpx.Headers(list(headers))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -136,6 +137,8 @@ def audit(
             results.append(run_audit(db, options=options, progress=progress))
         except (SchemaError, ConfigError) as exc:
             fail(str(exc))
+        except sqlite3.Error as exc:  # checked intact above; this is the disk or a lock
+            fail(f"{db}: cannot audit ({exc})")
         finally:
             progress.close()
         if format == "table":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import socket
 from pathlib import Path
 from typing import Annotated
 
@@ -100,11 +101,14 @@ def expectation_lines(expectations: demoing.Expectations) -> list[str]:
     return lines
 
 
-def _serve(db: Path, port: int) -> None:
+def _listen(port: int) -> socket.socket:
     try:
-        sock = exploring.bind("127.0.0.1", port)
+        return exploring.bind("127.0.0.1", port)
     except OSError as exc:
         fail(f"cannot listen on 127.0.0.1:{port} ({exc.strerror or exc})")
+
+
+def _serve(db: Path, sock: socket.socket) -> None:
     ds = exploring.build_datasette([db])
     name = exploring.database_names([db])[0]
     console.print(
@@ -138,16 +142,20 @@ def demo(
 
     Example: redirect-auditor demo --db demo.db --no-serve
     """
+    # The port first: a busy one fails in a moment, not after the demo's whole run.
+    sock = _listen(port) if serve else None
     try:
         origin, result = _record_and_audit(db)
     except demoing.DemoError as exc:
+        if sock is not None:
+            sock.close()
         fail(str(exc))
     except KeyboardInterrupt:
         err_console.print(f"Interrupted: the demo app is stopped; partial traffic is in {db}.")
         raise typer.Exit(code=130) from None
     _report(db, result, origin, demoing.check_findings(db))
-    if serve:
-        _serve(db, port)
+    if sock is not None:
+        _serve(db, sock)
     else:
         console.print(f"Explore them with: redirect-auditor explore {db}", highlight=False)
 

@@ -30,7 +30,9 @@ def explore(
     dbs: Annotated[
         list[Path], typer.Argument(help="Traffic databases (several are shown side by side).")
     ],
-    port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = 8001,
+    port: Annotated[
+        int, typer.Option(help="Port to listen on (0: any free port).", min=0, max=65535)
+    ] = 8001,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
 ) -> None:
     """Open traffic databases in Datasette: findings, redirect chains and requests.
@@ -39,8 +41,12 @@ def explore(
 
     Example: redirect-auditor explore traffic.db --port 8001
     """
-    for db in dbs:
+    for db in dbs:  # every file intact before anything is audited or served
         require_traffic_db(db)
+    try:  # a busy port fails before any database is audited (written)
+        sock = exploring.bind(host, port)
+    except OSError as exc:
+        fail(f"cannot listen on {host}:{port} ({exc.strerror or exc})")
     for db in dbs:
         _audit_if_needed(db)
     if not exploring.is_loopback(host):
@@ -48,10 +54,6 @@ def explore(
             f"Warning: listening on {host}: anyone who can reach it can read the recorded traffic",
             highlight=False,
         )
-    try:
-        sock = exploring.bind(host, port)
-    except OSError as exc:
-        fail(f"cannot listen on {host}:{port} ({exc.strerror or exc})")
     ds = exploring.build_datasette(dbs)
     bound_port = sock.getsockname()[1]
     url_host = f"[{host}]" if ":" in host else host

@@ -29,7 +29,7 @@ def merge_command(
     except (SchemaError, ValueError) as exc:
         fail(str(exc))
     except sqlite3.Error as exc:
-        fail(f"{out}: {exc}")
+        fail(f"merging into {out} failed ({exc})")
     for shard, added in result.added.items():
         console.print(f"{shard}: {added} new request(s)", highlight=False, soft_wrap=True)
     console.print(f"{out}: {result.total} request(s) in all", highlight=False, soft_wrap=True)

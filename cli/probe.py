@@ -72,12 +72,16 @@ def probe(
             "audit the result.",
         ),
     ] = False,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for each response.")] = 10.0,
+    timeout: Annotated[
+        float, typer.Option(help="Seconds to wait for each response (more than 0).")
+    ] = 10.0,
 ) -> None:
     """Follow redirects hop by hop and show what each client really sends next.
 
     Example: redirect-auditor probe http://127.0.0.1:8000/v1/orders -d '{}' --as browser
     """
+    if not timeout > 0:
+        fail(f"--timeout must be more than 0 seconds, not {timeout:g}")
     client = as_client.value
     headers = [_header(h) for h in header or []]
     if data is not None and not any(name.lower() == "content-type" for name, _ in headers):
@@ -111,6 +115,10 @@ def probe(
             fail(f"{url!r} is not an http(s) URL (use --app to call an app in-process)")
         hop_recorder = HopRecorder(db) if db is not None else None
         result = _run(url, method, body, headers, client, max_hops, None, hop_recorder, timeout)
+        if len(result.hops) == 1 and result.hops[0].status is None:
+            # Nothing answered at all (refused, unresolvable, timed out): the
+            # environment, not a redirect, so one line and exit 2, and nothing recorded.
+            fail(f"{url}: no response ({result.hops[0].error})")
         if hop_recorder is not None:
             hop_recorder.save()
     console.print(hop_table(result, client))

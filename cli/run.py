@@ -19,9 +19,15 @@ import uvicorn
 from uvicorn.config import LIFESPAN
 
 from auditor.redaction import RedactionRules
-from auditor.schema import SchemaError, connect, create_private_file, ensure_schema
+from auditor.schema import (
+    SchemaError,
+    check_sqlite_file,
+    connect,
+    create_private_file,
+    ensure_schema,
+)
 from auditor.serve import AppImportError, import_app, settings_env
-from cli.common import console, fail
+from cli.common import console, fail, require_free_port
 
 
 class RecordMode(StrEnum):
@@ -150,6 +156,9 @@ def run(
         fail(f"{db}: is a directory; --db takes a SQLite file path")
     if not db.absolute().parent.is_dir():
         fail(f"{db}: directory {db.absolute().parent} does not exist")
+    # Before the database is created or the banner printed: a busy port fails here,
+    # with one line, instead of in uvicorn after both.
+    require_free_port(host, port)
     prepare_db(db)
     os.environ.update(
         settings_env(
@@ -201,8 +210,14 @@ def run(
 
 def prepare_db(db: Path) -> None:
     """Create (mode 0600) or check the database before any worker starts, so a file
-    this release cannot record into fails here with one line instead of in every worker."""
+    this release cannot record into fails here with one line instead of in every worker.
+
+    An existing file is checked read-only first (SQLite header, quick_check): a damaged
+    one would take the writers' rows and lose them all.
+    """
     try:
+        if db.exists() and db.stat().st_size > 0:
+            check_sqlite_file(db)
         create_private_file(db)
         conn = connect(db)
         try:
@@ -210,7 +225,8 @@ def prepare_db(db: Path) -> None:
         finally:
             conn.close()
     except SchemaError as exc:
-        fail(f"{db}: {exc}")
+        message = str(exc)
+        fail(message if message.startswith(f"{db}:") else f"{db}: {message}")
     except sqlite3.OperationalError as exc:
         if "locked" not in str(exc):  # busy at start-up is fine: the writers wait and retry
             fail(f"{db}: cannot record into this file ({exc})")

@@ -191,9 +191,9 @@ def test_a_loop_and_a_long_chain_stop(server: str) -> None:
 
 def test_nothing_listening_is_a_clear_failure(tmp_path: Path) -> None:
     db = tmp_path / "t.db"
-    code, out, _ = probe(f"http://127.0.0.1:{free_port()}/", "--db", str(db))
-    assert code == 1
-    assert "ConnectError" in out
+    code, out, err = probe(f"http://127.0.0.1:{free_port()}/", "--db", str(db))
+    assert code == 2  # the environment, not a redirect: bad input, one line on stderr
+    assert out == "" and err.count("\n") == 1 and "no response" in err
     assert not db.exists()
 
 
@@ -232,9 +232,12 @@ def test_sweep_visits_every_route_and_audits_with_no_traffic(tmp_path: Path) -> 
     assert "method-change-on-move" in out
     assert "(loop)" in out
     findings = fetch_rows(db, "select rule, method, status, source from findings")
-    assert {"rule": "method-change-on-move", "method": "POST", "status": 301, "source": "/v1/orders"} in (
-        findings
-    )
+    assert {
+        "rule": "method-change-on-move",
+        "method": "POST",
+        "status": 301,
+        "source": "/v1/orders",
+    } in (findings)
 
 
 # --- bad input ----------------------------------------------------------------------

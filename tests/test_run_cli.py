@@ -76,7 +76,7 @@ def test_non_sqlite_db_file_fails_and_is_left_unchanged(tmp_path: Path) -> None:
     db.write_bytes(b"these are my notes, not a database\n" * 10)
     code, stderr = run_cli("tests.apps.site:app", "--db", str(db))
     assert code != 0
-    assert_one_clear_line(stderr, "not a usable SQLite database")
+    assert_one_clear_line(stderr, "not a SQLite database")
     assert db.read_bytes() == b"these are my notes, not a database\n" * 10
 
 
