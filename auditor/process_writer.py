@@ -15,7 +15,6 @@ process still counts the requests it never received as dropped.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import fcntl
@@ -157,8 +156,11 @@ class ProcessWriter:
             self._fallback.flush()
 
     async def flush_async(self) -> None:
-        """``flush`` without blocking the event loop."""
-        await asyncio.to_thread(self.flush)
+        """``flush`` in a worker thread, without blocking the event loop, on whichever
+        async library runs the app: asyncio, uvloop or trio (anyio's threads work on all)."""
+        from anyio import to_thread
+
+        await to_thread.run_sync(self.flush)
 
     def prune(self) -> int:
         """Apply ``max_rows`` / ``max_age`` now (in the writer process)."""

@@ -11,7 +11,6 @@ nothing here ever raises into the app.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -267,8 +266,11 @@ class Writer:
             self._reset()
 
     async def flush_async(self) -> None:
-        """``flush`` without blocking the event loop."""
-        await asyncio.to_thread(self.flush)
+        """``flush`` in a worker thread, without blocking the event loop, on whichever
+        async library runs the app: asyncio, uvloop or trio (anyio's threads work on all)."""
+        from anyio import to_thread
+
+        await to_thread.run_sync(self.flush)
 
     def close(self) -> None:
         """Stop the thread after a final flush and forget this writer (interpreter
