@@ -19,7 +19,8 @@ from starlette.routing import Route
 
 from auditor import RedirectRecorder
 from auditor.analysis.audit import audit
-from auditor.explore import build_datasette, build_metadata, database_names, load_metadata
+from auditor.explore import build_datasette, database_names, load_metadata
+from auditor.explore.plugin import database_metadata
 from tests.servers import ROOT, serve_in_thread
 from tests.test_datasette_fixture import (  # noqa: F401 - pytest fixtures
     BROWSER_UA,
@@ -66,14 +67,14 @@ def test_packaged_metadata_is_the_top_level_file() -> None:
     top_level = json.loads((ROOT / "datasette_metadata.json").read_text("utf-8"))
     assert load_metadata() == top_level
     assert (ROOT / "datasette_metadata.json").read_bytes() == (
-        ROOT / "auditor" / "datasette_metadata.json"
+        ROOT / "auditor" / "explore" / "metadata.json"
     ).read_bytes()
+    assert "databases" not in top_level  # applies to every database through the plugin
 
 
 def test_metadata_uses_only_datasette_065_keys() -> None:
-    metadata = load_metadata()
-    assert set(metadata) <= TOP_KEYS
-    for database in metadata["databases"].values():
+    assert set(load_metadata()) <= TOP_KEYS
+    for database in [database_metadata()]:
         assert set(database) <= DATABASE_KEYS
         for table in database["tables"].values():
             assert set(table) <= TABLE_KEYS
@@ -83,12 +84,9 @@ def test_metadata_uses_only_datasette_065_keys() -> None:
             assert not canned.get("write")
 
 
-def test_metadata_applies_to_the_actual_file_names() -> None:
+def test_database_names_follow_datasette() -> None:
     files = [Path("shop-2026.db"), Path("a/traffic.db"), Path("b/traffic.db")]
     assert database_names(files) == ["shop-2026", "traffic", "traffic_2"]
-    metadata = build_metadata(files)
-    assert list(metadata["databases"]) == ["shop-2026", "traffic", "traffic_2"]
-    assert metadata["databases"]["traffic_2"]["tables"]["findings"]["facets"][0] == "rule"
 
 
 def test_several_databases_each_get_titles_and_queries(
@@ -98,12 +96,14 @@ def test_several_databases_each_get_titles_and_queries(
     second.write_bytes(recorded_db.read_bytes())
     data = fetch([audited_db, second], "/-/metadata.json")
     assert set(data["databases"]) == {DB, "traffic"}
-    page = fetch([audited_db, second], "/traffic/findings")
-    assert "One row per redirect problem" in page
+    page = fetch([audited_db, second], "/traffic/requests")
+    assert "One row per HTTP request" in page
+    for name in (DB, "traffic"):
+        assert f'href="/{name}/findings_by_severity"' in fetch([audited_db, second], f"/{name}")
 
 
 def test_every_canned_query_runs(audited_db: Path) -> None:
-    queries = load_metadata()["databases"]["traffic"]["queries"]
+    queries = database_metadata()["queries"]
     for name in queries:
         data = fetch([audited_db], f"/{DB}/{name}.json?rule=&route=&bucket=&client_key=")
         assert data["ok"], name
@@ -128,7 +128,7 @@ def test_findings_by_severity_puts_errors_first(audited_db: Path) -> None:
 def test_findings_by_client_spreads_the_evidence(audited_db: Path) -> None:
     rows = query(audited_db, "findings_by_client", rule="post-redirect-get-302")
     assert {(r["source"], r["client"]): r["requests"] for r in rows} == {
-        ("/login", BROWSER_UA): 2,
+        ("/login", BROWSER_UA.partition("/")[0]): 2,  # the product, no version
         ("/login", "curl"): 1,
     }
     assert all(r["followed"] == r["requests"] and r["not_followed"] == 0 for r in rows)
@@ -315,7 +315,7 @@ def test_findings_link_to_example_request_and_chain(audited_db: Path) -> None:
     page = fetch([audited_db], f"/{DB}/findings?rule=post-redirect-get-302")
     assert f'href="/{DB}/requests/{request_id}"' in page
     assert f'href="/{DB}/chains/{chain_id}"' in page
-    assert "col-evidence" in page and "per client family" in page  # the column's description
+    assert "col-evidence" in page and "Per client family" in page  # the column's description
     chain = fetch([audited_db], f"/{DB}/chains/{chain_id}")
     assert f'href="/{DB}/requests/{request_id}"' in chain
 
@@ -324,7 +324,7 @@ def test_findings_table_has_facets_and_default_sort(audited_db: Path) -> None:
     data = fetch([audited_db], f"/{DB}/findings.json?_shape=objects")
     keys = [(r["severity_rank"], -r["hits"]) for r in data["rows"]]
     assert keys == sorted(keys)  # the audit numbers findings worst first; id order shows that
-    assert {"rule", "severity", "status", "method", "source"} <= set(data["facet_results"])
+    assert {"rule", "severity"} == set(data["facet_results"])
 
 
 def test_internal_tables_are_hidden(audited_db: Path) -> None:

@@ -84,8 +84,10 @@ def test_explore_audits_serves_and_stops_on_ctrl_c(recorded_db: Path, tmp_path: 
         response = wait_for(findings, timeout=20, what="explore to answer")
         rules = {row["rule"] for row in response.json()["rows"]}
         assert {"post-redirect-get-302", "redirect-loop", "open-redirect"} <= rules
+        landing = httpx.get(f"{base}/shop-2026", timeout=5)  # the URL explore printed
+        assert landing.status_code == 200 and 'class="ra-report"' in landing.text
         graph = httpx.get(f"{base}/-/redirect-graph", params={"route": "/old"}, timeout=5)
-        assert graph.status_code == 200 and "<svg" in graph.text
+        assert graph.status_code == 200 and "data-ra-dot=" in graph.text
     finally:
         proc.send_signal(signal.SIGINT)
         try:

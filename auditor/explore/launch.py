@@ -1,15 +1,14 @@
 """Open traffic databases in Datasette with the auditor's metadata and plugin.
 
-The shipped ``datasette_metadata.json`` describes one database named ``traffic``;
-``build_metadata`` applies that entry to whatever the files are actually called
-(``shop-2026.db``, several files at once), using Datasette's own naming: the file
-stem, with ``_2``, ``_3`` ... for repeated stems.
+The instance metadata (``metadata.json``, the same as the top-level
+``datasette_metadata.json``) names no database: the plugin gives every traffic database
+its tables' descriptions and canned queries, whatever the file is called. Datasette
+names a database after its file's stem, with ``_2``, ``_3`` ... for repeated stems.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import importlib.resources
 import ipaddress
 import json
@@ -22,14 +21,15 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # imported lazily: Datasette costs ~0.7 s, every CLI command would pay it
     from datasette.app import Datasette
 
-METADATA_RESOURCE = "datasette_metadata.json"
-TEMPLATE_DATABASE = "traffic"
+METADATA_RESOURCE = "metadata.json"
 SETTINGS = {"sql_time_limit_ms": 5000, "facet_time_limit_ms": 500, "truncate_cells_html": 200}
 
 
 def load_metadata() -> dict[str, Any]:
-    """The metadata shipped inside the package (identical to the top-level file)."""
-    text = importlib.resources.files("auditor").joinpath(METADATA_RESOURCE).read_text("utf-8")
+    """The instance metadata shipped inside the package (identical to the top-level file)."""
+    text = (
+        importlib.resources.files("auditor.explore").joinpath(METADATA_RESOURCE).read_text("utf-8")
+    )
     data: dict[str, Any] = json.loads(text)
     return data
 
@@ -46,23 +46,13 @@ def database_names(files: Sequence[str | Path]) -> list[str]:
     return taken[1:]
 
 
-def build_metadata(files: Sequence[str | Path]) -> dict[str, Any]:
-    """Metadata with the template database entry applied to each file's Datasette name."""
-    metadata = load_metadata()
-    template = metadata["databases"][TEMPLATE_DATABASE]
-    metadata["databases"] = {name: copy.deepcopy(template) for name in database_names(files)}
-    return metadata
-
-
 def build_datasette(files: Sequence[str | Path], **settings: Any) -> Datasette:
     """A Datasette instance on ``files`` with the auditor metadata; the plugin loads via
     its entry point. The files are opened read-write so a live recording shows up."""
     from datasette.app import Datasette
 
     paths = [str(Path(file)) for file in files]
-    ds = Datasette(
-        paths, metadata=build_metadata(paths), settings={**SETTINGS, **settings}, cors=False
-    )
+    ds = Datasette(paths, metadata=load_metadata(), settings={**SETTINGS, **settings}, cors=False)
     actual = [name for name in ds.databases if name != "_internal"]
     if actual != database_names(paths):  # Datasette changed its naming: fail loudly
         raise RuntimeError(f"unexpected Datasette database names {actual}")
