@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,15 +15,35 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 from auditor.analysis.audit import AuditResult
 from auditor.analysis.audit import audit as run_audit
 from auditor.analysis.config import ConfigError, build_options
-from auditor.analysis.report import failed, to_json, to_markdown, to_rich
+from auditor.analysis.report import (
+    failed,
+    failed_reason,
+    stored_result,
+    to_json,
+    to_lines,
+    to_markdown,
+    to_rich,
+)
 from auditor.analysis.rules.base import Severity, all_rules
 from auditor.merge import merge
 from auditor.schema import SchemaError
 from cli.common import console, err_console, fail, require_traffic_db
 
-FORMATS = ("table", "json", "markdown")
-FAIL_ON: tuple[Severity, ...] = ("error", "warning")
 PROGRESS_AFTER_S = 0.5  # show a progress bar only for scans that take longer
+DETAILED = 3  # findings shown in detail in the terminal by default; then a line each
+DETAIL_LINES = 12  # about what one detailed finding takes there
+
+
+class OutputFormat(StrEnum):
+    text = "text"  # a terminal: the grouped view; a pipe or CI log: one line per finding
+    table = "table"  # the grouped view, piped or not
+    json = "json"
+    markdown = "markdown"
+
+
+class FailOn(StrEnum):
+    error = "error"
+    warning = "warning"
 
 
 class DelayedProgress:
@@ -59,28 +80,59 @@ class DelayedProgress:
 def audit(
     dbs: Annotated[
         list[Path],
-        typer.Argument(help="Traffic database(s) recorded by RedirectRecorder; audited in turn."),
+        typer.Argument(
+            metavar="DB...",
+            help="Traffic database(s) recorded by RedirectRecorder; audited in turn.",
+            show_default=False,
+        ),
     ],
     format: Annotated[
-        str, typer.Option("--format", "-f", help="Output: table, json or markdown.")
-    ] = "table",
+        OutputFormat,
+        typer.Option(
+            "--format",
+            "-f",
+            help="text: grouped in a terminal, one line per finding when piped; "
+            "table: grouped; json: docs/audit-json-schema.json; markdown: one PR comment.",
+        ),
+    ] = OutputFormat.text,
     fail_on: Annotated[
-        str | None,
-        typer.Option(help="Exit 1 when a finding is at or above: error or warning."),
+        FailOn | None,
+        typer.Option(
+            help="Exit 1 when a finding is at or above this severity.", show_default=False
+        ),
+    ] = None,
+    limit: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Findings shown per database, worst first (0: all). Default: what fits "
+            "the screen in a terminal, all when piped; markdown stops within one comment.",
+            show_default=False,
+        ),
     ] = None,
     chain_threshold: Annotated[
-        int | None, typer.Option(help="Redirects in a row that make a chain (default 2).")
+        int | None,
+        typer.Option(help="Redirects in a row that make a chain (default 2).", show_default=False),
     ] = None,
     link_window: Annotated[
         float | None,
-        typer.Option(help="Seconds within which a follow-up request must arrive (default 30)."),
+        typer.Option(
+            metavar="SECONDS",
+            help="Seconds within which a follow-up request must arrive (default 30).",
+            show_default=False,
+        ),
     ] = None,
     ignore_path: Annotated[
         list[str] | None,
-        typer.Option(help="Glob on the route or path whose findings are dropped; repeatable."),
+        typer.Option(
+            metavar="GLOB",
+            help="Glob on the route or path whose findings are dropped; repeatable.",
+            show_default=False,
+        ),
     ] = None,
     ignore_rule: Annotated[
-        list[str] | None, typer.Option(help="Rule id to skip; repeatable.")
+        list[str] | None,
+        typer.Option(metavar="PROBLEM", help="Problem id to skip; repeatable.", show_default=False),
     ] = None,
     no_config: Annotated[
         bool,
@@ -89,10 +141,20 @@ def audit(
     combined: Annotated[
         Path | None,
         typer.Option(
+            metavar="OUT.db",
             help="Merge the databases (one per host) into this file and audit them together, "
-            "so hops that crossed hosts link; the input files are left as they are."
+            "so hops that crossed hosts link; the input files are left as they are.",
+            show_default=False,
         ),
     ] = None,
+    stored: Annotated[
+        bool,
+        typer.Option(
+            "--stored",
+            help="Show the findings the last audit stored in the database, without auditing "
+            "again (fast; nothing is written).",
+        ),
+    ] = False,
 ) -> None:
     """Audit recorded traffic: link follow-up hops, build chains, run every rule, and store
     the findings in the database (replacing the previous run's).
@@ -106,19 +168,17 @@ def audit(
 
     Example: redirect-auditor audit web1.db web2.db --combined all.db
     """
-    if format not in FORMATS:
-        fail(f"--format must be one of {', '.join(FORMATS)}, not {format!r}")
-    if fail_on is not None and fail_on not in FAIL_ON:
-        fail(f"--fail-on must be one of {', '.join(FAIL_ON)}, not {fail_on!r}")
-    threshold: Severity | None = next((s for s in FAIL_ON if s == fail_on), None)
+    threshold: Severity | None = None if fail_on is None else fail_on.value
     overrides: dict[str, Any] = {
         "chain_threshold": chain_threshold,
         "link_window": link_window,
         "ignore_paths": ignore_path or None,
         "ignore_rules": ignore_rule or None,
     }
+    if stored and (combined is not None or any(v is not None for v in overrides.values())):
+        fail("--stored shows the last audit as it was stored; audit options need a new audit")
     try:
-        options = build_options(overrides, use_pyproject=not no_config)
+        options = build_options(overrides, use_pyproject=not no_config and not stored)
     except ConfigError as exc:
         fail(str(exc))
     for db in dbs:  # check every file before writing to any
@@ -130,32 +190,61 @@ def audit(
             fail(str(exc))
         dbs = [combined]
 
+    view = format.value
+    if view == "text":
+        view = "table" if console.is_terminal else "lines"
+    details: int | None = None  # every finding shown is shown in detail
+    if limit is None and view == "table":
+        # A screenful: the worst few in detail, the next ones a line each.
+        details = DETAILED
+        limit = DETAILED + max(5, console.height - DETAILED * DETAIL_LINES - 6)
+    elif limit is None:  # a pipe, a CI log, a comment (which stops at its own size)
+        limit = 0
     results: list[AuditResult] = []
     for db in dbs:
-        progress = DelayedProgress(db.name)
-        try:
-            results.append(run_audit(db, options=options, progress=progress))
-        except (SchemaError, ConfigError) as exc:
-            fail(str(exc))
-        except sqlite3.Error as exc:  # checked intact above; this is the disk or a lock
-            fail(f"{db}: cannot audit ({exc})")
-        finally:
-            progress.close()
-        if format == "table":
-            console.print(to_rich(results[-1]))
-        for rule_id, error in results[-1].rule_errors.items():
-            err_console.print(
-                f"[yellow]Warning:[/] rule {rule_id} failed and was skipped: {error}",
-                highlight=False,
-                soft_wrap=True,
-            )
+        if stored:
+            result = stored_result(db)
+            if result is None:
+                fail(f"{db}: no audit stored yet; run: redirect-auditor audit {db}")
+        else:
+            result = _audit_one(db, options)
+        results.append(result)
+        if view == "table":
+            hint = f"--limit 0 shows them all, or browse them: redirect-auditor explore {db}"
+            console.print(to_rich(result, limit, hint, details))
+        elif view == "lines":
+            typer.echo("\n".join(to_lines([result], limit, with_path=len(dbs) > 1)))
+        else:
+            for rule_id, error in result.rule_errors.items():
+                err_console.print(
+                    f"[yellow]Warning:[/] rule {rule_id} failed and was skipped: {error}",
+                    highlight=False,
+                    soft_wrap=True,
+                )
 
-    if format == "json":
+    if view == "json":
         typer.echo(json.dumps(to_json(results, threshold), indent=2, ensure_ascii=False))
-    elif format == "markdown":
-        typer.echo(to_markdown(results, threshold), nl=False)
-    if failed(results, threshold):
+    elif view == "markdown":
+        typer.echo(to_markdown(results, threshold, limit=limit), nl=False)
+    if threshold is not None and failed(results, threshold):
+        err_console.print(
+            f"[bold red]Failed:[/] {failed_reason(results, threshold)}",
+            highlight=False,
+            soft_wrap=True,
+        )
         raise typer.Exit(code=1)
+
+
+def _audit_one(db: Path, options: Any) -> AuditResult:
+    progress = DelayedProgress(db.name)
+    try:
+        return run_audit(db, options=options, progress=progress)
+    except (SchemaError, ConfigError) as exc:
+        fail(str(exc))
+    except sqlite3.Error as exc:  # checked intact above; this is the disk or a lock
+        fail(f"{db}: cannot audit ({exc})")
+    finally:
+        progress.close()
 
 
 def rule_ids() -> list[str]:

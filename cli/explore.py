@@ -28,7 +28,8 @@ def _audit_if_needed(db: Path) -> None:
 
 def explore(
     dbs: Annotated[
-        list[Path], typer.Argument(help="Traffic databases (several are shown side by side).")
+        list[Path],
+        typer.Argument(metavar="DB...", help="Traffic databases (several are shown side by side)."),
     ],
     port: Annotated[
         int, typer.Option(help="Port to listen on (0: any free port).", min=0, max=65535)

@@ -14,8 +14,16 @@ from cli.common import console, fail
 
 
 def merge_command(
-    out: Annotated[Path, typer.Argument(help="Database to merge into (created when missing).")],
-    shards: Annotated[list[Path], typer.Argument(help="Traffic databases to copy from.")],
+    out: Annotated[
+        Path,
+        typer.Argument(
+            metavar="OUT",
+            help="Database to merge into: a new file, or one an earlier merge made.",
+        ),
+    ],
+    shards: Annotated[
+        list[Path], typer.Argument(metavar="SHARD...", help="Traffic databases to copy from.")
+    ],
 ) -> None:
     """Combine the traffic databases of several hosts into one, for a cross-host audit.
 

@@ -48,7 +48,12 @@ def probe(
     data: Annotated[str | None, typer.Option("--data", "-d", help="Request body.")] = None,
     header: Annotated[
         list[str] | None,
-        typer.Option("--header", "-H", help="Extra request header 'Name: value' (repeatable)."),
+        typer.Option(
+            "--header",
+            "-H",
+            metavar="'NAME: VALUE'",
+            help="Extra request header (repeatable).",
+        ),
     ] = None,
     max_hops: Annotated[int, typer.Option(help="Redirects to follow at most.", min=0)] = 10,
     as_client: Annotated[

@@ -1,10 +1,21 @@
-"""Render audit results: the JSON document (docs/audit-json-schema.json), Markdown for a
-pull-request comment, and a rich table for the terminal."""
+"""Render audit results: one line per finding (CI logs, pipes), the grouped rich view
+for a terminal, Markdown for a pull-request comment, and the JSON document
+(docs/audit-json-schema.json). Every renderer puts the worst findings first and
+scales to tens of thousands of them: the lines are plain string formatting, the rich
+view details the worst ``limit`` only, and Markdown stops within one comment.
+
+Everything recorded is attacker-controlled: control characters are escaped in lines,
+Markdown punctuation in comments, and rich text is never parsed as markup.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import json
+import re
+import sqlite3
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from rich.console import Group as RichGroup
@@ -13,13 +24,17 @@ from rich.table import Table
 from rich.text import Text
 
 from auditor.analysis.audit import AuditResult, tool_version
-from auditor.analysis.rules.base import SEVERITIES, Finding, Severity
+from auditor.analysis.rules.base import SEVERITIES, AuditOptions, Finding, Severity
 from auditor.analysis.rules.method import short
 
 JSON_SCHEMA_VERSION = 2
 SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 SEVERITY_PLURAL = {"error": "errors", "warning": "warnings", "info": "info"}
 FINDING_FIELDS = [f.name for f in dataclasses.fields(Finding)]
+MARKDOWN_LIMIT = 65_536  # characters GitHub accepts in one comment body
+MARKDOWN_CELL = 400  # characters of one table cell at most (a URL can be any length)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>|~#!])")
 
 
 def totals(results: Sequence[AuditResult]) -> dict[Severity, int]:
@@ -34,10 +49,33 @@ def failed(results: Sequence[AuditResult], fail_on: Severity | None) -> bool:
     return any(r.counts.get(s, 0) for r in results for s in levels)
 
 
-def counts_text(counts: dict[Severity, int]) -> str:
+def at_or_above(results: Sequence[AuditResult], fail_on: Severity) -> dict[Severity, int]:
+    """Findings per severity at or above ``fail_on`` (the ones that fail the check)."""
+    counts = totals(results)
+    return {s: counts[s] for s in SEVERITIES[: SEVERITIES.index(fail_on) + 1] if counts[s]}
+
+
+def failed_reason(results: Sequence[AuditResult], fail_on: Severity) -> str:
+    """Why the check failed: "3 errors at or above --fail-on error"."""
+    counts = at_or_above(results, fail_on)
+    total = sum(counts.values())
+    if len(counts) == 1:
+        [(severity, count)] = counts.items()
+        what = f"{count:,} {severity if count == 1 else SEVERITY_PLURAL[severity]}"
+    else:
+        what = f"{plural(total, 'finding')} ({counts_text(counts, only_found=True)})"
+    return f"{what} at or above --fail-on {fail_on}"
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count:,} {noun if count == 1 else noun + 's'}"
+
+
+def counts_text(counts: dict[Severity, int], *, only_found: bool = False) -> str:
     return ", ".join(
-        f"{counts.get(s, 0)} {s if counts.get(s, 0) == 1 else SEVERITY_PLURAL[s]}"
+        f"{counts.get(s, 0):,} {s if counts.get(s, 0) == 1 else SEVERITY_PLURAL[s]}"
         for s in SEVERITIES
+        if counts.get(s, 0) or not only_found
     )
 
 
@@ -93,11 +131,18 @@ def database_json(result: AuditResult) -> dict[str, Any]:
     }
 
 
-# --- Markdown ------------------------------------------------------------------------
+# --- lines (pipes, CI logs) ------------------------------------------------------------
 
 
-def _cell(text: object) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+def plain(text: object) -> str:
+    """``text`` on one line with its control characters escaped (no terminal escapes)."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text))
+
+
+def clients(finding: Finding) -> int | None:
+    """How many client families the finding's evidence names (None: it names none)."""
+    named = finding.evidence.get("clients") if isinstance(finding.evidence, dict) else None
+    return len(named) if isinstance(named, list) else None
 
 
 def where(finding: Finding) -> str:
@@ -107,61 +152,177 @@ def where(finding: Finding) -> str:
     return " ".join(p for p in parts if p)
 
 
-def to_markdown(results: Sequence[AuditResult], fail_on: Severity | None) -> str:
-    """A pull-request comment: a summary line, then one table per severity."""
+def finding_line(finding: Finding) -> str:
+    """``SEVERITY problem-id METHOD place STATUS → target (hits, clients)``, like a linter."""
+    parts = [finding.severity, finding.rule, finding.method or "-", finding.source]
+    if finding.status is not None:
+        parts.append(str(finding.status))
+    if finding.target:
+        parts.append(f"→ {short(finding.target)}")
+    seen = plural(finding.hits, "hit")
+    families = clients(finding)
+    if families is not None:
+        seen += f", {plural(families, 'client')}"
+    return plain(f"{' '.join(parts)} ({seen})")
+
+
+def to_lines(
+    results: Sequence[AuditResult], limit: int = 0, *, with_path: bool | None = None
+) -> Iterator[str]:
+    """One line per finding, worst first (``limit`` per database, 0: all), then each
+    database's summary line. Several databases (or ``with_path``): every finding's line
+    starts with its file."""
+    several = len(results) > 1 if with_path is None else with_path
+    for result in results:
+        prefix = f"{plain(result.db_path)}: " if several else ""
+        shown = result.findings if limit <= 0 else result.findings[:limit]
+        for finding in shown:
+            yield prefix + finding_line(finding)
+        rest = len(result.findings) - len(shown)
+        if rest:
+            yield prefix + more_line(result.findings[len(shown) :])
+        for rule_id, error in result.rule_errors.items():
+            yield prefix + plain(f"rule {rule_id} failed and was skipped: {error}")
+        drops = drops_line(result)
+        if drops:
+            yield plain(drops)
+        yield plain(summary_line(result))
+
+
+def more_line(rest: Sequence[Finding]) -> str:
+    """ "…and 19,980 more (12,000 warnings, 7,980 info)"."""
+    counts: dict[Severity, int] = {s: 0 for s in SEVERITIES}
+    for finding in rest:
+        counts[finding.severity] += 1
+    return f"…and {len(rest):,} more ({counts_text(counts, only_found=True)})"
+
+
+# --- Markdown ------------------------------------------------------------------------
+
+
+def _cell(text: object, *, code: bool = False) -> str:
+    """A table cell: one line, at most MARKDOWN_CELL characters, no markup of its own."""
+    value = " ".join(str(text).split())
+    if len(value) > MARKDOWN_CELL:
+        value = value[: MARKDOWN_CELL - 1] + "…"
+    if code:  # inside `...` only the backtick and the cell bar would break out
+        return value.replace("`", "'").replace("|", "\\|")
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", value)
+
+
+def _markdown_row(finding: Finding) -> str:
+    return (
+        f"| `{finding.rule}` | `{_cell(where(finding), code=True)}` | {finding.hits:,} | "
+        f"{_cell(finding.message)} | {_cell(finding.recommendation)} | {_cell(finding.spec)} |"
+    )
+
+
+def to_markdown(
+    results: Sequence[AuditResult],
+    fail_on: Severity | None,
+    *,
+    limit: int = 0,
+    max_chars: int = MARKDOWN_LIMIT,
+) -> str:
+    """A pull-request comment of at most ``max_chars`` characters: a summary line, then
+    one table per severity, worst first, and "…and N more" for what does not fit
+    (or is past ``limit`` findings per database, when given)."""
+    verdict = ""
+    if fail_on is not None and failed(results, fail_on):
+        reason = failed_reason(results, fail_on)
+        verdict = "_Check failed: " + reason.replace("--fail-on", "`--fail-on") + "`._"
+    elif fail_on is not None:
+        verdict = f"_Check passed (`--fail-on {fail_on}`)._"
     lines = [f"## redirect-auditor: {counts_text(totals(results))}", ""]
+    size = sum(len(line) + 1 for line in lines)
+    # Room kept for the last database's "…and N more" line and the verdict.
+    reserve = len(verdict) + 200
+
+    def add(*new: str) -> bool:
+        nonlocal size
+        grow = sum(len(line) + 1 for line in new)
+        if size + grow > max_chars - reserve:
+            return False
+        lines.extend(new)
+        size += grow
+        return True
+
+    full = False
     for result in results:
         if len(results) > 1:
-            lines += [f"### `{result.db_path}`", ""]
-        lines += [summary_line(result) + ".", ""]
-        if drops_line(result):
-            lines += [f"> **Note:** {drops_line(result)}", ""]
+            add(f"### `{_cell(result.db_path, code=True)}`", "")
+        add(_cell(summary_line(result)) + ".", "")
+        drops = drops_line(result)
+        if drops:
+            add(f"> **Note:** {_cell(drops)}", "")
         for rule_id, error in result.rule_errors.items():
-            lines += [f"> **Rule `{rule_id}` failed:** {_cell(error)}", ""]
-        for severity in SEVERITIES:
-            found = [f for f in result.findings if f.severity == severity]
-            if not found:
-                continue
-            lines += [
-                f"#### {SEVERITY_PLURAL[severity].capitalize()} ({len(found)})",
-                "",
-                "| Rule | Where | Hits | What happened | Fix | Spec |",
-                "|---|---|---:|---|---|---|",
-            ]
-            lines += [
-                f"| `{f.rule}` | `{_cell(where(f))}` | {f.hits} | {_cell(f.message)} | "
-                f"{_cell(f.recommendation)} | {_cell(f.spec)} |"
-                for f in found
-            ]
+            add(f"> **Rule `{rule_id}` failed:** {_cell(error)}", "")
+        shown = 0
+        wanted = result.findings if limit <= 0 else result.findings[:limit]
+        severity: Severity | None = None
+        for finding in wanted:
+            if full:
+                break
+            if finding.severity != severity:
+                count = result.counts.get(finding.severity, 0)
+                header = [
+                    f"#### {SEVERITY_PLURAL[finding.severity].capitalize()} ({count:,})",
+                    "",
+                    "| Problem | Where | Hits | What happened | Fix | Spec |",
+                    "|---|---|---:|---|---|---|",
+                ]
+                if severity is not None:
+                    header.insert(0, "")
+                if not add(*header, _markdown_row(finding)):
+                    full = True
+                    break
+                severity = finding.severity
+            elif not add(_markdown_row(finding)):
+                full = True
+                break
+            shown += 1
+        if shown:
             lines.append("")
+        if shown < len(result.findings):
+            more = more_line(result.findings[shown:])
+            lines += [f"_{more}: see `redirect-auditor audit --format json`._", ""]
+            size += len(lines[-2]) + 2
         if not result.findings:
-            lines += ["No redirect problems found.", ""]
-    if fail_on is not None:
-        verdict = "failed" if failed(results, fail_on) else "passed"
-        lines.append(f"_Check {verdict} (`--fail-on {fail_on}`)._")
-    return "\n".join(lines).rstrip() + "\n"
+            add("No redirect problems found.", "")
+    if verdict:
+        lines.append(verdict)
+    text = "\n".join(lines).rstrip() + "\n"
+    return text if len(text) <= max_chars else text[: max_chars - 2] + "…\n"
 
 
 # --- terminal ------------------------------------------------------------------------
 
 
-def to_rich(result: AuditResult) -> RenderableType:
-    """Findings grouped by severity, then the one-line summary (and drops, if any)."""
+def to_rich(
+    result: AuditResult, limit: int = 0, hint: str = "", details: int | None = None
+) -> RenderableType:
+    """The worst ``limit`` findings (0: all), grouped by severity: the first ``details``
+    of them (None: all) with what happened, the fix and the spec, the others one line
+    each; then "…and N more" with ``hint`` (how to see them), the summary line, drops
+    and rule errors."""
+    shown = result.findings if limit <= 0 else result.findings[:limit]
+    detailed = shown if details is None else shown[:details]
     parts: list[RenderableType] = []
     for severity in SEVERITIES:
-        found = [f for f in result.findings if f.severity == severity]
+        found = [f for f in detailed if f.severity == severity]
         if not found:
             continue
         style = SEVERITY_STYLE[severity]
+        total = result.counts.get(severity, len(found))
         table = Table(
-            title=Text(f"{SEVERITY_PLURAL[severity].capitalize()} ({len(found)})", style=style),
+            title=Text(f"{SEVERITY_PLURAL[severity].capitalize()} ({total:,})", style=style),
             title_justify="left",
             show_lines=True,
             expand=True,
         )
-        table.add_column("Rule", style=style, no_wrap=True)
+        table.add_column("Problem", style=style, no_wrap=True)
         table.add_column("Where", overflow="fold", ratio=1)
-        table.add_column("Hits", justify="right")
+        table.add_column("Hits", justify="right", no_wrap=True)
         table.add_column("What happened / fix", ratio=3)
         for f in found:
             text = Text(f.message)
@@ -171,9 +332,24 @@ def to_rich(result: AuditResult) -> RenderableType:
                 text.append(f"  (example request {f.example_request_id}", style="dim")
                 chain = f", chain {f.example_chain_id})" if f.example_chain_id else ")"
                 text.append(chain, style="dim")
-            target = f"\n→ {short(f.target)}" if f.target else ""
-            table.add_row(f.rule, f"{where(f)}{target}", str(f.hits), text)
+            place = " ".join(p for p in (f.method, f.source) if p)
+            if f.status is not None or f.target:
+                status = "" if f.status is None else f"{f.status} "
+                place += f"\n{status}→ {short(f.target)}" if f.target else f"\n{status}"
+            families = clients(f)
+            seen = f"{f.hits:,}" + (f"\n{plural(families, 'client')}" if families else "")
+            table.add_row(f.rule, Text(place), seen, text)
         parts.append(table)
+    for f in shown[len(detailed) :]:
+        line = Text(finding_line(f), no_wrap=True, overflow="ellipsis")
+        line.stylize(SEVERITY_STYLE[f.severity], 0, len(f.severity))
+        parts.append(line)
+    rest = len(result.findings) - len(shown)
+    if rest:
+        more = Text(more_line(result.findings[len(shown) :]), style="bold")
+        if hint:
+            more.append(f": {hint}", style="none")
+        parts.append(more)
     parts.append(Text(summary_line(result), style="bold"))
     drops = drops_line(result)
     if drops:
@@ -181,3 +357,47 @@ def to_rich(result: AuditResult) -> RenderableType:
     for rule_id, error in result.rule_errors.items():
         parts.append(Text(f"Rule {rule_id} failed and was skipped: {error}", style="red"))
     return RichGroup(*parts)
+
+
+# --- findings stored by the last audit ------------------------------------------------
+
+
+def stored_result(db_path: str | Path) -> AuditResult | None:
+    """The last audit of ``db_path`` as stored in it (audit_runs + findings), without
+    auditing again; None when it was never audited. Read-only."""
+    from auditor.schema import connect_read_only
+
+    conn = connect_read_only(db_path)
+    conn.row_factory = sqlite3.Row
+    try:
+        run = conn.execute("select * from audit_runs order by id desc limit 1").fetchone()
+        if run is None:
+            return None
+        rows = conn.execute(
+            f"select {', '.join(FINDING_FIELDS)} from findings "
+            "order by severity_rank, hits desc, rule, source"
+        ).fetchall()
+    finally:
+        conn.close()
+    findings = [
+        Finding(**{**dict(row), "evidence": json.loads(row["evidence"] or "{}")}) for row in rows
+    ]
+    known = {f.name for f in dataclasses.fields(AuditOptions)}
+    options = json.loads(run["options"] or "{}")
+    options = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items() if k in known}
+    counts: dict[Severity, int] = {s: 0 for s in SEVERITIES}
+    for finding in findings:
+        counts[finding.severity] += 1
+    return AuditResult(
+        db_path=str(db_path),
+        run_id=run["id"],
+        started_at=run["started_at"],
+        duration_s=run["duration_s"] or 0.0,
+        options=AuditOptions(**options),
+        findings=findings,
+        counts=counts,
+        rows_scanned=run["rows_scanned"] or 0,
+        redirects_scanned=run["redirects_scanned"] or 0,
+        chains=run["chains"] or 0,
+        rows_dropped=run["rows_dropped"] or 0,
+    )
