@@ -1,7 +1,7 @@
 """Real headless Chromium on Datasette served by uvicorn: the report, a finding's page,
 Graphviz pictures (measured in the rendered DOM), chains and escaping.
 
-Screenshots go to a pytest tmp dir and ``artifacts/``; the report's is copied to
+Screenshots go to a pytest tmp dir and ``artifacts/``; the demo's report is copied to
 ``docs/img/report.png`` for the README.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import shutil
 import sqlite3
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ import pytest
 
 from auditor.explore import build_datasette
 from tests.browser import ARTIFACTS, Page, dump_dom, open_page, require_chromium
-from tests.servers import ROOT, serve_in_thread
+from tests.servers import ROOT, cli_command, serve_in_thread
 from tests.test_datasette_fixture import XSS_PATH, audited_db, recorded_db  # noqa: F401
 
 pytestmark = pytest.mark.browser
@@ -154,7 +155,30 @@ def test_report_shows_the_worst_problem_above_the_fold(
         assert [ranks.index(r.removeprefix("ra-row-")) for r in rows] == sorted(
             ranks.index(r.removeprefix("ra-row-")) for r in rows
         )
-        shot = save(page, shots, "report")
+        save(page, shots, "report")
+
+
+def test_demo_report_reads_in_one_screen(shots: Path, tmp_path: Path) -> None:
+    """The demo's traffic (what the README shows): its report screenshot is the README's."""
+    require_chromium()
+    db = tmp_path / "demo.db"
+    subprocess.run(
+        cli_command("demo", "--no-serve", "--db", str(db)),
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    worst = finding(db)
+    with (
+        serve_in_thread(build_datasette([db]).app()) as base,
+        open_page(f"{base}/demo", WIDTH, HEIGHT) as page,
+    ):
+        drawn(page)
+        assert in_view(page, ".ra-worst .ra-title")["text"].strip() == worst["title"]
+        in_view(page, ".ra-worst .ra-fix")
+        in_view(page, ".ra-worst .ra-graph svg")
+        assert_readable(page.evaluate(MEASURE))
+        shot = save(page, shots, "demo-report")
     (ROOT / "docs" / "img").mkdir(parents=True, exist_ok=True)
     shutil.copy(shot, ROOT / "docs" / "img" / "report.png")
 
