@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+from datasette.database import QueryInterrupted
 from datasette.utils import tilde_decode, tilde_encode
 from datasette.utils.asgi import NotFound, Response, asgi_static
 from markupsafe import Markup
@@ -57,7 +58,15 @@ async def _database(datasette: Any, request: Any, name: str | None, table: str |
 
 async def finding_picture(db: Any, row: dict[str, Any]) -> tuple[str, str] | None:
     """``(DOT, caption)``: the redirects recorded from the finding's place, followed to
-    where they lead; else from its example request; else its example chain."""
+    where they lead; else from its example request; else its example chain. None when
+    there is nothing to draw, or the queries ran past Datasette's time limit."""
+    try:
+        return await _finding_picture(db, row)
+    except QueryInterrupted:
+        return None
+
+
+async def _finding_picture(db: Any, row: dict[str, Any]) -> tuple[str, str] | None:
     place = cells.place_text(row)
     graph = await queries.build_graph(
         db, row.get("source") or "", method=row.get("method"), status=row.get("status")
