@@ -1,14 +1,15 @@
 """Real headless Chromium on Datasette served by uvicorn: the report, a finding's page,
 Graphviz pictures (measured in the rendered DOM), chains and escaping.
 
-Screenshots go to a pytest tmp dir and ``artifacts/``; the demo's report is copied to
-``docs/img/report.png`` for the README.
+Screenshots go to a pytest tmp dir and ``artifacts/``; the demo's report becomes the
+README's ``docs/img/report.png`` when that is missing or UPDATE_SCREENSHOTS=1 is set.
 """
 
 # ruff: noqa: F811 - the shared fixtures are imported, then requested by name
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import sqlite3
@@ -179,8 +180,10 @@ def test_demo_report_reads_in_one_screen(shots: Path, tmp_path: Path) -> None:
         in_view(page, ".ra-worst .ra-graph svg")
         assert_readable(page.evaluate(MEASURE))
         shot = save(page, shots, "demo-report")
-    (ROOT / "docs" / "img").mkdir(parents=True, exist_ok=True)
-    shutil.copy(shot, ROOT / "docs" / "img" / "report.png")
+    readme_image = ROOT / "docs" / "img" / "report.png"
+    if os.environ.get("UPDATE_SCREENSHOTS") or not readme_image.exists():
+        readme_image.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, readme_image)
 
 
 def test_explore_lands_on_the_report(served: str, audited_db: Path) -> None:
