@@ -27,7 +27,8 @@ from auditor.analysis.report import (
 from auditor.analysis.rules.base import Severity, all_rules
 from auditor.merge import merge
 from auditor.schema import SchemaError
-from cli.common import console, err_console, fail, require_traffic_db
+
+from .common import console, err_console, fail, require_traffic_db
 
 PROGRESS_AFTER_S = 0.5  # show a progress bar only for scans that take longer
 DETAILED = 3  # findings shown in detail in the terminal by default; then a line each

@@ -17,7 +17,8 @@ from auditor.analysis.audit import AuditResult
 from auditor.analysis.report import SEVERITY_STYLE, drops_line, summary_line, where
 from auditor.demo_app import PLANTED
 from auditor.demo_traffic import CLIENTS
-from cli.common import console, err_console, fail
+
+from .common import console, err_console, fail
 
 
 def print_findings(result: AuditResult, origin: str) -> None:

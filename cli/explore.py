@@ -8,7 +8,8 @@ from typing import Annotated
 import typer
 
 from auditor import explore as exploring
-from cli.common import console, err_console, fail, require_traffic_db
+
+from .common import console, err_console, fail, require_traffic_db
 
 
 def _audit_if_needed(db: Path) -> None:

@@ -10,7 +10,8 @@ import typer
 from auditor.har import HarError
 from auditor.har import import_har as import_har_file
 from auditor.schema import SchemaError
-from cli.common import console, err_console, fail
+
+from .common import console, err_console, fail
 
 
 def import_har(

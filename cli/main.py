@@ -13,8 +13,8 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from cli import audit, demo, explore, har, merge, probe, prune, run
-from cli.common import EXIT_BAD_INPUT, error_line
+from . import audit, demo, explore, har, merge, probe, prune, run
+from .common import EXIT_BAD_INPUT, error_line
 
 DISTRIBUTION = "redirect-auditor"
 # Click's exceptions as this Typer raises them (its own vendored copy, or click itself).

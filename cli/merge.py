@@ -10,7 +10,8 @@ import typer
 
 from auditor.merge import merge
 from auditor.schema import SchemaError
-from cli.common import console, fail
+
+from .common import console, fail
 
 
 def merge_command(

@@ -17,7 +17,8 @@ from auditor.probe import HopRecorder, ProbeResult, sweep_targets
 from auditor.probe import probe as run_probe
 from auditor.schema import SchemaError, check_traffic_db
 from auditor.serve import AppImportError, import_app
-from cli.common import console, fail
+
+from .common import console, fail
 
 
 class Client(StrEnum):

@@ -10,7 +10,8 @@ import typer
 
 from auditor.retention import parse_duration, prune
 from auditor.schema import connect
-from cli.common import console, fail, require_traffic_db
+
+from .common import console, fail, require_traffic_db
 
 
 def prune_command(

@@ -27,7 +27,8 @@ from auditor.schema import (
     ensure_schema,
 )
 from auditor.serve import AppImportError, import_app, settings_env
-from cli.common import console, fail, require_free_port
+
+from .common import console, fail, require_free_port
 
 
 class RecordMode(StrEnum):

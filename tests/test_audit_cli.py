@@ -10,7 +10,7 @@ import jsonschema
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
+from redirect_auditor_cli.main import app
 from tests.traffic import scenario_db
 
 SCHEMA = json.loads((Path(__file__).parent.parent / "docs/audit-json-schema.json").read_text())

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from auditor.merge import merge
 from auditor.schema import connect, create_private_file, ensure_schema
-from cli.main import app
+from redirect_auditor_cli.main import app
 from tests.servers import free_port
 
 

@@ -22,7 +22,7 @@ import pytest
 from typer.testing import CliRunner
 
 from benchmarks.render_scale import make_findings_db
-from cli.main import app
+from redirect_auditor_cli.main import app
 
 COUNT = 20_000
 LINE = re.compile(

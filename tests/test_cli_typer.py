@@ -10,7 +10,7 @@ from importlib.metadata import version
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
+from redirect_auditor_cli.main import app
 
 COMMANDS = ("run", "audit", "explore", "demo", "import-har", "probe", "prune", "merge")
 

@@ -31,7 +31,7 @@ from auditor.demo import is_demo_database
 from auditor.demo_app import CORRECT_ROUTES, PLANTED, Planted
 from auditor.demo_traffic import CLIENTS, client_addresses
 from auditor.schema import connect, ensure_schema
-from cli.main import app
+from redirect_auditor_cli.main import app
 from tests.servers import cli_command
 
 ENV = {**os.environ, "COLUMNS": "200"}

@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from auditor.explore import is_loopback
-from cli.main import app
+from redirect_auditor_cli.main import app
 from tests.servers import cli_command, free_port, wait_for
 from tests.test_datasette_fixture import recorded_db  # noqa: F401
 

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from auditor import RedirectRecorder
 from auditor.analysis.audit import audit
-from cli.main import app
+from redirect_auditor_cli.main import app
 from tests import har_support
 from tests.servers import fetch_rows, serve_in_thread
 

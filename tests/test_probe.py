@@ -13,8 +13,8 @@ from starlette.routing import Route
 from typer.testing import CliRunner
 
 from auditor.probe import CLIENTS, next_request, sweep_targets
-from cli.main import app as cli
-from cli.probe import Client
+from redirect_auditor_cli.main import app as cli
+from redirect_auditor_cli.probe import Client
 from tests.servers import fetch_rows, free_port, serve_in_thread
 
 ARRIVED: list[tuple[str, str, int, str | None]] = []  # (method, path, body size, authorization)

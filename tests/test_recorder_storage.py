@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from auditor import RedirectRecorder
 from auditor.schema import META_TABLE, SCHEMA_VERSION, connect, create_private_file, ensure_schema
-from cli.main import app as cli_app
+from redirect_auditor_cli.main import app as cli_app
 from tests.servers import fetch_rows, serve_in_thread
 
 Recorder = Callable[..., RedirectRecorder]

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from auditor import RedirectRecorder
 from auditor.retention import parse_duration, prune
 from auditor.schema import connect
-from cli.main import app as cli_app
+from redirect_auditor_cli.main import app as cli_app
 from tests.servers import serve_in_thread
 
 

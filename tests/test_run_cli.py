@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from auditor.schema import META_TABLE, connect, create_private_file, ensure_schema
-from cli.main import app
+from redirect_auditor_cli.main import app
 
 
 def run_cli(*args: str) -> tuple[int, str]:
