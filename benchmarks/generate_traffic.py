@@ -303,11 +303,23 @@ def main() -> None:
         with conn:
             links = _timed("link_requests", lambda: link_requests(conn))
             chains = _timed("build_chains", lambda: build_chains(conn))
-        found = dict(conn.execute("select id, follow_up_of from requests where follow_up_of"))
-        right = sum(1 for q, r in found.items() if traffic.links.get(q) == r)
+        found = {
+            q: (r, confidence)
+            for q, r, confidence in conn.execute(
+                "select id, follow_up_of, link_confidence from requests where follow_up_of"
+            )
+        }
+        right = sum(1 for q, (r, _) in found.items() if traffic.links.get(q) == r)
+        ambiguous = sum(1 for _, confidence in found.values() if confidence == "ambiguous")
+        wrong_unmarked = sum(
+            1
+            for q, (r, confidence) in found.items()
+            if traffic.links.get(q) != r and confidence != "ambiguous"
+        )
         print(
-            f"{links} links ({right} right, {len(found) - right} wrong, "
-            f"{len(traffic.links) - right} missed), {chains} chains"
+            f"{links} links ({right} right, {len(found) - right} wrong of which "
+            f"{wrong_unmarked} not marked ambiguous, {len(traffic.links) - right} missed; "
+            f"{ambiguous} ambiguous), {chains} chains"
         )
         conn.close()
 

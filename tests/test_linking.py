@@ -208,6 +208,9 @@ def test_fifty_concurrent_clients_behind_one_ip_are_linked_exactly(traffic: Traf
     conn = traffic.linked()
     assert links_by_request_id(conn) == traffic.expected
     assert sum(1 for v in traffic.expected.values() if v) > 300
+    # each client follows on its own keep-alive connection: no link is in doubt
+    confidence = "select distinct link_confidence from requests where follow_up_of is not null"
+    assert {level for (level,) in conn.execute(confidence)} == {"sure"}
     outcomes = {r[0] for r in conn.execute("select distinct outcome from chains")}
     assert outcomes == {"completed"}
     # one chain per walk that started with a redirect, with the redirects counted

@@ -8,7 +8,7 @@ The linking rule (DESIGN.md, "Hop linking"): request Q is the follow-up of redir
 3. Q's URL equals R's resolved Location: the whole normalized URL when the
    Location is absolute, only path and query when it is relative;
 4. Q's method is one that client sends after R's method and status
-   (``follow_up_methods``, client-behaviour.md): urllib never follows a 307 POST,
+   (``redirects.next_hop``, client-behaviour.md): urllib never follows a 307 POST,
    nobody turns a 307 POST into a GET;
 5. a redirect links one follow-up and a request follows one redirect, chosen in
    three steps, each on what the steps before left:
@@ -21,8 +21,9 @@ The linking rule (DESIGN.md, "Hop linking"): request Q is the follow-up of redir
      redirects: follow-ups in time order each take the earliest free redirect, one
      whose method that client sends after it first (FIFO: concurrent clients follow
      in the order their redirects ended), then augmenting paths make it a maximum
-     matching. The link is ``sure`` when every maximum matching has it, else
-     ``ambiguous``: another pairing, or another request, explains the hop as well.
+     matching. The link is ``sure`` when every maximum matching (every way to explain
+     as many hops as the traffic allows) has it, else ``ambiguous``: another pairing,
+     or another request, explains the hop as well.
 
 A redirect with no such Q stays unlinked: a client that never follows (urllib on a
 307 POST) is not mislinked. ``requests.link_confidence`` says which: ``exact``,
@@ -50,10 +51,16 @@ from dataclasses import dataclass
 from operator import attrgetter, itemgetter
 from typing import Any
 
+from auditor.redirects import (
+    MEASURED_CLIENTS,
+    REDIRECT_SQL,
+    SAFE_METHODS,
+    client_family,
+    follow_up_method,
+    next_hop,
+)
 from auditor.urls import is_absolute_location
 
-# A redirect is any 3xx response but 304 Not Modified.
-REDIRECT_SQL = "status between 300 and 399 and status != 304"
 # duration_ms is rounded to the microsecond; allow that much clock slack.
 CLOCK_SLACK = 2e-6
 # The path and query of a normalized http(s) URL, as ``split_url`` cuts it.
@@ -77,54 +84,27 @@ def _rows(conn: sqlite3.Connection, sql: str, params: Iterable[Any] = ()) -> Ite
 
 
 # --- which methods follow a redirect -----------------------------------------------
-# A minimal copy of client-behaviour.md for linking. DESIGN.md puts this answer in
-# auditor/redirects.py, for everyone; until that module is there, linking keeps its own.
 
-_FOLLOWED_STATUSES = frozenset({301, 302, 303, 307, 308})
-
-
-def client_family(user_agent: str | None) -> str:
-    """How a client follows redirects, from its User-Agent: ``urllib``, ``requests``
-    (requests and httpx), ``curl``, ``browser`` (browsers, Node fetch, aiohttp) or
-    ``unknown``."""
-    agent = (user_agent or "").lower()
-    if "python-urllib/" in agent:
-        return "urllib"
-    if "python-requests/" in agent or "python-httpx/" in agent:
-        return "requests"
-    if agent.startswith("curl/"):
-        return "curl"
-    if agent.startswith("mozilla/") or "aiohttp/" in agent or "undici" in agent:
-        return "browser"
-    if agent == "node" or agent.startswith(("node/", "node-fetch")):
-        return "browser"
-    return "unknown"
+# Families whose redirect behaviour is known: measured, or a browser like Chromium.
+_KNOWN_FAMILIES = frozenset(MEASURED_CLIENTS) | {"Edge", "Firefox", "Safari"}
 
 
-def follow_up_methods(family: str, method: str, status: int) -> tuple[str | None, frozenset[str]]:
-    """(the method ``family`` sends after ``method`` got ``status``, or None when it does
-    not follow; every method its follow-up can have, quirks included: ``curl -L -X``
-    keeps the method). An ``unknown`` family may be any of them."""
-    if status not in _FOLLOWED_STATUSES:  # 300, 305, 306: not measured, not excluded
-        return method, frozenset((method, "GET"))
-    if method == "GET":
-        return "GET", frozenset(("GET",))
-    if family == "urllib":  # GET/HEAD on all five and POST on 301-303 become GET
-        if method == "HEAD" or (method == "POST" and status in (301, 302, 303)):
-            return "GET", frozenset(("GET",))
+def _follow_up_methods(family: str, method: str, status: int) -> tuple[str | None, frozenset[str]]:
+    """(the method ``family`` sends after ``method`` got ``status``, None when it does not
+    follow; every method its follow-up can have): ``redirects.next_hop``, plus the quirk
+    that ``curl -L -X METHOD`` (or ``--post30x``) keeps any method. A family nobody
+    measured may do what any measured one does."""
+    if family not in _KNOWN_FAMILIES:
+        possible = set().union(
+            *(_follow_up_methods(c, method, status)[1] for c in MEASURED_CLIENTS)
+        )
+        return next_hop(family, method, status).method, frozenset(possible)
+    expected = next_hop(family, method, status).method
+    if expected is None:
         return None, frozenset()
-    if method == "HEAD":
-        return "HEAD", frozenset(("HEAD", "GET") if family == "unknown" else ("HEAD",))
-    if status in (307, 308):
-        return method, frozenset((method,))
-    # a non-GET/HEAD method on 301, 302 or 303
-    if family == "requests":  # requests and httpx: GET after 302/303, and POST on 301
-        expected = "GET" if status != 301 or method == "POST" else method
-    else:  # browsers, and curl without -X: GET after 303, and POST on 301/302
-        expected = "GET" if status == 303 or method == "POST" else method
-    if family in ("browser", "requests"):
-        return expected, frozenset((expected,))
-    return expected, frozenset((expected, method))  # curl -X keeps it; unknown: any
+    if family == "curl" and method not in SAFE_METHODS:
+        return expected, frozenset((expected, method))
+    return expected, frozenset((expected,))
 
 
 # --- linking ------------------------------------------------------------------------
@@ -212,7 +192,7 @@ def _link_redirects(rows: list[tuple[Any, ...]]) -> dict[_Key, list[_Redirect]]:
         if follows is None:
             family = families.get(agent) or families.setdefault(agent, client_family(agent))
             follows = methods.setdefault(
-                (agent, method, status), follow_up_methods(family, method, status)
+                (agent, method, status), _follow_up_methods(family, method, status)
             )
         if not follows[1]:
             continue  # this client does not follow it
@@ -437,6 +417,12 @@ def _match(
     return follow_ups, confidence
 
 
+# A client and target whose candidates could follow more redirects than this in all (a
+# very busy address behind which nothing tells the clients apart) is linked in one
+# time-ordered pass, every link ambiguous: the full assignment would cost too much.
+ASSIGNMENT_EDGES = 20_000
+
+
 def _assign(
     redirects: list[_Redirect],
     candidates: list[_Candidate],
@@ -449,10 +435,15 @@ def _assign(
     method that client sends next, then the earliest (FIFO). Links every maximum matching
     has are ``sure``, the others ``ambiguous``."""
     ends = [r.ended_at for r in redirects]
+    bounds = [
+        (bisect_left(ends, q[0] - window), bisect_right(ends, q[0] + CLOCK_SLACK))
+        for q in candidates
+    ]
+    if sum(high - low for low, high in bounds) > ASSIGNMENT_EDGES:
+        _assign_in_order(redirects, candidates, bounds, follow_ups, confidence)
+        return
     edges: list[list[int]] = []  # per candidate: the redirects it may follow, preferred first
-    for q in candidates:
-        low = bisect_left(ends, q[0] - window)
-        high = bisect_right(ends, q[0] + CLOCK_SLACK)
+    for q, (low, high) in zip(candidates, bounds, strict=True):
         fitting = [i for i in range(low, high) if _fits(redirects[i], q)]
         method = q[2]
         if any(redirects[i].expected != method for i in fitting):
@@ -475,6 +466,28 @@ def _assign(
             follow_ups[qid] = redirects[ri].id
             if qi in unsure:
                 confidence[qid] = AMBIGUOUS
+
+
+def _assign_in_order(
+    redirects: list[_Redirect],
+    candidates: list[_Candidate],
+    bounds: list[tuple[int, int]],
+    follow_ups: dict[int, int],
+    confidence: dict[int, str],
+) -> None:
+    """Each candidate in time order takes the earliest free redirect it may follow
+    (``bounds``: the redirects that ended in its window); every link ambiguous."""
+    taken = [False] * len(redirects)
+    first_free = 0  # every redirect before it is taken
+    for q, (low, high) in zip(candidates, bounds, strict=True):
+        while first_free < len(taken) and taken[first_free]:
+            first_free += 1
+        for i in range(max(low, first_free), high):
+            if not taken[i] and _fits(redirects[i], q):
+                taken[i] = True
+                follow_ups[q[1]] = redirects[i].id
+                confidence[q[1]] = AMBIGUOUS
+                break
 
 
 def _augment(start: int, edges: list[list[int]], follower: list[int], followed: list[int]) -> None:
@@ -715,15 +728,15 @@ def link_and_build_chains(
     meanwhile); by default they are read on ``conn``. ``follow_ups_read`` is given the
     linked follow-up requests as read: (id, follow_up_of, started_at, method, url,
     status, location_url, client_key, route, user_agent, request_body_size,
-    request_body_chunked, link_confidence). ``alongside`` runs on this thread, and may
-    read with ``conn``, while another connection scans for the candidates.
+    request_body_chunked); their ``link_confidence`` is in ``requests`` once this returns.
+    ``alongside`` runs on this thread, and may read with ``conn``, while another
+    connection scans for the candidates.
     """
     in_callers_transaction = conn.in_transaction
     rows, candidates, follow_ups, confidence = _compute_links(
         conn, window, redirects_from, meanwhile, alongside
     )
     if follow_ups_read is not None:
-        level_of = confidence.get
         follow_ups_read(
             [
                 (
@@ -739,7 +752,6 @@ def link_and_build_chains(
                     q[4],
                     q[11],
                     q[12],
-                    level_of(q[1], SURE),
                 )
                 for q in candidates
                 if q[1] in follow_ups
@@ -778,13 +790,6 @@ def _chains_in_memory(
 # A hop as a plain tuple, in these columns (what ``_chain_rows`` walks).
 _HOP_COLUMNS = "id, started_at, method, url, status, location_url, client_key"
 _HopRow = tuple[Any, ...]
-
-
-def follow_up_method(method: str, status: int) -> str:
-    """The method most clients use to follow: GET after 303, and after 301/302 to a POST."""
-    if method != "HEAD" and (status == 303 or (status in (301, 302) and method == "POST")):
-        return "GET"
-    return method
 
 
 def host_of(url: str) -> str:
