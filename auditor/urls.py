@@ -91,7 +91,7 @@ def resolve_location(request_url: str, location: str, *, redact: bool = True) ->
             if _CANONICAL_QUERY.fullmatch(query):
                 return f"{scheme}://{host}{path}?{query}"
     try:
-        resolved = urljoin(request_url, location.strip())
+        resolved = _join(request_url, location.strip())
         parts = urlsplit(resolved)
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError:
@@ -101,6 +101,17 @@ def resolve_location(request_url: str, location: str, *, redact: bool = True) ->
         resolved = urlunsplit(parts._replace(query=query))
         return normalize_url(resolved)
     return resolved
+
+
+def _join(request_url: str, location: str) -> str:
+    """``urljoin``, except that an absolute Location needs no base: a request URL that
+    cannot be parsed (a hostile Host header) must not make a valid Location unusable."""
+    try:
+        return urljoin(request_url, location)
+    except ValueError:
+        if urlsplit(location).scheme:  # absolute: RFC 3986 §5.2.2 ignores the base
+            return location
+        raise
 
 
 # Parts already in the form normalize_url produces: no escapes to fix, nothing to quote,

@@ -261,3 +261,18 @@ def test_same_site_next_and_fixed_off_site_target_are_not_open_redirects(db: Pat
     findings = run_rule(db, open_redirect)
     assert not [f for f in findings if (f.target or "").startswith("http://127.0.0.1")]
     assert {"/sso", "/good/absolute", "/leak/public"}.isdisjoint(by_source(findings))
+
+
+def test_an_absolute_location_resolves_even_when_the_request_host_is_garbage() -> None:
+    # Host: [:::] makes the request URL unparsable; the Location needs no base.
+    from auditor.urls import resolve_location
+
+    assert resolve_location("http://[:::]/x", "https://testserver/") == "https://testserver/"
+    assert resolve_location("http://[:::]/x", "/relative") is None
+
+
+def test_a_port_written_with_leading_zeros_is_the_default_port() -> None:
+    from auditor.analysis.rules.location import _hostport
+
+    assert _hostport("testserver:000080") == "testserver"
+    assert _hostport("[::1]:8080") == "[::1]:8080" and _hostport("[::1]") == "[::1]"

@@ -41,9 +41,10 @@ def _hostport(netloc: str | None) -> str:
     if not netloc:
         return ""
     netloc = netloc.rpartition("@")[2].strip().lower()
-    for default in (":80", ":443"):
-        if netloc.endswith(default):
-            return netloc[: -len(default)]
+    host, colon, port = netloc.rpartition(":")
+    if colon and port.isdigit() and not host.endswith(":"):  # not a bare IPv6 literal
+        number = int(port)  # "000080" is port 80
+        return host if number in (80, 443) else f"{host}:{number}"
     return netloc
 
 
