@@ -27,7 +27,7 @@ RESPONSE_COLUMNS = (
     "response_body_size, response_complete, cache_control, expires, "
     "x_forwarded_proto, x_forwarded_host, forwarded, "
     "server_scheme, server_host, server_addr, user_agent, client_key, connection_key, "
-    "request_content_type, has_authorization, has_cookie"
+    "request_content_type, has_authorization, has_cookie, forwarded_for_key, request_id"
 )
 FOLLOW_UP_COLUMNS = (
     "id, follow_up_of, started_at, method, url, status, location_url, client_key, route, "

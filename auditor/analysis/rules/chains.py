@@ -23,7 +23,7 @@ from auditor.analysis.rules._groups import (
     source_sql,
 )
 from auditor.analysis.rules._hops import client_evidence, describe_evidence, places, redirect_hops
-from auditor.analysis.rules._subset import RESPONSES, ensure_responses
+from auditor.analysis.rules._subset import FOLLOW_UPS, RESPONSES, ensure_responses
 from auditor.analysis.rules.base import AuditContext, Finding, StaticGraph, rule
 from auditor.analysis.rules.method import short
 from auditor.redirects import FOLLOWED_SQL, redirect_sql
@@ -208,7 +208,7 @@ def redirect_loop(ctx: AuditContext) -> Iterator[Finding]:
     )
     reported: set[str] = set()  # the URLs of the loops reported: one finding per loop
     # A loop's final URL is one it already visited: the target shown is the first hop's.
-    loops = f"c.outcome = 'loop' and {distinct_urls}"
+    loops = f"c.outcome = 'loop' and {distinct_urls} and {SURE_CHAIN}"
     for g in observed_chains(ctx, loops, target_sql="r.location_url"):
         urls = _chain_urls(ctx, g.example_chain_id)
         if urls & reported:
@@ -230,6 +230,13 @@ def redirect_loop(ctx: AuditContext) -> Iterator[Finding]:
             f"it fails: {LIMITS}."
         )
         yield finding(ctx, "redirect-loop", g, message, loop_fix(g, loop.urls))
+
+
+# Every hop of the chain is linked surely: an ambiguous link never alone makes an error.
+SURE_CHAIN = f"""not exists(
+    select 1 from json_each(c.hops) j join {FOLLOW_UPS} f
+      on f.id = json_extract(j.value, '$.request_id')
+    where f.link_confidence = 'ambiguous')"""
 
 
 def _chain_urls(ctx: AuditContext, chain_id: int | None) -> set[str]:
