@@ -14,18 +14,18 @@ a group into a ``Finding`` with the rule's registered severity, title and spec.
 
 from __future__ import annotations
 
-import re
 import sqlite3
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from functools import lru_cache, partial
+from functools import partial
 from operator import itemgetter
 from typing import Any
 
 from auditor.analysis.rules._subset import FOLLOW_UPS, RESPONSES, ensure_responses
 from auditor.analysis.rules.base import REGISTRY, SOURCE_SQL, AuditContext, Finding, Severity
 from auditor.analysis.templates import template_of_url
+from auditor.redirects import client_family
 
 # An empty Counter without running ``Counter.__init__`` (Python code: ~2 us a call, two
 # per group, and rules build tens of thousands of groups). A Counter holds no state
@@ -89,7 +89,7 @@ class Group:
     def seen(self) -> str:
         """'3 requests, e.g. GET http://host/x from curl/8.0'."""
         text = f"{plural(self.hits, 'request')}, e.g. {self.method} {self.example_url}"
-        return f"{text} from {client_name(self.user_agent)}" if self.user_agent else text
+        return f"{text} from {client_family(self.user_agent)}" if self.user_agent else text
 
     def add(self, other: Group) -> None:
         """Count ``other``'s requests in this group (the example stays the lowest id)."""
@@ -150,7 +150,7 @@ def _row_group(
         keys={name: row[at[name]] for name in keys},
     )
     if "user_agent" in columns:
-        group.agents[client_name(row[at["user_agent"]])] += hits
+        group.agents[client_family(row[at["user_agent"]])] += hits
     if "extra" in columns and row[at["extra"]] is not None:
         group.extra[row[at["extra"]]] += hits
     if "route" in columns and row[at["route"]]:
@@ -181,7 +181,7 @@ def _add_row(
         if "example_user_agent" in columns:
             group.user_agent = row[at["example_user_agent"]]
     if "user_agent" in columns:
-        group.agents[client_name(row[at["user_agent"]])] += hits
+        group.agents[client_family(row[at["user_agent"]])] += hits
     if "extra" in columns and row[at["extra"]] is not None:
         group.extra[row[at["extra"]]] += hits
     if "route" in columns and row[at["route"]] and not group.route:
@@ -294,38 +294,8 @@ def grouped_requests(
     )
 
 
-_CLIENTS = (
-    (re.compile(r"python-httpx/([\w.]+)", re.I), "httpx"),
-    (re.compile(r"python-requests/([\w.]+)", re.I), "requests"),
-    (re.compile(r"python-urllib/([\w.]+)", re.I), "urllib"),
-    (re.compile(r"aiohttp/([\w.]+)", re.I), "aiohttp"),
-    (re.compile(r"^curl/([\w.]+)", re.I), "curl"),
-    (re.compile(r"^wget/([\w.]+)", re.I), "wget"),
-    (re.compile(r"undici|node-fetch|^node\b", re.I), "Node fetch"),
-    (re.compile(r"Edg/([\d.]+)"), "Edge"),
-    (re.compile(r"(?:HeadlessChrome|Chrome|Chromium)/([\d.]+)"), "Chromium"),
-    (re.compile(r"Firefox/([\d.]+)"), "Firefox"),
-    (re.compile(r"Version/([\d.]+).*Safari"), "Safari"),
-)
-
-
-@lru_cache(maxsize=4096)
-def client_name(user_agent: str | None) -> str:
-    """A short client name from a User-Agent: ``httpx 0.28.1``, ``curl 7.88.1``, ``Chromium``."""
-    if not user_agent:
-        return "a client without User-Agent"
-    for pattern, name in _CLIENTS:
-        match = pattern.search(user_agent)
-        if match:
-            version = match.group(1) if match.groups() else None
-            if version and name in ("Chromium", "Edge", "Firefox", "Safari"):
-                version = version.split(".")[0]
-            return f"{name} {version}" if version else name
-    return user_agent if len(user_agent) <= 40 else user_agent[:39] + "…"
-
-
 def describe_agents(agents: Counter[str], limit: int = 3) -> str:
-    """``httpx 0.28.1 (12), curl 7.88.1 (3)``: the clients that did it, most first."""
+    """``httpx (12), curl (3)``: the client families that did it, most first."""
     if len(agents) > limit:
         common = agents.most_common(limit)
     else:  # what most_common returns then, without heapq

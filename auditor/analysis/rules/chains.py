@@ -14,7 +14,6 @@ from typing import Any
 from auditor.analysis import graph
 from auditor.analysis.rules._groups import (
     Group,
-    client_name,
     collect,
     describe_agents,
     finding,
@@ -26,7 +25,7 @@ from auditor.analysis.rules._hops import client_evidence, describe_evidence, pla
 from auditor.analysis.rules._subset import FOLLOW_UPS, RESPONSES, ensure_responses
 from auditor.analysis.rules.base import AuditContext, Finding, StaticGraph, rule
 from auditor.analysis.rules.method import short
-from auditor.redirects import FOLLOWED_SQL, redirect_sql
+from auditor.redirects import FOLLOWED_SQL, client_family, redirect_sql
 
 FAMILY = "chains"
 PERMANENT, TEMPORARY = (301, 308), (302, 303, 307)
@@ -98,7 +97,7 @@ def _static(ctx: AuditContext, paths: list[tuple[graph.StaticPath, str]]) -> lis
             route=first["route"],
         )
         for row in rows:
-            group.agents[client_name(row["user_agent"])] += 1
+            group.agents[client_family(row["user_agent"])] += 1
         found.append(StaticPath(path.urls, path.length, group))
     return found
 
