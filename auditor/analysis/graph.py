@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any, NamedTuple
 
+from auditor.cycles import strongly_connected
 from auditor.redirects import REDIRECT_SQL, follow_up_method
 
 MAX_CHAIN_HOPS = 64  # static chains stop here (and at any revisited node)
@@ -147,44 +148,8 @@ def _cyclic_part(graph: dict[Node, list[RedirectEdge]]) -> dict[Node, list[Redir
 
 
 def _components(graph: dict[Node, list[RedirectEdge]]) -> list[list[Node]]:
-    """Strongly connected components (iterative Tarjan)."""
-    index: dict[Node, int] = {}
-    low: dict[Node, int] = {}
-    stack: list[Node] = []
-    on_stack: set[Node] = set()
-    components = []
-    for root in graph:
-        if root in index:
-            continue
-        work = [(root, 0)]
-        while work:
-            node, i = work.pop()
-            if i == 0:
-                index[node] = low[node] = len(index)
-                stack.append(node)
-                on_stack.add(node)
-            out = graph.get(node, [])
-            if i < len(out):
-                work.append((node, i + 1))
-                child = out[i].next_node
-                if child not in index:
-                    work.append((child, 0))
-                elif child in on_stack:
-                    low[node] = min(low[node], index[child])
-                continue
-            if low[node] == index[node]:
-                component = []
-                while True:
-                    member = stack.pop()
-                    on_stack.discard(member)
-                    component.append(member)
-                    if member == node:
-                        break
-                components.append(component)
-            if work:
-                parent = work[-1][0]
-                low[parent] = min(low[parent], low[node])
-    return components
+    """Strongly connected components of the redirect graph."""
+    return strongly_connected({node: [e.next_node for e in out] for node, out in graph.items()})
 
 
 def _shortest_cycle(

@@ -51,6 +51,7 @@ from dataclasses import dataclass
 from operator import attrgetter, itemgetter
 from typing import Any
 
+from auditor.cycles import strongly_connected
 from auditor.redirects import (
     MEASURED_CLIENTS,
     REDIRECT_SQL,
@@ -555,50 +556,11 @@ def _unforced(edges: list[list[int]], follower: list[int], followed: list[int]) 
 
 
 def _on_cycles(graph: dict[int, list[int]]) -> set[int]:
-    """The nodes of ``graph`` in a strongly connected component of two or more nodes
-    (Tarjan's algorithm, iterative); edges to nodes outside ``graph`` are ignored."""
-    index: dict[int, int] = {}
-    low: dict[int, int] = {}
-    on_stack: set[int] = set()
-    stack: list[int] = []
-    cyclic: set[int] = set()
-    for root in graph:
-        if root in index:
-            continue
-        work = [(root, 0)]
-        while work:
-            node, i = work.pop()
-            if i == 0:
-                index[node] = low[node] = len(index)
-                stack.append(node)
-                on_stack.add(node)
-            successors = graph[node]
-            while i < len(successors):
-                nxt = successors[i]
-                i += 1
-                if nxt not in graph:
-                    continue
-                if nxt not in index:
-                    work.append((node, i))
-                    work.append((nxt, 0))
-                    break
-                if nxt in on_stack:
-                    low[node] = min(low[node], index[nxt])
-            else:
-                if low[node] == index[node]:
-                    component = []
-                    while True:
-                        member = stack.pop()
-                        on_stack.discard(member)
-                        component.append(member)
-                        if member == node:
-                            break
-                    if len(component) > 1:
-                        cyclic.update(component)
-                if work:
-                    parent = work[-1][0]
-                    low[parent] = min(low[parent], low[node])
-    return cyclic
+    """The nodes of ``graph`` in a strongly connected component of two or more nodes;
+    edges to nodes outside ``graph`` are ignored."""
+    return {
+        node for component in strongly_connected(graph) if len(component) > 1 for node in component
+    }
 
 
 @contextmanager

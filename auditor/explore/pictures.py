@@ -23,6 +23,7 @@ from itertools import pairwise
 from typing import Any
 from urllib.parse import urlsplit
 
+from auditor.cycles import cycles
 from auditor.redirects import is_redirect
 
 VIZ_VERSION = "3.31.0"
@@ -139,48 +140,12 @@ class Graph:
 
 def loop_components(edges: Iterable[tuple[str, str]]) -> list[set[str]]:
     """The redirect loops: strongly connected sets of more than one URL, or a URL that
-    redirects to itself (Tarjan's algorithm, iterative)."""
+    redirects to itself."""
     following: dict[str, list[str]] = {}
     for source, target in edges:
         following.setdefault(source, []).append(target)
         following.setdefault(target, [])
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    on_stack: set[str] = set()
-    loops: list[set[str]] = []
-    for root in following:
-        if root in index:
-            continue
-        work = [(root, 0)]
-        while work:
-            node, child = work.pop()
-            if child == 0:
-                index[node] = low[node] = len(index)
-                stack.append(node)
-                on_stack.add(node)
-            if child < len(following[node]):
-                work.append((node, child + 1))
-                nxt = following[node][child]
-                if nxt not in index:
-                    work.append((nxt, 0))
-                elif nxt in on_stack:
-                    low[node] = min(low[node], index[nxt])
-                continue
-            if work:
-                parent = work[-1][0]
-                low[parent] = min(low[parent], low[node])
-            if low[node] == index[node]:
-                component = set()
-                while True:
-                    member = stack.pop()
-                    on_stack.discard(member)
-                    component.add(member)
-                    if member == node:
-                        break
-                if len(component) > 1 or node in following[node]:
-                    loops.append(component)
-    return loops
+    return [set(component) for component in cycles(following)]
 
 
 def _header(name: str) -> list[str]:
