@@ -133,6 +133,16 @@ RECORDER_STATS_COLUMNS: dict[str, Any] = {
     "framework": str,  # the app's framework, noted once per process (fastapi, django, ...)
 }
 
+# recorder_stats.framework: the values the recorder notes, and how people write them.
+FRAMEWORKS = {
+    "fastapi": "FastAPI",
+    "starlette": "Starlette",
+    "django": "Django",
+    "litestar": "Litestar",
+    "quart": "Quart",
+    "datasette": "Datasette",
+}
+
 DROP_REASONS = ("queue_full", "locked", "disk_full", "read_only", "other")
 SEVERITY_RANK = {"error": 0, "warning": 1, "info": 2}
 

@@ -7,15 +7,6 @@ one gets plain HTTP advice.
 
 from __future__ import annotations
 
-FRAMEWORK_NAMES = {
-    "fastapi": "FastAPI",
-    "starlette": "Starlette",
-    "django": "Django",
-    "litestar": "Litestar",
-    "quart": "Quart",
-    "datasette": "Datasette",
-}
-
 _STATUS_CONSTANT = {
     301: "HTTP_301_MOVED_PERMANENTLY",
     302: "HTTP_302_FOUND",
@@ -23,11 +14,6 @@ _STATUS_CONSTANT = {
     307: "HTTP_307_TEMPORARY_REDIRECT",
     308: "HTTP_308_PERMANENT_REDIRECT",
 }
-
-
-def framework_name(framework: str | None) -> str:
-    """``FastAPI``, ``Django``... or ``the app`` when unknown."""
-    return FRAMEWORK_NAMES.get(framework or "", "the app")
 
 
 def redirect_call(framework: str | None, status: int) -> str:

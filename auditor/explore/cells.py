@@ -16,6 +16,7 @@ from markupsafe import Markup
 
 from auditor.explore.pictures import Hop, origin_of, short_url, status_colour
 from auditor.redirects import is_redirect
+from auditor.schema import FRAMEWORKS
 
 SEVERITIES = ("error", "warning", "info")
 FIX_LENGTH = 160
@@ -204,16 +205,6 @@ def picture(dot: str, caption: str, fallback: Markup | str = "", *, shown: bool 
         fallback,
         Markup("<figcaption>{}</figcaption>").format(caption) if shown else "",
     )
-
-
-FRAMEWORKS = {
-    "fastapi": "FastAPI",
-    "starlette": "Starlette",
-    "django": "Django",
-    "litestar": "Litestar",
-    "quart": "Quart",
-    "datasette": "Datasette",
-}
 
 
 def framework_name(evidence: dict[str, Any]) -> str | None:
