@@ -115,6 +115,14 @@ def test_303_to_a_page_refusing_get_is_redirect_target_fails(result: AuditResult
     assert "answer GET" in finding.recommendation
 
 
+def test_post_redirect_get_to_a_missing_page_is_redirect_target_fails(
+    result: AuditResult,
+) -> None:
+    [finding] = at(result, "/m/post-302-gone")
+    assert (finding.rule, finding.severity) == ("redirect-target-fails", "error")
+    assert "404" in finding.message
+
+
 def test_slash_redirect_of_a_post_with_307_is_info_not_an_error(result: AuditResult) -> None:
     findings = [f for f in result.findings if f.target and f.target.endswith("/m/items/")]
     assert {(f.rule, f.severity) for f in findings if f.method == "POST"} == {

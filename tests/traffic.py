@@ -43,6 +43,7 @@ REDIRECTS: dict[str, tuple[int, str]] = {
     "/m/form-307": (307, "/m/post-only-2"),
     "/m/login-307": (307, "/land/welcome"),
     "/m/post-303-bad": (303, "/m/post-only"),
+    "/m/post-302-gone": (302, "/m/no-such-page"),
     "/v1/things": (301, "/v2/things"),
     "/m/moved": (301, "/m/items/"),
     # chains family
@@ -123,6 +124,7 @@ def drive(base: str) -> None:
         web.post("/m/form-307", data={"a": "1"})  # form -> POST /m/post-only-2 -> 201
         web.post("/m/login-307", data={"user": "u", "password": "p"})  # re-posted to /land
         web.post("/m/post-303-bad", data={"a": "1"})  # -> GET /m/post-only -> 405
+        web.post("/m/post-302-gone", data={"a": "1"})  # -> GET /m/no-such-page -> 404
         web.get("/m/items")  # Starlette redirect_slashes: 307 to /m/items/
         web.post("/m/items", content=b"a=1")
         web.get("/m/items/")

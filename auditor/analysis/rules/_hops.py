@@ -21,10 +21,6 @@ from auditor.analysis.rules.base import AuditContext
 from auditor.analysis.templates import template_of_url
 from auditor.redirects import client_family
 
-# Statuses a target answers on purpose (authentication, validation, rate limits): they
-# say nothing about whether it takes the method it was sent.
-DELIBERATE_4XX = frozenset({401, 403, 407, 409, 412, 422, 428, 429})
-
 
 @dataclass
 class Hop:

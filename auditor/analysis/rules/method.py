@@ -23,7 +23,6 @@ from auditor.analysis.fixes import (
 )
 from auditor.analysis.rules._groups import finding, plural
 from auditor.analysis.rules._hops import (
-    DELIBERATE_4XX,
     Hop,
     Place,
     client_evidence,
@@ -106,14 +105,8 @@ def _takes_method(place: Place) -> str | None:
         if hop.sure and hop.f_method == hop.method and hop.f_status and hop.f_status < 400:
             return f"{hop.client} re-sent the {hop.method} there and got {hop.f_status}"
     for hop in place.hops:
-        if (
-            hop.sure
-            and hop.method_changed
-            and hop.f_status
-            and 400 <= hop.f_status < 500
-            and hop.f_status not in DELIBERATE_4XX
-        ):
-            return f"it answered {hop.f_status} to the {hop.f_method} {hop.client} sent instead"
+        if hop.sure and hop.method_changed and hop.f_status == 405:
+            return f"it answered 405 to the {hop.f_method} {hop.client} sent instead"
     kinds = {move_kind(h.url, h.target) for h in place.hops}
     kinds.discard(None)
     if kinds:
@@ -335,7 +328,9 @@ def _fails_for_redirect(hop: Hop) -> bool:
     """The follow-up used the method the redirect asked for and failed for its reason;
     failures the method problems explain are their evidence, not this one's."""
     if hop.method not in ("GET", "HEAD") and hop.status in (301, 302):
-        return False  # method-change-on-move or post-redirect-get-302
+        # A 405 says the target takes the original method (method-change-on-move); a
+        # post/redirect/get to a missing page is this problem.
+        return hop.f_status in (404, 410) and move_kind(hop.url, hop.target) is None
     if hop.method == "POST" and hop.status in (307, 308) and hop.f_method == "POST":
         content = (hop.content_type or "").lower()
         if content.startswith(FORM_TYPES) and move_kind(hop.url, hop.target) is None:
