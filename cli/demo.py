@@ -11,12 +11,12 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from auditor import demo as demoing
 from auditor import explore as exploring
 from auditor.analysis.audit import AuditResult
 from auditor.analysis.report import SEVERITY_STYLE, drops_line, summary_line, where
-from auditor.demo_app import PLANTED
-from auditor.demo_traffic import CLIENTS
+from auditor.demo import run as demoing
+from auditor.demo.app import PLANTED
+from auditor.demo.traffic import CLIENTS
 
 from .common import console, err_console, fail
 
@@ -164,7 +164,7 @@ def demo(
 def _record_and_audit(db: Path) -> tuple[str, AuditResult]:
     demoing.prepare_database(db)
     console.print(
-        f"Serving the example app [bold]auditor.demo_app[/] under uvicorn on 127.0.0.1, "
+        f"Serving the example app [bold]auditor.demo.app[/] under uvicorn on 127.0.0.1, "
         f"recording into [bold]{db}[/]; {len(CLIENTS)} clients: "
         + ", ".join(profile.name for profile in CLIENTS),
         highlight=False,

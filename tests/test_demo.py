@@ -27,9 +27,9 @@ import pytest
 from typer.testing import CliRunner
 
 from auditor.analysis.rules.base import AuditOptions
-from auditor.demo import is_demo_database
-from auditor.demo_app import CORRECT_ROUTES, PLANTED, Planted
-from auditor.demo_traffic import CLIENTS, client_addresses
+from auditor.demo.app import CORRECT_ROUTES, PLANTED, Planted
+from auditor.demo.run import is_demo_database
+from auditor.demo.traffic import CLIENTS, client_addresses
 from auditor.schema import connect, ensure_schema
 from redirect_auditor_cli.main import app
 from tests.servers import cli_command

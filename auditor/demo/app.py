@@ -5,7 +5,7 @@ Each planted mistake's docstring names the one problem of the catalogue
 at the severity ``PLANTED`` gives. Routes that do the right thing say so and must
 produce no finding. ``PLANTED`` and ``CORRECT_ROUTES`` at the bottom are the
 documented result that ``redirect-auditor demo`` and ``tests/test_demo.py``
-check. The traffic that exercises these routes is in ``demo_traffic.py``.
+check. The traffic that exercises these routes is in ``traffic.py``.
 
 The shop under ``/shop`` sits behind a TLS-terminating proxy and is served
 without ``--proxy-headers``, so it believes every request arrived over http.

@@ -1,18 +1,18 @@
-"""The demo, end to end: serve ``demo_app`` with the recorder, drive traffic, audit.
+"""The demo, end to end: serve ``demo.app`` with the recorder, drive traffic, audit.
 
 ``run_demo`` is what ``redirect-auditor demo`` runs before it opens Datasette:
 
 1. ``prepare_database``: start from a fresh file; remove a previous demo's
    database (and its -wal/-shm), refuse to touch any other file.
 2. ``record_traffic``: uvicorn serves the app, wrapped in ``RedirectRecorder``,
-   on a free port of 127.0.0.1 in a thread; the clients of ``demo_traffic``
+   on a free port of 127.0.0.1 in a thread; the clients of ``demo.traffic``
    send phase 1, the marketing campaign changes, phase 2 follows. Stopping the
    server runs the lifespan shutdown, which flushes the recorder.
 3. ``audit_demo``: the real audit with ``redirect-auditor audit``'s default
    options, so ``redirect-auditor audit demo.db`` reports the same findings.
-4. ``check_findings``: the stored findings against ``demo_app.PLANTED`` (each
+4. ``check_findings``: the stored findings against ``app.PLANTED`` (each
    planted problem once, at its severity, and nothing else) and
-   ``demo_app.CORRECT_ROUTES`` (no finding at all).
+   ``app.CORRECT_ROUTES`` (no finding at all).
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ import uvicorn
 
 from auditor.analysis.audit import AuditResult, audit
 from auditor.analysis.rules.base import AuditOptions
-from auditor.demo_app import CAMPAIGNS, CORRECT_ROUTES, PLANTED, Planted, build_app, start_campaign
-from auditor.demo_traffic import (
+from auditor.demo.app import CAMPAIGNS, CORRECT_ROUTES, PLANTED, Planted, build_app, start_campaign
+from auditor.demo.traffic import (
     Step,
     client_addresses,
     demo_clients,

@@ -1,4 +1,4 @@
-"""The demo's traffic: which clients send which requests to ``demo_app``.
+"""The demo's traffic: which clients send which requests to ``demo.app``.
 
 Five clients, each on its own loopback address so the recorder sees five
 different client keys (as it would for five users):
@@ -126,7 +126,7 @@ class Step:
 
 @dataclass(frozen=True)
 class Scenario:
-    """Steps that exercise one route of ``demo_app``, in one phase of the demo."""
+    """Steps that exercise one route of ``demo.app``, in one phase of the demo."""
 
     route: str
     shows: str  # the mistake or the right thing, and the problem id
