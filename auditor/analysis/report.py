@@ -152,13 +152,27 @@ def where(finding: Finding) -> str:
     return " ".join(p for p in parts if p)
 
 
+# Problems about where a redirect points off this site: the host is the point.
+OFF_SITE_PROBLEMS = frozenset(
+    {"open-redirect", "credentials-to-other-origin", "internal-host-leak", "scheme-downgrade"}
+)
+
+
+def target_text(finding: Finding) -> str:
+    """The target as a reader wants it: path and query, or the whole URL when the
+    problem is that it points elsewhere (an attacker's host, another origin)."""
+    if finding.rule in OFF_SITE_PROBLEMS and finding.target:
+        return finding.target
+    return short(finding.target)
+
+
 def finding_line(finding: Finding) -> str:
     """``SEVERITY problem-id METHOD place STATUS → target (hits, clients)``, like a linter."""
     parts = [finding.severity, finding.rule, finding.method or "-", finding.source]
     if finding.status is not None:
         parts.append(str(finding.status))
     if finding.target:
-        parts.append(f"→ {short(finding.target)}")
+        parts.append(f"→ {target_text(finding)}")
     seen = plural(finding.hits, "hit")
     families = clients(finding)
     if families is not None:
@@ -335,7 +349,7 @@ def to_rich(
             place = " ".join(p for p in (f.method, f.source) if p)
             if f.status is not None or f.target:
                 status = "" if f.status is None else f"{f.status} "
-                place += f"\n{status}→ {short(f.target)}" if f.target else f"\n{status}"
+                place += f"\n{status}→ {target_text(f)}" if f.target else f"\n{status}"
             families = clients(f)
             seen = f"{f.hits:,}" + (f"\n{plural(families, 'client')}" if families else "")
             table.add_row(f.rule, Text(place), seen, text)
