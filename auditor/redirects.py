@@ -109,9 +109,4 @@ def client_family(user_agent: str | None) -> str:
     return product if len(product) <= 40 else product[:39] + "…"
 
 
-def clients_doing(method: str, status: int, outcome: NextHop) -> list[str]:
-    """The measured client families that answer ``method`` + ``status`` with ``outcome``."""
-    return [c for c in MEASURED_CLIENTS if next_hop(c, method, status) == outcome]
-
-
 MEASURED_CLIENTS = ("Chromium", "Node fetch", "aiohttp", "httpx", "requests", "curl", "urllib")

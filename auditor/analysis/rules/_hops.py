@@ -201,19 +201,6 @@ def describe_evidence(clients: list[dict[str, Any]], limit: int = 4) -> str:
     return "; ".join(parts) + (f"; and {plural(more, 'more client')}" if more > 0 else "")
 
 
-def path_of(url: str | None) -> str:
-    """The path of a URL, without its query ('' for None)."""
-    return urlsplit(url).path if url else ""
-
-
-def origin_of(url: str | None) -> str:
-    """``scheme://host[:port]`` of an absolute URL ('' for None or a relative one)."""
-    if not url:
-        return ""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}" if parts.netloc else ""
-
-
 _VERSION = re.compile(r"v\d+(?:\.\d+)*|\d+(?:\.\d+)+|api|legacy|old|new", re.I)
 
 
