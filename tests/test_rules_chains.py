@@ -76,3 +76,12 @@ def test_permanent_then_temporary_hop_is_mixed_permanence(result: AuditResult) -
     [finding] = found(result, "mixed-permanence-chain", "/c/chain-a")
     assert "301" in finding.message and "302" in finding.message
     assert not found(result, "mixed-permanence-chain", "/c/perm-a")  # 301 then 308
+
+
+def test_loops_of_one_route_template_are_one_finding(result: AuditResult) -> None:
+    loops = [f for f in result.findings if f.rule == "redirect-loop" and f.source.startswith("/t/")]
+    assert len(loops) == 1 and "2 more loops" in loops[0].message  # three ids, one place
+
+
+def test_urllib_not_following_a_307_post_is_no_unfollowed_redirect(result: AuditResult) -> None:
+    assert not found(result, "unfollowed-redirect", "/m/post-307")

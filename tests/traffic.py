@@ -71,6 +71,12 @@ async def redirect(request: Request) -> Response:
     return RedirectResponse(location, status_code=status)
 
 
+async def id_loop(request: Request) -> Response:
+    """/t/{n}/a <-> /t/{n}/b: one loop per id, all at one place."""
+    n, side = request.path_params["n"], request.path_params["side"]
+    return RedirectResponse(f"/t/{n}/{'b' if side == 'a' else 'a'}", status_code=302)
+
+
 async def landing(request: Request) -> Response:
     body = await request.body()
     return PlainTextResponse(f"{request.method} {len(body)}")
@@ -93,6 +99,7 @@ app = Starlette(
         Route("/m/post-only", post_only, methods=["POST"]),
         Route("/m/post-only-2", post_only, methods=["POST"]),
         Route("/v2/things", landing, methods=["PUT"]),
+        Route("/t/{n:int}/{side}", id_loop),
         Route("/m/items/", items, methods=["GET", "POST"]),  # /m/items -> 307 (redirect_slashes)
     ]
 )
@@ -146,6 +153,24 @@ def drive(base: str) -> None:
     # a moved API: requests keeps PUT and drops the body on 301; httpx keeps both
     requests.put(f"{base}/v1/things", data=b"x=1", timeout=10)
     httpx.put(f"{base}/v1/things", content=b"x=1", follow_redirects=True, timeout=10)
+    # urllib does not follow a 307 POST: its quirk, not an unfollowed redirect
+    for _ in range(6):
+        with contextlib.suppress(urllib.error.HTTPError):
+            urllib.request.urlopen(
+                urllib.request.Request(
+                    f"{base}/m/post-307",
+                    data=b'{"a": 1}',
+                    headers={"Content-Type": "application/json"},
+                    method="POST",
+                ),
+                timeout=10,
+            ).close()
+    # three loops of one route template, each hop requested once by another client: only
+    # the static graph sees them
+    for n in (1, 2, 3):
+        for side, address in (("a", f"127.0.1.{n}"), ("b", f"127.0.2.{n}")):
+            with from_address(address) as client:
+                client.get(f"{base}/t/{n}/{side}")
     # urllib follows a HEAD on 307 with a GET
     urllib_request(f"{base}/m/head-307", "HEAD")
     # the static graph: each redirect requested once, by different clients, never followed

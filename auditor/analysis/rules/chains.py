@@ -7,7 +7,7 @@ chains no client followed come from the static redirect graph (``graph.py``).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +25,7 @@ from auditor.analysis.rules._hops import client_evidence, describe_evidence, pla
 from auditor.analysis.rules._subset import FOLLOW_UPS, RESPONSES, ensure_responses
 from auditor.analysis.rules.base import AuditContext, Finding, StaticGraph, rule
 from auditor.analysis.rules.method import short
-from auditor.redirects import FOLLOWED_SQL, client_family, redirect_sql
+from auditor.redirects import FOLLOWED_SQL, client_family, next_hop, redirect_sql
 
 FAMILY = "chains"
 PERMANENT, TEMPORARY = (301, 308), (302, 303, 307)
@@ -151,7 +151,22 @@ def example_path(group: Group) -> str:
 
 
 def url_set(hops: list[str]) -> str:
-    return " → ".join(short(u) for u in hops)
+    """The hops as paths, or as whole URLs when they change scheme or host."""
+    origins = {u.partition("://")[2].split("/", 1)[0] + u.partition("://")[0] for u in hops}
+    return " → ".join(hops if len(origins) > 1 else [short(u) for u in hops])
+
+
+def per_place(paths: Iterable[StaticPath]) -> list[tuple[StaticPath, int]]:
+    """One static chain or loop per place (source, method, status): the longest, most
+    used one, with how many others share its place."""
+    by_place: dict[tuple[str, str, int], list[StaticPath]] = {}
+    for path in paths:
+        g = path.group
+        by_place.setdefault((g.source, g.method, g.status), []).append(path)
+    return [
+        (max(same, key=lambda p: (p.length, p.group.hits)), len(same) - 1)
+        for same in by_place.values()
+    ]
 
 
 @rule(
@@ -177,14 +192,13 @@ def redirect_chain(ctx: AuditContext) -> Iterator[Finding]:
             f"{g.status} and update links to the final URL."
         )
         yield finding(ctx, "redirect-chain", g, message, recommendation)
-    for chain in static_chains(ctx):
+    for chain, others in per_place(c for c in static_chains(ctx) if c.group.source not in seen):
         g = chain.group
-        if g.source in seen:
-            continue
         message = (
             f"The recorded redirects form a chain of {chain.length} hops that no client was "
-            f"seen following to its end: {url_set(chain.urls)}. A client that follows it pays "
-            f"{chain.length} round trips."
+            f"seen following to its end: {url_set(chain.urls)}"
+            + (f" (and {plural(others, 'more chain')} from this place)" if others else "")
+            + f". A client that follows it pays {chain.length} round trips."
         )
         recommendation = (
             f"Point {g.source} straight at {short(g.target)} with one redirect; update links "
@@ -205,7 +219,8 @@ def redirect_loop(ctx: AuditContext) -> Iterator[Finding]:
     distinct_urls = (
         "(select count(distinct json_extract(j.value, '$.url')) from json_each(c.hops) j) > 1"
     )
-    reported: set[str] = set()  # the URLs of the loops reported: one finding per loop
+    reported: set[str] = set()  # the URLs of the loops reported
+    places: set[tuple[str, str, int]] = set()  # and their places: one finding per place
     # A loop's final URL is one it already visited: the target shown is the first hop's.
     loops = f"c.outcome = 'loop' and {distinct_urls} and {SURE_CHAIN}"
     for g in observed_chains(ctx, loops, target_sql="r.location_url"):
@@ -213,20 +228,26 @@ def redirect_loop(ctx: AuditContext) -> Iterator[Finding]:
         if urls & reported:
             continue  # the same loop, entered at another URL
         reported |= urls
+        places.add((g.source, g.method, g.status))
         message = (
             f"{plural(g.hits, 'request')} to {g.method} {g.source} ran into a redirect loop: "
             f"{example_path(g)}. {LIMITS} and show an error; sent by "
             f"{describe_agents(g.agents)}."
         )
         yield finding(ctx, "redirect-loop", g, message, loop_fix(g, [g.source]))
-    for loop in static_loops(ctx):
+    fresh = [
+        loop
+        for loop in static_loops(ctx)
+        if not set(loop.urls) & reported
+        and len(set(loop.urls)) > 1
+        and (loop.group.source, loop.group.method, loop.group.status) not in places
+    ]
+    for loop, others in per_place(fresh):
         g = loop.group
-        if set(loop.urls) & reported or len(set(loop.urls)) < 2:
-            continue
-        reported |= set(loop.urls)
         message = (
-            f"The recorded redirects form a loop: {url_set(loop.urls)}. Any client that follows "
-            f"it fails: {LIMITS}."
+            f"The recorded redirects form a loop: {url_set(loop.urls)}"
+            + (f" (and {plural(others, 'more loop')} like it from this place)" if others else "")
+            + f". Any client that follows it fails: {LIMITS}."
         )
         yield finding(ctx, "redirect-loop", g, message, loop_fix(g, loop.urls))
 
@@ -325,6 +346,8 @@ def unfollowed_redirect(ctx: AuditContext) -> Iterator[Finding]:
             for c in clients
             if c["requests"] >= options.unfollowed_min_hits
             and c["not_followed"] >= options.unfollowed_ratio * c["requests"]
+            # urllib not following a 307 POST is its documented quirk, not this problem
+            and next_hop(c["client"], place.method, place.status).method is not None
         ]
         if not stuck:
             continue
@@ -335,8 +358,7 @@ def unfollowed_redirect(ctx: AuditContext) -> Iterator[Finding]:
             f"{unfollowed} of {plural(group.hits, 'redirect')} from {place.method} "
             f"{place.source} ({place.status} → {short(group.target)}) were never followed by "
             f"{', '.join(sorted(names))}: {describe_evidence(stuck)}. httpx follows only with "
-            f"`follow_redirects=True`, curl only with -L, and urllib does not follow a "
-            f"307/308 after a POST nor any PUT/PATCH/DELETE redirect."
+            f"`follow_redirects=True` and curl only with -L: API clients often do not follow."
         )
         recommendation = (
             f"If API clients call {place.source}, serve the resource there or publish the new "
