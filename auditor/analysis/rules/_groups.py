@@ -46,19 +46,28 @@ def group_columns(alias: str) -> str:
         max({alias}.started_at) as last_seen, min({alias}.id) as example_request_id"""
 
 
-# The path of ``location_url`` (a normalized absolute http(s) URL) without its query.
-_LOCATION_PATH_QUERY = "substr(location_url, instr(substr(location_url, 9), '/') + 8)"
-_LOCATION_PATH = (
-    f"case when instr({_LOCATION_PATH_QUERY}, '?') "
-    f"then substr({_LOCATION_PATH_QUERY}, 1, instr({_LOCATION_PATH_QUERY}, '?') - 1) "
-    f"else {_LOCATION_PATH_QUERY} end"
-)
+def url_path_sql(column: str) -> str:
+    """SQL for the path (no query) of a normalized absolute http(s) URL column."""
+    path_query = f"substr({column}, instr(substr({column}, 9), '/') + 8)"
+    return (
+        f"(case when instr({path_query}, '?') "
+        f"then substr({path_query}, 1, instr({path_query}, '?') - 1) else {path_query} end)"
+    )
+
+
+def slash_move_sql(alias: str = "") -> str:
+    """SQL: the redirect only adds or removes a trailing slash (hosts may differ)."""
+    prefix = f"{alias}." if alias else ""
+    target, source = url_path_sql(f"{prefix}location_url"), url_path_sql(f"{prefix}url")
+    return (
+        f"({prefix}location_url is not null and {target} != {source} "
+        f"and rtrim({target}, '/') = rtrim({source}, '/'))"
+    )
+
+
 # Not a redirect that only adds or removes a trailing slash (slash-redirect's, with the
 # framework setting that sends it): hygiene rules leave those alone.
-NOT_SLASH_MOVE = (
-    f"(location_url is null or {_LOCATION_PATH} = path "
-    f"or rtrim({_LOCATION_PATH}, '/') != rtrim(path, '/'))"
-)
+NOT_SLASH_MOVE = f"not {slash_move_sql()}"
 
 # The aggregate columns a query over ``audit_responses`` selects after its group key.
 GROUP_AGGREGATES = """count(*) as hits, min(started_at) as first_seen,

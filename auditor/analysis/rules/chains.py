@@ -333,11 +333,17 @@ def unfollowed_redirect(ctx: AuditContext) -> Iterator[Finding]:
     or more and (nearly: ``unfollowed_ratio``) never followed."""
     options = ctx.options
     same_site = "r.scheme || '://' || r.host || '/'"
+    # Only places with enough unfollowed redirects to matter are read hop by hop.
     hops = redirect_hops(
         ctx,
         f"""r.status in {FOLLOWED_SQL} and r.location_url is not null
             and r.location_url != r.url
-            and substr(r.location_url, 1, length({same_site})) = {same_site}""",
+            and substr(r.location_url, 1, length({same_site})) = {same_site}
+            and (r.source, r.method, r.status) in (
+                select source, method, status from {RESPONSES}
+                where followed = 0 and status in {FOLLOWED_SQL}
+                group by 1, 2, 3 having count(*) >= ?)""",
+        (options.unfollowed_min_hits,),
     )
     for place in places(hops):
         clients = client_evidence(place.hops)

@@ -17,6 +17,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from auditor.analysis.rules._groups import Group, finding, framework_fix, grouped_requests, plural
 from auditor.analysis.rules._hops import client_evidence, places, redirect_hops
+from auditor.analysis.rules._subset import RESPONSES
 from auditor.analysis.rules.base import AuditContext, Finding, rule
 from auditor.analysis.rules.method import short
 from auditor.redirects import FOLLOWED_SQL
@@ -353,9 +354,6 @@ def internal_host_leak(ctx: AuditContext) -> Iterator[Finding]:
         "forwarded": "forwarded",
         "server_host": "server_host",
         "server_addr": "server_addr",
-        "host": "host",
-        "req_path": "path",
-        "req_query": "query",
     }
     leaks: dict[tuple[Any, ...], str | None] = {}  # many groups share the same keys
 
@@ -364,8 +362,8 @@ def internal_host_leak(ctx: AuditContext) -> Iterator[Finding]:
         k = group.keys
         key = tuple(k.values())
         if key not in leaks:
-            chosen = target_from_request(k["location"], k["req_path"], k["req_query"], k)
-            leaks[key] = None if chosen else leaked_host(k["location"], k)
+            found = leaked_host(k["location"], k)
+            leaks[key] = None if found and chosen_by_client(ctx, group) else found
         return leaks[key]
 
     for group in grouped_requests(
@@ -399,6 +397,20 @@ def internal_host_leak(ctx: AuditContext) -> Iterator[Finding]:
 
 def _decoded(text: str) -> str:
     return unquote(unquote(text)).lower().replace("\\", "/")
+
+
+def chosen_by_client(ctx: AuditContext, group: Group) -> bool:
+    """Every request of this (rare) leaking group named the Location's host itself: an
+    open redirect's target, not a leak of ours."""
+    rows = ctx.query(
+        f"""select location, path, query, host, x_forwarded_host, forwarded, server_host
+            from {RESPONSES} where source = ? and method = ? and status = ? and location = ?
+            limit 50""",
+        (group.source, group.method, group.status, group.keys["location"]),
+    )
+    return bool(rows) and all(
+        target_from_request(r["location"], r["path"], r["query"], dict(r)) for r in rows
+    )
 
 
 def carrying_parameter(host: str, query: str | None) -> str | None:

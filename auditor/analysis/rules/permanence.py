@@ -25,8 +25,9 @@ from auditor.analysis.rules._groups import (
     grouped_requests,
     plural,
     query_groups,
+    slash_move_sql,
 )
-from auditor.analysis.rules._hops import client_evidence, move_kind, places, redirect_hops
+from auditor.analysis.rules._hops import client_evidence, places, redirect_hops
 from auditor.analysis.rules.base import SOURCE_SQL, AuditContext, Finding, rule
 from auditor.analysis.rules.method import short
 from auditor.redirects import FOLLOWED_SQL
@@ -354,10 +355,10 @@ def slash_redirect(ctx: AuditContext) -> Iterator[Finding]:
     A non-GET answered 301/302 this way is ``method-change-on-move``'s."""
     hops = redirect_hops(
         ctx,
-        f"""r.status in {FOLLOWED_SQL} and r.location_url is not null
+        f"""r.status in {FOLLOWED_SQL} and {slash_move_sql("r")}
            and (r.method in ('GET', 'HEAD') or r.status in (307, 308))""",
     )
-    for place in places(h for h in hops if move_kind(h.url, h.target) == "slash"):
+    for place in places(hops):
         group = place.group()
         adds = short(group.target).split("?")[0].endswith("/")
         middleware = slash_middleware(ctx.framework, place.status, adds)
