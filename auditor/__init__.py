@@ -2,7 +2,7 @@
 
 Importing the package loads nothing: ``RedirectRecorder`` loads the recorder on first
 use, ``audit`` and ``AuditResult`` the analysis, so a serving worker never pays for the
-analysis and the pytest plugin (``auditor.pytest_plugin``, loaded by every pytest run
+analysis and the pytest plugin (``auditor.sources.pytest_plugin``, loaded by every pytest run
 where the package is installed) imports no framework unless ``--redirect-audit`` is given.
 """
 

@@ -13,16 +13,16 @@ import typer
 from rich.table import Table
 
 from auditor.middleware import RedirectRecorder
-from auditor.probe import HopRecorder, ProbeResult, sweep_targets
-from auditor.probe import probe as run_probe
 from auditor.schema import SchemaError, check_traffic_db
 from auditor.serve import AppImportError, import_app
+from auditor.sources.probe import HopRecorder, ProbeResult, sweep_targets
+from auditor.sources.probe import probe as run_probe
 
 from .common import console, fail
 
 
 class Client(StrEnum):
-    """The clients whose redirect behaviour ``probe --as`` replays (auditor.probe.CLIENTS)."""
+    """The clients whose redirect behaviour ``probe --as`` replays (sources.probe.CLIENTS)."""
 
     browser = "browser"
     curl = "curl"

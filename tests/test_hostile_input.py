@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from auditor import RedirectRecorder
-from auditor.har import HarError, import_har
 from auditor.registry import writer_for
+from auditor.sources.har import HarError, import_har
 
 
 async def redirecting_app(scope: dict[str, Any], receive: Any, send: Any) -> None:

@@ -12,7 +12,7 @@ from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 from typer.testing import CliRunner
 
-from auditor.probe import CLIENTS, next_request, sweep_targets
+from auditor.sources.probe import CLIENTS, next_request, sweep_targets
 from redirect_auditor_cli.main import app as cli
 from redirect_auditor_cli.probe import Client
 from tests.servers import fetch_rows, free_port, serve_in_thread

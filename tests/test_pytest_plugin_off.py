@@ -9,6 +9,7 @@ standard library only, and registers its recording hooks only with --redirect-au
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -92,7 +93,7 @@ def test_coverage_is_the_same_installed_but_off_as_without_the_plugin(
 
 def test_loading_the_plugin_imports_nothing_from_the_users_stack() -> None:
     code = (
-        "import sys, auditor.pytest_plugin; "
+        "import sys, auditor.sources.pytest_plugin; "
         f"print(sorted({{m.partition('.')[0] for m in sys.modules}} & {set(USER_STACK)!r}))"
     )
     out = subprocess.run(
@@ -102,7 +103,7 @@ def test_loading_the_plugin_imports_nothing_from_the_users_stack() -> None:
 
 
 def test_only_two_hooks_until_enabled(pytester: pytest.Pytester) -> None:
-    import auditor.pytest_plugin as plugin
+    import auditor.sources.pytest_plugin as plugin
 
     module_hooks = sorted(name for name in vars(plugin) if name.startswith("pytest_"))
     assert module_hooks == ["pytest_addoption", "pytest_configure"]
@@ -110,3 +111,23 @@ def test_only_two_hooks_until_enabled(pytester: pytest.Pytester) -> None:
     assert off.pluginmanager.get_plugin(plugin.PLUGIN_NAME) is None
     on = pytester.parseconfigure(f"--redirect-audit={Path(str(pytester.path), 'on.db')}")
     assert isinstance(on.pluginmanager.get_plugin(plugin.PLUGIN_NAME), plugin.RedirectAudit)
+
+
+def test_the_old_module_path_still_loads_the_plugin(tmp_path: Path) -> None:
+    """``-p auditor.pytest_plugin`` (the path before sources/) is the same module."""
+    env = {**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    for args in (["-p", "auditor.pytest_plugin"], ["-p", "auditor.sources.pytest_plugin"]):
+        out = subprocess.run(
+            [sys.executable, "-m", "pytest", *args, "--help"],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env=env,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        assert "--redirect-audit" in out.stdout
+    import auditor.pytest_plugin as old
+    import auditor.sources.pytest_plugin as new
+
+    assert old is new

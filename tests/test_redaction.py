@@ -570,7 +570,7 @@ def test_slugs_and_camel_case_names_of_words_are_not_secrets() -> None:
 
 
 def test_har_import_redacts_like_the_recorder(tmp_path: Path) -> None:
-    from auditor.har import import_har
+    from auditor.sources.har import import_har
 
     token, reset = make_secret("urlsafe", 10), make_secret("django-reset", 11)
 

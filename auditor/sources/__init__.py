@@ -1,0 +1,1 @@
+"""Traffic from elsewhere: HAR import, probe, the pytest plugin, Parquet export."""
