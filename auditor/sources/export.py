@@ -1,0 +1,276 @@
+"""Export a traffic database's closed time slices as Parquet shards for a fleet audit.
+
+Layout (Hive-style partitions, one file per source database and slice)::
+
+    DIR/host=<host>/date=<YYYY-MM-DD>/<source id>_<YYYYMMDDTHH>_<first id>-<last id>.parquet
+
+* ``host`` is the machine that recorded (``--host``, default this machine's name), not
+  the requests' Host header, which clients choose. ``date`` is the slice's UTC date.
+* A slice is one UTC hour of ``started_at``. It is *closed*, and exported, once its
+  end is older than the linking window (``until - window``): hops that start in it
+  have had time to be followed and recorded.
+* ``source id`` is a random id kept in the database's ``auditor_meta`` (written on the
+  first export, the only write export ever makes to the database): it names this
+  database wherever the file is moved, and never repeats for another database.
+* **Idempotence.** A file holds the rows of its slice with ids in ``first..last``.
+  Before writing, export reads the names already in ``DIR`` (under any host) for its
+  source id: a slice's rows up to the highest id already exported are skipped. Rowids
+  only grow and a writer commits in id order, so a second run (or one with an
+  overlapping range) writes nothing, and a row that arrives late in an exported slice
+  (a long request) goes to a new file of that slice, never into a duplicate. A file
+  is written under a temporary name and renamed when complete; exports of one
+  database into one ``DIR`` take a lock, so two at once never write the same rows.
+
+Rows are copied as stored (privacy as in the database: client keys, no raw IP unless
+the recorder stored one); linking output (``follow_up_of``, ``link_confidence``) is
+not copied, since the fleet audit links again across hosts.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import socket
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from auditor.rows import LINKING_COLUMNS
+from auditor.schema import (
+    BUSY_TIMEOUT_MS,
+    META_TABLE,
+    REQUEST_COLUMNS,
+    SchemaError,
+    check_traffic_db,
+    connect_read_only,
+)
+
+SLICE_S = 3600  # one file per source database and UTC hour
+DEFAULT_WINDOW_S = 30.0  # the audit's default link window
+BATCH_ROWS = 50_000
+EXPORT_ID_KEY = "export_id"
+FLEET_HINT = "install redirect-auditor[fleet] (pip install 'redirect-auditor[fleet]')"
+# Exported columns: what is recorded, not what linking computed.
+EXPORT_COLUMNS = tuple(c for c in REQUEST_COLUMNS if c not in LINKING_COLUMNS)
+_FILE_RE = re.compile(
+    r"^(?P<source>[0-9a-f]{16})_(?P<slice>\d{8}T\d{2})_(?P<lo>\d+)-(?P<hi>\d+)\.parquet$"
+)
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+Progress = Callable[[int], None]  # rows written so far
+
+
+class FleetMissing(RuntimeError):
+    """DuckDB or pyarrow (the ``fleet`` extra) is not installed."""
+
+
+def require_fleet() -> tuple[Any, Any]:
+    """``(duckdb, pyarrow)``, or ``FleetMissing`` naming the extra to install."""
+    try:
+        import duckdb
+        import pyarrow
+    except ImportError:
+        raise FleetMissing(FLEET_HINT) from None
+    return duckdb, pyarrow
+
+
+@dataclass
+class ExportResult:
+    files: list[Path] = field(default_factory=list)
+    rows: int = 0
+    source_id: str = ""
+    closed_before: float = 0.0  # rows starting before this were eligible
+
+
+def safe_host(name: str) -> str:
+    """A partition value that is one path segment (no ``/``, no ``..``)."""
+    cleaned = _UNSAFE.sub("_", name).strip(".") or "unknown"
+    return cleaned[:100]
+
+
+def slice_label(slice_no: int) -> str:
+    return datetime.fromtimestamp(slice_no * SLICE_S, UTC).strftime("%Y%m%dT%H")
+
+
+def source_id(db_path: Path) -> str:
+    """This database's export id, created (in ``auditor_meta``) on first use."""
+    conn = connect_read_only(db_path)
+    try:
+        row = conn.execute(f"select value from {META_TABLE} where key = ?", (EXPORT_ID_KEY,))
+        found = row.fetchone()
+    finally:
+        conn.close()
+    if found:
+        return str(found[0])
+    conn = sqlite3.connect(db_path, timeout=BUSY_TIMEOUT_MS / 1000)
+    try:
+        with conn:  # insert or ignore: a concurrent first export keeps the first id
+            conn.execute(
+                f"insert or ignore into {META_TABLE} (key, value) values (?, ?)",
+                (EXPORT_ID_KEY, uuid.uuid4().hex[:16]),
+            )
+        value = conn.execute(
+            f"select value from {META_TABLE} where key = ?", (EXPORT_ID_KEY,)
+        ).fetchone()[0]
+    except sqlite3.Error as exc:
+        raise SchemaError(f"{db_path}: cannot note its export id ({exc})") from None
+    finally:
+        conn.close()
+    return str(value)
+
+
+def exported_up_to(out_dir: Path, source: str) -> dict[str, int]:
+    """Per slice label, the highest id of ``source`` already in ``out_dir``."""
+    done: dict[str, int] = {}
+    for path in out_dir.glob(f"host=*/date=*/{source}_*.parquet"):
+        match = _FILE_RE.match(path.name)
+        if match:
+            label, hi = match["slice"], int(match["hi"])
+            done[label] = max(done.get(label, 0), hi)
+    return done
+
+
+def export(
+    db_path: str | Path,
+    out_dir: str | Path,
+    *,
+    host: str | None = None,
+    window: float = DEFAULT_WINDOW_S,
+    until: float | None = None,
+    progress: Progress | None = None,
+) -> ExportResult:
+    """Write the closed slices of ``db_path`` not yet in ``out_dir`` as Parquet files.
+
+    Raises ``SchemaError`` for a file that is not a traffic database and
+    ``FleetMissing`` without the ``fleet`` extra, before anything is written.
+    """
+    _, pa = require_fleet()
+    import pyarrow.parquet as pq
+
+    db = Path(db_path)
+    out = Path(out_dir)
+    check_traffic_db(db)
+    if out.exists() and not out.is_dir():
+        raise SchemaError(f"{out}: is not a directory")
+    partition_host = safe_host(host or socket.gethostname())
+    now = time.time() if until is None else until
+    closed_slice = int((now - window) // SLICE_S)  # slices before this one are closed
+    result = ExportResult(source_id=source_id(db), closed_before=closed_slice * SLICE_S)
+    out.mkdir(parents=True, exist_ok=True)
+
+    schema = pa.schema(
+        [
+            (name, pa.int64() if kind is int else pa.float64() if kind is float else pa.string())
+            for name, kind in REQUEST_COLUMNS.items()
+            if name in EXPORT_COLUMNS
+        ]
+    )
+    lock_path = out / f".export-{result.source_id}.lock"
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        done = exported_up_to(out, result.source_id)
+        writers: dict[int, _SliceFile] = {}
+        try:
+            for batch in _new_rows(db, done, closed_slice):
+                by_slice: dict[int, list[tuple[Any, ...]]] = {}
+                for row in batch:
+                    by_slice.setdefault(int(row[-1]), []).append(row[:-1])
+                for slice_no, rows in by_slice.items():
+                    sink = writers.get(slice_no)
+                    if sink is None:
+                        sink = writers[slice_no] = _SliceFile(
+                            out, partition_host, result.source_id, slice_no, schema, pq
+                        )
+                    columns = list(zip(*rows, strict=True))
+                    try:
+                        records = pa.record_batch(columns, schema=schema)
+                    except (pa.ArrowException, TypeError, ValueError) as exc:
+                        raise SchemaError(
+                            f"{db}: rows {rows[0][0]}..{rows[-1][0]} do not fit the requests "
+                            f"schema ({exc})"
+                        ) from None
+                    sink.write(records, rows[0][0], rows[-1][0])
+                result.rows += len(batch)
+                if progress is not None:
+                    progress(result.rows)
+            for sink in writers.values():
+                result.files.append(sink.close())
+        except BaseException:
+            for sink in writers.values():
+                sink.abandon()
+            raise
+    return result
+
+
+class _SliceFile:
+    """One slice's new rows, written under a temporary name, renamed when complete."""
+
+    def __init__(
+        self, out: Path, host: str, source: str, slice_no: int, schema: Any, pq: Any
+    ) -> None:
+        self.label = slice_label(slice_no)
+        day = datetime.fromtimestamp(slice_no * SLICE_S, UTC).strftime("%Y-%m-%d")
+        self.dir = out / f"host={host}" / f"date={day}"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.source = source
+        self.tmp = self.dir / f".{source}_{self.label}.{os.getpid()}.tmp"
+        self.writer = pq.ParquetWriter(self.tmp, schema, compression="zstd")
+        self.lo: int | None = None
+        self.hi = 0
+
+    def write(self, batch: Any, first_id: int, last_id: int) -> None:
+        self.writer.write_batch(batch)
+        self.lo = first_id if self.lo is None else self.lo
+        self.hi = last_id
+
+    def close(self) -> Path:
+        self.writer.close()
+        final = self.dir / f"{self.source}_{self.label}_{self.lo}-{self.hi}.parquet"
+        os.replace(self.tmp, final)
+        return final
+
+    def abandon(self) -> None:
+        try:
+            self.writer.close()
+        finally:
+            self.tmp.unlink(missing_ok=True)
+
+
+def _new_rows(db: Path, done: dict[str, int], closed_slice: int) -> Iterator[list[tuple[Any, ...]]]:
+    """Rows of closed slices above each slice's exported id, in id order, in batches;
+    each row ends with its slice number."""
+    conn = connect_read_only(db)
+    try:
+        conn.execute("create temp table exported (slice integer primary key, max_id integer)")
+        conn.executemany(
+            "insert into temp.exported values (?, ?)",
+            [
+                (
+                    int(datetime.strptime(label, "%Y%m%dT%H").replace(tzinfo=UTC).timestamp())
+                    // SLICE_S,
+                    hi,
+                )
+                for label, hi in done.items()
+            ],
+        )
+        columns = ", ".join(f"r.{c}" for c in EXPORT_COLUMNS)
+        cursor = conn.execute(
+            f"""select {columns}, cast(r.started_at / {SLICE_S} as integer) as slice
+                from requests r
+                left join temp.exported e on e.slice = cast(r.started_at / {SLICE_S} as integer)
+                where r.started_at < ? and r.id > coalesce(e.max_id, 0)
+                order by r.id""",
+            (closed_slice * SLICE_S,),
+        )
+        while batch := cursor.fetchmany(BATCH_ROWS):
+            yield batch
+    except sqlite3.DatabaseError as exc:
+        raise SchemaError(f"{db}: cannot read it ({exc})") from None
+    finally:
+        conn.close()
