@@ -27,6 +27,8 @@ from auditor.analysis.report import (
 from auditor.analysis.rules.base import Severity, all_rules
 from auditor.merge import merge
 from auditor.schema import SchemaError
+from auditor.sources.export import FleetMissing
+from auditor.sources.fleet import default_report, is_fleet_source, load_shards
 
 from .common import console, err_console, fail, require_traffic_db
 
@@ -83,7 +85,8 @@ def audit(
         list[Path],
         typer.Argument(
             metavar="DB...",
-            help="Traffic database(s) recorded by RedirectRecorder; audited in turn.",
+            help="Traffic database(s) recorded by RedirectRecorder; audited in turn. Or one "
+            "directory (or glob) of Parquet shards made by `export`, audited together.",
             show_default=False,
         ),
     ],
@@ -148,6 +151,15 @@ def audit(
             show_default=False,
         ),
     ] = None,
+    report: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="PATH",
+            help="For a Parquet directory: the SQLite report to write (findings, chains, "
+            "requests; `explore` opens it). Default: DIR/report.db.",
+            show_default=False,
+        ),
+    ] = None,
     stored: Annotated[
         bool,
         typer.Option(
@@ -168,6 +180,8 @@ def audit(
     Example: redirect-auditor audit traffic.db --fail-on error --format markdown
 
     Example: redirect-auditor audit web1.db web2.db --combined all.db
+
+    Example: redirect-auditor audit /srv/traffic --report fleet.db
     """
     threshold: Severity | None = None if fail_on is None else fail_on.value
     overrides: dict[str, Any] = {
@@ -182,6 +196,10 @@ def audit(
         options = build_options(overrides, use_pyproject=not no_config and not stored)
     except ConfigError as exc:
         fail(str(exc))
+    if any(is_fleet_source(db) for db in dbs):
+        dbs = [_fleet_report(dbs, report, combined, stored)]
+    elif report is not None:
+        fail("--report is for a directory or glob of Parquet shards")
     for db in dbs:  # check every file before writing to any
         require_traffic_db(db)
     if combined is not None:
@@ -234,6 +252,42 @@ def audit(
             soft_wrap=True,
         )
         raise typer.Exit(code=1)
+
+
+def _fleet_report(
+    dbs: list[Path], report: Path | None, combined: Path | None, stored: bool
+) -> Path:
+    """The SQLite report holding every shard's rows (built now unless ``--stored``)."""
+    if len(dbs) != 1:
+        fail("audit one Parquet directory or glob at a time, without other databases")
+    if combined is not None:
+        fail("--combined merges SQLite files; a Parquet directory is audited together already")
+    source = dbs[0]
+    out = report or default_report(source)
+    if stored:
+        return out
+    started = time.monotonic()
+    progress = DelayedProgress(f"reading {source}")
+    try:
+        out, shards, rows = load_shards(
+            source, out, progress=lambda done: progress("loading rows", done, 0)
+        )
+    except FleetMissing as exc:
+        fail(f"auditing Parquet shards needs DuckDB and pyarrow: {exc}")
+    except SchemaError as exc:
+        fail(str(exc))
+    except (sqlite3.Error, OSError) as exc:
+        fail(f"writing the report {out} failed ({exc})")
+    finally:
+        progress.close()
+    err_console.print(
+        f"{source}: {rows} request(s) from {shards} shard(s) in "
+        f"{time.monotonic() - started:.1f} s; report: {out} "
+        f"(open it with: redirect-auditor explore {out})",
+        highlight=False,
+        soft_wrap=True,
+    )
+    return out
 
 
 def _audit_one(db: Path, options: Any) -> AuditResult:
