@@ -151,6 +151,7 @@ def export(
     ``FleetMissing`` without the ``fleet`` extra, before anything is written.
     """
     _, pa = require_fleet()
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     db = Path(db_path)
@@ -178,24 +179,25 @@ def export(
         writers: dict[int, _SliceFile] = {}
         try:
             for batch in _new_rows(db, done, closed_slice):
-                by_slice: dict[int, list[tuple[Any, ...]]] = {}
-                for row in batch:
-                    by_slice.setdefault(int(row[-1]), []).append(row[:-1])
-                for slice_no, rows in by_slice.items():
+                try:
+                    records = pa.record_batch(list(zip(*batch, strict=True)), schema=schema)
+                except (pa.ArrowException, TypeError, ValueError) as exc:
+                    raise SchemaError(
+                        f"{db}: rows {batch[0][0]}..{batch[-1][0]} do not fit the requests "
+                        f"schema ({exc})"
+                    ) from None
+                slices = pc.cast(
+                    pc.floor(pc.divide(records.column("started_at"), float(SLICE_S))), pa.int64()
+                )
+                for slice_no in pc.unique(slices).to_pylist():
+                    part = records.filter(pc.equal(slices, slice_no))
                     sink = writers.get(slice_no)
                     if sink is None:
                         sink = writers[slice_no] = _SliceFile(
                             out, partition_host, result.source_id, slice_no, schema, pq
                         )
-                    columns = list(zip(*rows, strict=True))
-                    try:
-                        records = pa.record_batch(columns, schema=schema)
-                    except (pa.ArrowException, TypeError, ValueError) as exc:
-                        raise SchemaError(
-                            f"{db}: rows {rows[0][0]}..{rows[-1][0]} do not fit the requests "
-                            f"schema ({exc})"
-                        ) from None
-                    sink.write(records, rows[0][0], rows[-1][0])
+                    ids = part.column("id")
+                    sink.write(part, ids[0].as_py(), ids[-1].as_py())
                 result.rows += len(batch)
                 if progress is not None:
                     progress(result.rows)
@@ -243,8 +245,7 @@ class _SliceFile:
 
 
 def _new_rows(db: Path, done: dict[str, int], closed_slice: int) -> Iterator[list[tuple[Any, ...]]]:
-    """Rows of closed slices above each slice's exported id, in id order, in batches;
-    each row ends with its slice number."""
+    """Rows of closed slices above each slice's exported id, in id order, in batches."""
     conn = connect_read_only(db)
     try:
         conn.execute("create temp table exported (slice integer primary key, max_id integer)")
@@ -261,7 +262,7 @@ def _new_rows(db: Path, done: dict[str, int], closed_slice: int) -> Iterator[lis
         )
         columns = ", ".join(f"r.{c}" for c in EXPORT_COLUMNS)
         cursor = conn.execute(
-            f"""select {columns}, cast(r.started_at / {SLICE_S} as integer) as slice
+            f"""select {columns}
                 from requests r
                 left join temp.exported e on e.slice = cast(r.started_at / {SLICE_S} as integer)
                 where r.started_at < ? and r.id > coalesce(e.max_id, 0)
