@@ -58,7 +58,7 @@ EXPORT_ID_KEY = "export_id"
 FLEET_HINT = "install redirect-auditor[fleet] (pip install 'redirect-auditor[fleet]')"
 # Exported columns: what is recorded, not what linking computed.
 EXPORT_COLUMNS = tuple(c for c in REQUEST_COLUMNS if c not in LINKING_COLUMNS)
-_FILE_RE = re.compile(
+SHARD_NAME = re.compile(
     r"^(?P<source>[0-9a-f]{16})_(?P<slice>\d{8}T\d{2})_(?P<lo>\d+)-(?P<hi>\d+)\.parquet$"
 )
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
@@ -129,7 +129,7 @@ def exported_up_to(out_dir: Path, source: str) -> dict[str, int]:
     """Per slice label, the highest id of ``source`` already in ``out_dir``."""
     done: dict[str, int] = {}
     for path in out_dir.glob(f"host=*/date=*/{source}_*.parquet"):
-        match = _FILE_RE.match(path.name)
+        match = SHARD_NAME.match(path.name)
         if match:
             label, hi = match["slice"], int(match["hi"])
             done[label] = max(done.get(label, 0), hi)
