@@ -185,8 +185,34 @@ def probe_server() -> Iterator[str]:
         yield url
 
 
+@pytest.fixture(scope="module")
+def demo_shards(demo_traffic: Path) -> Path:
+    """The demo traffic exported as Parquet shards (its hour closed by --until)."""
+    shards = demo_traffic.parent / "shards"
+    later = str(time.time() + 7200)
+    subprocess.run(
+        [
+            str(VENV_BIN / "redirect-auditor"),
+            "export",
+            str(demo_traffic),
+            "--to",
+            str(shards),
+            "--host",
+            "web1",
+            "--until",
+            later,
+        ],
+        check=True,
+        capture_output=True,
+        env=ENV,
+        timeout=120,
+    )
+    return shards
+
+
 @pytest.fixture
-def workspace(tmp_path: Path, demo_traffic: Path) -> Path:
+def workspace(tmp_path: Path, demo_traffic: Path, demo_shards: Path) -> Path:
+    shutil.copytree(demo_shards, tmp_path / "shards")
     for name in ("traffic.db", "demo.db", "shop-2026.db", "web1.db", "web2.db"):
         shutil.copy(demo_traffic, tmp_path / name)
         shutil.copy(f"{demo_traffic}.key", tmp_path / f"{name}.key")
@@ -293,7 +319,8 @@ def _answers(url: str) -> bool:
 
 def test_the_readme_has_commands_for_every_part() -> None:
     lines = [command.line for command in readme_commands()]
-    for part in ("run", "audit", "explore", "demo", "probe", "import-har", "merge", "prune"):
+    parts = ("run", "audit", "explore", "demo", "probe", "import-har", "merge", "prune", "export")
+    for part in parts:
         assert any(f"redirect-auditor {part} " in line for line in lines), part
     assert any(line.startswith("pytest --redirect-audit") for line in lines)
     assert any(line.startswith("datasette ") for line in lines)
