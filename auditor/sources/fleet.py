@@ -75,6 +75,11 @@ def find_shards(source: str | Path) -> list[Path]:
                 shards.append(found)
     else:
         raise SchemaError(f"{source}: no such file or directory")
+    if not shards and path.is_dir():
+        raise SchemaError(
+            f"{source}: is a directory with no Parquet shards (*.parquet) in it; audit takes "
+            "a traffic database, or a directory of shards made by export"
+        )
     if not shards:
         raise SchemaError(f"{source}: no Parquet shards (*.parquet) found")
     return shards
