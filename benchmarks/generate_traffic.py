@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from auditor.rows import ROW_COLUMNS
+from auditor.record.rows import ROW_COLUMNS
 from auditor.schema import connect, ensure_schema
 
 HOSTS = ("shop.example.com", "api.example.com")

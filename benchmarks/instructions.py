@@ -37,8 +37,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from auditor.middleware import RedirectRecorder  # noqa: E402
-from auditor.process_writer import ProcessWriter  # noqa: E402
+from auditor.record.middleware import RedirectRecorder  # noqa: E402
+from auditor.record.process_writer import ProcessWriter  # noqa: E402
 from benchmarks import apps  # noqa: E402
 from benchmarks.overhead import _receive, _send, scope_templates  # noqa: E402
 

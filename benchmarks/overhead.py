@@ -52,7 +52,7 @@ from typing import Any, Literal
 if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from auditor import registry
+from auditor.record import registry
 from benchmarks import apps
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -344,7 +344,7 @@ def capture(tmp: Path, n: int) -> list[Any]:
 
 
 def _options(n: int, **overrides: Any) -> Any:
-    from auditor.writer import RecorderOptions
+    from auditor.record.options import RecorderOptions
 
     settings: dict[str, Any] = {
         "record": "all",
@@ -362,12 +362,13 @@ def _options(n: int, **overrides: Any) -> Any:
 def run_writer_cost(tmp: Path, n: int) -> dict[str, Any]:
     """Per-row shipping, build and insert cost, by batch size; the Writer (what runs in
     the writer process) end to end; and the whole ProcessWriter pipeline end to end."""
-    from auditor.frames import encode, read_frame
-    from auditor.process_writer import SHIP_BATCH, ProcessWriter
-    from auditor.rows import INSERT_SQL, RowBuilder, TrustedProxies, to_portable
+    from auditor.record.frames import encode, read_frame
+    from auditor.record.process_writer import SHIP_BATCH, ProcessWriter
+    from auditor.record.rows import INSERT_SQL, RowBuilder, to_portable
+    from auditor.record.writer import Writer
+    from auditor.record.writer_process import _bind_none_directly
     from auditor.schema import connect, ensure_schema
-    from auditor.writer import Writer
-    from auditor.writer_process import _bind_none_directly
+    from auditor.urls import TrustedProxies
 
     captures = capture(tmp, n)
 

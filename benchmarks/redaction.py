@@ -23,7 +23,8 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from auditor.rows import RowBuilder, TrustedProxies
+from auditor.record.rows import RowBuilder
+from auditor.urls import TrustedProxies
 
 TOKEN = "Xq3vL9mZt2Rk8WbN4cYp7Hd1Fs6Gj0Ae5Ui"  # 36 random base64url characters
 JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"

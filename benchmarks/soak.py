@@ -80,13 +80,13 @@ def workers(server_pid: int) -> list[int]:
 
 
 def writer_processes(db: Path) -> list[int]:
-    """Live ``auditor.writer_process`` processes writing ``db``."""
+    """Live ``auditor.record.writer_process`` processes writing ``db``."""
     found = []
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
             with contextlib.suppress(OSError):
                 cmdline = (proc / "cmdline").read_bytes()
-                if b"auditor.writer_process" in cmdline and str(db).encode() in cmdline:
+                if b"auditor.record.writer_process" in cmdline and str(db).encode() in cmdline:
                     found.append(int(proc.name))
     return found
 

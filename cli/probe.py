@@ -12,11 +12,11 @@ import httpx
 import typer
 from rich.table import Table
 
-from auditor.middleware import RedirectRecorder
 from auditor.probe import HopRecorder, ProbeResult, sweep_targets
 from auditor.probe import probe as run_probe
+from auditor.record.middleware import RedirectRecorder
+from auditor.record.serve import AppImportError, import_app
 from auditor.schema import SchemaError, check_traffic_db
-from auditor.serve import AppImportError, import_app
 
 from .common import console, fail
 

@@ -18,6 +18,7 @@ import typer
 import uvicorn
 from uvicorn.config import LIFESPAN
 
+from auditor.record.serve import AppImportError, import_app, settings_env
 from auditor.redaction import RedactionRules
 from auditor.schema import (
     SchemaError,
@@ -26,7 +27,6 @@ from auditor.schema import (
     create_private_file,
     ensure_schema,
 )
-from auditor.serve import AppImportError, import_app, settings_env
 
 from .common import console, fail, require_free_port
 
@@ -199,7 +199,7 @@ def run(
         if value is not None
     }
     uvicorn.run(
-        "auditor.serve:create_app",
+        "auditor.record.serve:create_app",
         factory=True,
         host=host,
         port=port,

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from auditor import RedirectRecorder
 from auditor.har import HarError, import_har
-from auditor.registry import writer_for
+from auditor.record.registry import writer_for
 
 
 async def redirecting_app(scope: dict[str, Any], receive: Any, send: Any) -> None:

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from auditor import RedirectRecorder
-from auditor.middleware import detect_framework
+from auditor.record.middleware import detect_framework
 from tests.servers import cli_command, fetch_rows, free_port, serve_in_process, serve_in_thread
 
 WRITERS = ["process", "thread"]

@@ -49,12 +49,12 @@ def count_rows(db: Path, where: str) -> int:
 
 
 def writer_processes(db: Path) -> int:
-    """How many ``auditor.writer_process`` processes write ``db`` right now."""
+    """How many ``auditor.record.writer_process`` processes write ``db`` right now."""
     count = 0
     for proc in Path("/proc").iterdir():
         with contextlib.suppress(OSError):
             cmdline = (proc / "cmdline").read_bytes()
-            count += b"auditor.writer_process" in cmdline and str(db).encode() in cmdline
+            count += b"auditor.record.writer_process" in cmdline and str(db).encode() in cmdline
     return count
 
 

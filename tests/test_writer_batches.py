@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from auditor.rows import Capture, to_portable
-from auditor.writer import PACE_ROWS, RecorderOptions, Writer
+from auditor.record.options import RecorderOptions
+from auditor.record.rows import Capture, to_portable
+from auditor.record.writer import PACE_ROWS, Writer
 
 BAD_AT = 550  # after the first 512-row statement of a 600-row batch
 

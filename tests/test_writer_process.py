@@ -17,11 +17,13 @@ from typing import Any
 import httpx
 import pytest
 
-from auditor import RedirectRecorder, writer_process
-from auditor.process_writer import ProcessWriter
-from auditor.rows import ROW_COLUMNS, Capture, RowBuilder, TrustedProxies, to_portable
-from auditor.writer import Writer
-from auditor.writer_process import _Backlog
+from auditor import RedirectRecorder
+from auditor.record import writer_process
+from auditor.record.process_writer import ProcessWriter
+from auditor.record.rows import ROW_COLUMNS, Capture, RowBuilder, to_portable
+from auditor.record.writer import Writer
+from auditor.record.writer_process import _Backlog
+from auditor.urls import TrustedProxies
 from tests.apps import site
 from tests.servers import ROOT, fetch_rows, free_port, serve_in_thread, wait_for
 

@@ -19,8 +19,9 @@ MAX_FRAME = 1 << 30
 
 # Shared counters (a page of unsigned 64-bit slots) that survive a SIGKILL of the
 # serving process, whose event loop alone writes them: exchanges queued for the
-# writer process, and exchanges its full queue turned away.
-QUEUED, QUEUE_FULL = range(2)
+# writer process, exchanges its full queue turned away, and requests record="redirects"
+# skipped.
+QUEUED, QUEUE_FULL, SKIPPED = range(3)
 COUNTERS_SIZE = 4096
 
 

@@ -21,14 +21,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
 from typing import Any
 
-from auditor.redaction import RedactionRules
+from auditor.record.options import RecorderOptions
+from auditor.record.rows import INSERT_SQL, ROW_COLUMNS, CapturedExchange, RowBuilder
 from auditor.retention import prune
-from auditor.rows import INSERT_SQL, ROW_COLUMNS, CapturedExchange, RowBuilder, TrustedProxies
 from auditor.schema import (
     DROP_REASONS,
     SchemaError,
@@ -37,7 +36,7 @@ from auditor.schema import (
     ensure_schema,
     restore_sidecar_modes,
 )
-from auditor.urls import path_and_query
+from auditor.urls import TrustedProxies
 
 logger = logging.getLogger("redirect_auditor")
 
@@ -51,68 +50,6 @@ _STARTED = ROW_COLUMNS.index("started_at")
 _CLIENT = ROW_COLUMNS.index("client_key")
 _URL = ROW_COLUMNS.index("url")
 _LOCATION_URL = ROW_COLUMNS.index("location_url")
-
-
-@dataclass(frozen=True)
-class RecorderOptions:
-    """Recorder settings that the writer applies."""
-
-    record: str
-    sample_rate: float
-    trusted_proxies: tuple[str, ...]
-    store_client_ip: bool
-    queue_size: int
-    flush_interval: float
-    follow_up_delay: float
-    follow_up_window: float
-    busy_timeout: float = 5.0  # seconds a write waits for another process's lock
-    max_rows: int | None = None  # retention: keep at most this many newest requests
-    max_age: float | None = None  # retention: delete requests older than this (seconds)
-    writer: str = "process"  # "process": rows built and written in a writer process
-    # Redaction beyond the defaults (auditor/redaction.py): parameter names whose values
-    # are secrets, names whose values are kept, regexes for secret segments or values,
-    # route templates whose every placeholder is a secret; token_routes: the app's own
-    # templates with token-named parameters (found by the recorder at start-up).
-    redact_params: tuple[str, ...] = ()
-    allow_params: tuple[str, ...] = ()
-    redact_patterns: tuple[str, ...] = ()
-    redact_routes: tuple[str, ...] = ()
-    token_routes: tuple[str, ...] = ()
-
-    def redaction(self) -> RedactionRules:
-        """The redaction rules these options add to the defaults."""
-        return RedactionRules(
-            params=self.redact_params,
-            allow_params=self.allow_params,
-            patterns=self.redact_patterns,
-            routes=self.redact_routes,
-            token_routes=self.token_routes,
-        )
-
-    @classmethod
-    def build(cls, **kwargs: Any) -> RecorderOptions:
-        """Validate and freeze options; raises ValueError at start-up, never per request."""
-        if kwargs["record"] not in ("all", "redirects"):
-            raise ValueError(f"record must be 'all' or 'redirects', not {kwargs['record']!r}")
-        if kwargs.get("writer", "process") not in ("process", "thread"):
-            raise ValueError(f"writer must be 'process' or 'thread', not {kwargs['writer']!r}")
-        if not 0.0 <= kwargs["sample_rate"] <= 1.0:
-            raise ValueError("sample_rate must be between 0 and 1")
-        if kwargs.get("busy_timeout", 0.0) < 0:
-            raise ValueError("busy_timeout must not be negative")
-        for name in ("max_rows", "max_age"):
-            if kwargs.get(name) is not None and kwargs[name] <= 0:
-                raise ValueError(f"{name} must be positive")
-        proxies = kwargs["trusted_proxies"]
-        kwargs["trusted_proxies"] = (proxies,) if isinstance(proxies, str) else tuple(proxies)
-        TrustedProxies(kwargs["trusted_proxies"])  # validates the addresses
-        for name in ("redact_params", "allow_params", "redact_patterns", "redact_routes"):
-            values = kwargs.get(name, ())
-            kwargs[name] = (values,) if isinstance(values, str) else tuple(values)
-        kwargs["token_routes"] = tuple(kwargs.get("token_routes", ()))
-        options = cls(**kwargs)
-        options.redaction().validate()
-        return options
 
 
 def classify_error(exc: BaseException) -> str:
@@ -163,6 +100,8 @@ class Writer:
         # Queue-full drops counted outside this object (the serving process, when this
         # writer runs in the writer process); folded in like our own.
         self.queue_full_elsewhere: Callable[[], int] = lambda: 0
+        # Requests record="redirects" skipped in the serving process, counted there.
+        self.skipped_elsewhere: Callable[[], int] = lambda: 0
         self.framework: str | None = None  # the app's, as the recorder noted it
         self._start()
 
@@ -192,9 +131,6 @@ class Writer:
         self.last_error: str | None = None
         self._queue: deque[CapturedExchange] = deque()
         self._limit = options.queue_size
-        self._held: deque[tuple[Any, ...]] = deque()  # record="redirects": awaiting a verdict
-        self._targets: dict[tuple[Any, str], float] = {}  # (client, target) -> redirect time
-        self._seen_redirect_id = 0
         self._conn: sqlite3.Connection | None = None
         self._file_id: tuple[int, int] | None = None
         self._builder: RowBuilder | None = None
@@ -213,9 +149,13 @@ class Writer:
         else:
             self.dropped_queue_full += 1
 
+    def skip(self) -> None:
+        """Hot path, record="redirects": a request that can never be needed, counted only."""
+        self.rows_skipped += 1
+
     def flush(self) -> None:
-        """Write everything pending now, including rows held for follow-up matching."""
-        self._drain(final=True)
+        """Write everything pending now."""
+        self._drain()
 
     def note_framework(self, framework: str) -> None:
         """The app's framework, for this worker's ``recorder_stats`` row. A plain
@@ -229,7 +169,7 @@ class Writer:
         every ``PACE_ROWS`` rows built or inserted (all in one transaction)."""
         with self._lock:
             try:
-                self._write(items, final=False, portable=True, pause=pause)
+                self._write(items, portable=True, pause=pause)
             except Exception as exc:  # a bug here must never stop the writer
                 self._count_drop("other", len(items), exc)
 
@@ -237,7 +177,7 @@ class Writer:
         """Rows written and skipped, drops per reason and the last error, as of now."""
         return {
             "rows_written": self.rows_written,
-            "rows_skipped": self.rows_skipped,
+            "rows_skipped": self.rows_skipped + self.skipped_elsewhere(),
             "dropped": dict(self.dropped),
             "last_error": self.last_error,
         }
@@ -245,7 +185,7 @@ class Writer:
     @property
     def unsaved(self) -> bool:
         """Counts (or rows) not yet in the database, e.g. while it is read-only or full."""
-        return bool(self._queue or self._held) or self.unsaved_counts()
+        return bool(self._queue) or self.unsaved_counts()
 
     def unsaved_counts(self) -> bool:
         """Rows written or dropped (queue-full drops counted elsewhere too) that
@@ -286,7 +226,7 @@ class Writer:
     def _run(self) -> None:
         next_prune = time.monotonic() + PRUNE_EVERY
         while not self._stop.wait(self.options.flush_interval):
-            self._drain(final=False)
+            self._drain()
             if time.monotonic() >= next_prune:
                 next_prune = time.monotonic() + PRUNE_EVERY
                 self.prune()
@@ -303,12 +243,12 @@ class Writer:
                 self.last_error = f"prune: {exc}"[:500]
                 return 0
 
-    def _drain(self, final: bool) -> None:
+    def _drain(self) -> None:
         with self._lock:
             try:
                 while True:
                     batch = [self._queue.popleft() for _ in range(min(len(self._queue), MAX_BATCH))]
-                    self._write(batch, final)
+                    self._write(batch)
                     if not self._queue:
                         break
             except Exception as exc:  # a bug here must never reach the app
@@ -341,17 +281,14 @@ class Writer:
             self._file_id = _file_id(self.db_path)
         return self._conn, self._builder
 
-    def _write(
-        self, batch: list[Any], final: bool, portable: bool = False, pause: float = 0.0
-    ) -> None:
-        if not (batch or self._held or self.unsaved_counts()):
+    def _write(self, batch: list[Any], portable: bool = False, pause: float = 0.0) -> None:
+        if not (batch or self.unsaved_counts()):
             return  # idle: leave the database alone (not even opened)
         try:
             conn, builder = self._open()
         except (sqlite3.Error, OSError, SchemaError) as exc:
             reason = classify_error(exc)
-            self._count_drop(reason, len(batch) + len(self._held), exc)
-            self._held.clear()
+            self._count_drop(reason, len(batch), exc)
             if reason == "read_only":
                 restore_sidecar_modes(self.db_path)
             return
@@ -364,8 +301,6 @@ class Writer:
                 self._count_drop("other", 1, exc)
             if pause and done % PACE_ROWS == 0:
                 time.sleep(pause)
-        if self.options.record == "redirects":
-            rows = self._select_redirect_rows(conn, rows, final)
         seen = self._queue_full_seen()
         queue_full, self._queue_full_folded = seen - self._queue_full_folded, seen
         if queue_full:
@@ -396,7 +331,7 @@ class Writer:
         d = self.dropped
         return (
             self.rows_written + written_now,
-            self.rows_skipped,
+            self.rows_skipped + self.skipped_elsewhere(),
             *(d[reason] for reason in DROP_REASONS),
         )
 
@@ -449,55 +384,6 @@ class Writer:
             with contextlib.suppress(sqlite3.Error):
                 self._conn.close()
         self._conn = None
-
-    def _select_redirect_rows(
-        self, conn: sqlite3.Connection, rows: list[tuple[Any, ...]], final: bool
-    ) -> list[tuple[Any, ...]]:
-        """record="redirects": keep 3xx rows now; hold the rest until we know whether
-        they follow a redirect, possibly one served by another worker process."""
-        window = self.options.follow_up_window
-        keep = []
-        for row in rows:
-            if 300 <= row[_STATUS] < 400:
-                keep.append(row)
-                self._remember_target(row[_CLIENT], row[_LOCATION_URL], row[_STARTED])
-            else:
-                self._held.append(row)
-        self._load_other_workers_redirects(conn)
-        due = time.time() - self.options.follow_up_delay
-        while self._held and (final or self._held[0][_STARTED] <= due):
-            row = self._held.popleft()
-            redirected_at = self._targets.get((row[_CLIENT], path_and_query(row[_URL])))
-            follows = redirected_at is not None and 0 <= row[_STARTED] - redirected_at <= window
-            if follows or self._sampled():
-                keep.append(row)
-            else:
-                self.rows_skipped += 1
-        horizon = time.time() - window - self.options.follow_up_delay
-        if len(self._targets) > 100_000:
-            self._targets = {k: t for k, t in self._targets.items() if t >= horizon}
-        return keep
-
-    def _sampled(self) -> bool:
-        rate = self.options.sample_rate
-        return rate > 0 and secrets.randbelow(1_000_000) < rate * 1_000_000
-
-    def _remember_target(self, client: Any, location_url: str | None, at: float) -> None:
-        if location_url:
-            self._targets[(client, path_and_query(location_url))] = at
-
-    def _load_other_workers_redirects(self, conn: sqlite3.Connection) -> None:
-        try:
-            found = conn.execute(
-                """select id, client_key, location_url, started_at from requests
-                   where id > ? and status between 300 and 399 and worker_id != ?""",
-                (self._seen_redirect_id, self.worker_id),
-            ).fetchall()
-        except sqlite3.Error:
-            return
-        for row_id, client, target, at in found:
-            self._seen_redirect_id = max(self._seen_redirect_id, row_id)
-            self._remember_target(client, target, at)
 
 
 def _file_id(path: Path) -> tuple[int, int] | None:

@@ -4,21 +4,27 @@ On the event loop it only captures references (the scope, status, response
 headers, byte counts, two timestamps) and appends them to the writer's bounded
 queue. Decoding, URL resolution, hashing, redaction and SQLite happen in a
 writer process (``process_writer.py``, ``writer_process.py``), or with
-``writer="thread"`` in a thread of this process (``writer.py``).
+``writer="thread"`` in a thread of this process (``writer.py``). With
+``record="redirects"`` it also decides here what can never be needed
+(``targets.py``): such a request is counted as skipped and never queued.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Iterable
 from pathlib import Path
+from random import random
 from time import time
 from typing import Any, Literal
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from auditor.record.options import RecorderOptions
+from auditor.record.registry import TrafficWriter, writer_for
+from auditor.record.targets import RecentTargets, effective_client, location_path
+from auditor.record.writer import load_secret
 from auditor.redaction import app_token_routes
-from auditor.registry import TrafficWriter, writer_for
-from auditor.writer import RecorderOptions
+from auditor.urls import TrustedProxies
 
 
 class Exchange:
@@ -64,6 +70,29 @@ class Exchange:
                 message = {**message, "headers": headers}
             self.headers = headers
         return self._send(message)
+
+
+class RedirectsExchange(Exchange):
+    """record="redirects": notes where each redirect sends its client, in the table
+    every process on the database shares, before the response leaves."""
+
+    __slots__ = ("client", "path", "targets")
+
+    def __init__(self, scope: Scope, send: Send, targets: RecentTargets, client: str) -> None:
+        super().__init__(scope, send)
+        self.targets = targets
+        self.client = client
+        self.path: str = scope.get("path") or "/"  # before the app can rewrite it
+
+    def send(self, message: Message) -> Awaitable[None]:
+        if message["type"] == "http.response.start" and 300 <= message["status"] < 400:
+            for name, value in message.get("headers", ()):
+                if name.lower() == b"location":
+                    target = location_path(value, self.path)
+                    if target is not None:
+                        self.targets.note(self.client, target, time())
+                    break
+        return Exchange.send(self, message)
 
 
 async def _sent_after_return(message: Message) -> None:
@@ -204,6 +233,12 @@ class RedirectRecorder:
             token_routes=app_token_routes(app),  # once, here: never per request
         )
         self.writer: TrafficWriter = writer_for(db_path, options)
+        self.targets: RecentTargets | None = None
+        if options.record == "redirects":
+            path = self.writer.db_path
+            self.targets = RecentTargets(path, load_secret(path), options.follow_up_window)
+        self._sample_rate = options.sample_rate
+        self._trusted = TrustedProxies(options.trusted_proxies) if options.trusted_proxies else None
         self.framework, settled = detect_framework(app)
         self._framework_pending = not settled
         self.writer.note_framework(self.framework)
@@ -216,7 +251,12 @@ class RedirectRecorder:
             return
         if self._framework_pending:  # the only per-request cost of framework detection
             self._settle_framework(scope)
-        exchange = Exchange(scope, send)
+        targets = self.targets
+        if targets is None:
+            exchange = Exchange(scope, send)
+        else:
+            client = effective_client(scope, self._trusted)
+            exchange = RedirectsExchange(scope, send, targets, client)
         try:
             await self.app(scope, receive, exchange.send)
         except BaseException as exc:
@@ -228,7 +268,19 @@ class RedirectRecorder:
             # Let go of the server's send (its request cycle, transport and buffers) now:
             # the capture waits in the queue for up to flush_interval.
             exchange._send = _sent_after_return
-            self.writer.submit(exchange)
+            if targets is None or self._needed(exchange):
+                self.writer.submit(exchange)
+            else:
+                self.writer.skip()
+
+    def _needed(self, exchange: Any) -> bool:
+        """record="redirects": a redirect, a possible follow-up of one, or sampled."""
+        status = exchange.status
+        if 300 <= status < 400:
+            return True
+        if self._sample_rate and random() < self._sample_rate:
+            return True
+        return bool(exchange.targets.expected(exchange.client, exchange.path, exchange.started_at))
 
     def _settle_framework(self, scope: Scope) -> None:
         # Once, at the first HTTP request: with add_middleware we wrap the inner stack,

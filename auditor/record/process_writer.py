@@ -3,7 +3,7 @@
 The event loop appends each captured exchange to a bounded deque, exactly as
 with the in-process ``Writer``. Every ``flush_interval`` a shipping thread turns
 the pending exchanges into flat tuples and writes them, marshalled, into a pipe
-read by ``python -m auditor.writer_process``. Row building and SQLite run in
+read by ``python -m auditor.record.writer_process``. Row building and SQLite run in
 that process, so they no longer compete with the event loop for the GIL (they
 did: with a writer thread the app served about half its requests/s).
 
@@ -32,26 +32,28 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from auditor.frames import (
+from auditor.record.frames import (
     COUNTERS_SIZE,
     QUEUE_FULL,
     QUEUED,
+    SKIPPED,
     encode,
     read_frame,
     write_all,
 )
-from auditor.rows import CapturedExchange, to_portable
+from auditor.record.options import RecorderOptions
+from auditor.record.rows import CapturedExchange, to_portable
+from auditor.record.writer import Writer
 from auditor.schema import DROP_REASONS
-from auditor.writer import RecorderOptions, Writer
 
 logger = logging.getLogger("redirect_auditor")
 
 SHIP_BATCH = 256  # exchanges per frame; the event loop waits at most one frame's work (~1 ms)
 PIPE_BYTES = 1 << 20  # ask the kernel for a 1 MiB pipe (the unprivileged maximum)
-# ``python -m auditor.writer_process`` with this process's sys.path (see config).
+# ``python -m auditor.record.writer_process`` with this process's sys.path (see config).
 _BOOTSTRAP = (
     "import json, sys; sys.path[:] = json.loads(sys.argv[1])['sys_path']; "
-    "from auditor.writer_process import main; sys.exit(main(sys.argv[1:]))"
+    "from auditor.record.writer_process import main; sys.exit(main(sys.argv[1:]))"
 )
 _F_SETPIPE_SZ = 1031  # Linux fcntl; absent from the fcntl module before Python 3.10
 
@@ -115,6 +117,10 @@ class ProcessWriter:
             self._queue.append(exchange)
         else:
             self._counts[QUEUE_FULL] += 1
+
+    def skip(self) -> None:
+        """Hot path, record="redirects": a request that can never be needed, counted only."""
+        self._counts[SKIPPED] += 1
 
     # -- what the in-process Writer offers -----------------------------------
 
@@ -391,6 +397,8 @@ class ProcessWriter:
                 # The writer process folded this process's queue-full count; go on from there.
                 counts, base = self._counts, self._counts[QUEUE_FULL]
                 fallback.queue_full_elsewhere = lambda: counts[QUEUE_FULL] - base
+                skipped = counts[SKIPPED]
+                fallback.skipped_elsewhere = lambda: counts[SKIPPED] - skipped
                 if self._framework is not None:
                     fallback.note_framework(self._framework)
                 self._fallback = fallback

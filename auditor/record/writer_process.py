@@ -1,4 +1,4 @@
-"""The writer process: ``python -m auditor.writer_process CONFIG_JSON``.
+"""The writer process: ``python -m auditor.record.writer_process CONFIG_JSON``.
 
 Started by ``ProcessWriter`` in a serving process, one per serving process and
 database. Reads frames from stdin into an ordinary ``Writer`` (row building,
@@ -27,15 +27,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
-from auditor.frames import (
+from auditor.record.frames import (
     COUNTERS_SIZE,
     QUEUE_FULL,
     QUEUED,
+    SKIPPED,
     encode,
     read_frame,
     write_all,
 )
-from auditor.writer import RecorderOptions, Writer
+from auditor.record.options import RecorderOptions
+from auditor.record.writer import Writer
 
 # Requests not yet written, as marshalled bytes (~120 per request): about half a
 # million requests, or 20 s of a saturated 2-core machine, before drops (counted).
@@ -159,6 +161,7 @@ def serve(config: dict[str, Any], stdin: BinaryIO, replies: _Replies) -> None:
     options = RecorderOptions.build(**config["options"])
     writer = Writer(Path(config["db_path"]), options, worker_id=config["worker_id"])
     writer.queue_full_elsewhere = lambda: counters[QUEUE_FULL]
+    writer.skipped_elsewhere = lambda: counters[SKIPPED]
     backlog = _Backlog(BACKLOG_BYTES)
     materializer = threading.Thread(
         target=_write_backlog, args=(backlog, writer), name="redirect-auditor-rows", daemon=True

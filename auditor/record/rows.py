@@ -7,9 +7,7 @@ client hashes and the route template.
 
 from __future__ import annotations
 
-import ipaddress
 import json
-from collections.abc import Iterable
 from dataclasses import dataclass
 from hashlib import blake2b
 from typing import Any, Protocol
@@ -20,7 +18,7 @@ from starlette.routing import Mount
 from auditor.redaction import DEFAULT as DEFAULT_REDACTOR
 from auditor.redaction import MARKER_FORMAT, RedactionRules, Redactor, redacted_path
 from auditor.schema import REQUEST_COLUMNS
-from auditor.urls import build_url, resolve_location
+from auditor.urls import TrustedProxies, build_url, first_value, parse_forwarded, resolve_location
 
 MAX_VALUE_CHARS = 8192  # longer header values are cut; the row is still written
 MAX_CACHE_ENTRIES = 65536
@@ -98,40 +96,6 @@ def _text(value: bytes, limit: int = MAX_VALUE_CHARS) -> str:
     # latin-1 maps every byte, so hostile bytes never fail to decode.
     text = value.decode("latin-1")
     return text if len(text) <= limit else text[:limit] + f"…[{len(text) - limit} more]"
-
-
-def _first(value: str) -> str:
-    return value.split(",", 1)[0].strip()
-
-
-def parse_forwarded(value: str) -> dict[str, str]:
-    """The first element of an RFC 7239 ``Forwarded`` header as a dict."""
-    result: dict[str, str] = {}
-    for pair in _first(value).split(";"):
-        name, _, val = pair.partition("=")
-        if val:
-            result[name.strip().lower()] = val.strip().strip('"')
-    return result
-
-
-class TrustedProxies:
-    """Which peers may set the request's effective scheme, host and client."""
-
-    def __init__(self, proxies: str | Iterable[str]) -> None:
-        items = [proxies] if isinstance(proxies, str) else list(proxies)
-        self.any = "*" in items
-        self.networks = [ipaddress.ip_network(p, strict=False) for p in items if p != "*"]
-
-    def __contains__(self, address: str | None) -> bool:
-        if self.any:
-            return True
-        if not address or not self.networks:
-            return False
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return False
-        return any(ip in net for net in self.networks)
 
 
 def route_template(scope: Any) -> str | None:
@@ -306,13 +270,13 @@ class RowBuilder:
         )
         scheme, host = server_scheme, server_host
         x_forwarded_for = req[_X_FOR]
-        forwarded_for = _first(x_forwarded_for) if x_forwarded_for else None
+        forwarded_for = first_value(x_forwarded_for) if x_forwarded_for else None
         if (self.trusted.any or self.trusted.networks) and client_ip in self.trusted:
             forwarded_header = req[_FORWARDED]
             forwarded = parse_forwarded(forwarded_header) if forwarded_header else {}
-            scheme = _first(req[_X_PROTO] or "") or forwarded.get("proto") or scheme
-            host = _first(req[_X_HOST] or "") or forwarded.get("host") or host
-            client_ip = _first(req[_X_FOR] or "") or forwarded.get("for") or client_ip
+            scheme = first_value(req[_X_PROTO] or "") or forwarded.get("proto") or scheme
+            host = first_value(req[_X_HOST] or "") or forwarded.get("host") or host
+            client_ip = first_value(req[_X_FOR] or "") or forwarded.get("for") or client_ip
         scheme = scheme.lower()
         host = host.lower()
 

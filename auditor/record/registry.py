@@ -9,9 +9,10 @@ import threading
 from pathlib import Path
 from typing import Protocol
 
-from auditor.process_writer import ProcessWriter
-from auditor.rows import CapturedExchange
-from auditor.writer import RecorderOptions, Writer
+from auditor.record.options import RecorderOptions
+from auditor.record.process_writer import ProcessWriter
+from auditor.record.rows import CapturedExchange
+from auditor.record.writer import Writer
 
 logger = logging.getLogger("redirect_auditor")
 
@@ -33,6 +34,7 @@ class TrafficWriter(Protocol):
     def dropped(self) -> dict[str, int]: ...
 
     def submit(self, exchange: CapturedExchange) -> None: ...
+    def skip(self) -> None: ...
     def note_framework(self, framework: str) -> None: ...
     def flush(self) -> None: ...
     async def flush_async(self) -> None: ...
