@@ -8,6 +8,8 @@
   written in a writer process).
 - ``recorder_thread_app``: the same with ``writer="thread"`` (rows built and
   written by a thread of the serving process), for comparison.
+- ``redirects_app``, ``redirects_thread_app``: ``record="redirects"``, each writer.
+- ``reference_app``: the reference recorder (``reference_recorder.py``).
 - With ``overhead.py --decompose``: ``hot_path_only_app`` (the middleware, each
   capture thrown away at once) and ``shipping_only_app`` (captures shipped as
   for the writer process, but into ``cat > /dev/null``): where the cost comes from.
@@ -36,7 +38,15 @@ from auditor.record.process_writer import ProcessWriter
 
 DB_ENV = "BENCH_DB"
 SWITCH_ENV = "BENCH_SWITCH_INTERVAL"  # sys.setswitchinterval for every variant, if set
-VARIANTS = ("bare", "noop", "recorder", "recorder(thread)")
+VARIANTS = (
+    "bare",
+    "noop",
+    "reference",
+    "recorder",
+    "recorder(thread)",
+    "recorder(redirects)",
+    "recorder(redirects, thread)",
+)
 # ``overhead.py --decompose`` adds these: where the recorder's cost comes from.
 DECOMPOSITION = ("hot path only", "shipping only", "bare + idle spinner")
 # The factory uvicorn imports for each variant (``benchmarks.apps:<factory>``).
@@ -45,6 +55,9 @@ FACTORIES = {
     "noop": "noop_app",
     "recorder": "recorder_app",
     "recorder(thread)": "recorder_thread_app",
+    "reference": "reference_app",
+    "recorder(redirects)": "redirects_app",
+    "recorder(redirects, thread)": "redirects_thread_app",
     "hot path only": "hot_path_only_app",
     "shipping only": "shipping_only_app",
     "bare + idle spinner": "bare_beside_idle_spinner_app",
@@ -91,6 +104,29 @@ def recorder_app(db_path: str | None = None, **options: Any) -> RedirectRecorder
 def recorder_thread_app(db_path: str | None = None, **options: Any) -> RedirectRecorder:
     """``recorder_app`` with the in-process writer thread (``writer="thread"``)."""
     return recorder_app(db_path, writer="thread", **options)
+
+
+def _db_path(db_path: str | None) -> str:
+    path = db_path or os.environ.get(DB_ENV)
+    if not path:
+        raise RuntimeError(f"set {DB_ENV} to the traffic database path")
+    return path
+
+
+def reference_app(db_path: str | None = None) -> ASGIApp:
+    """The app behind the reference recorder (``reference_recorder.py``)."""
+    from benchmarks.reference_recorder import ReferenceRecorder
+
+    return ReferenceRecorder(bare_app(), _db_path(db_path))
+
+
+def redirects_app(db_path: str | None = None, **options: Any) -> RedirectRecorder:
+    """The app behind ``RedirectRecorder(record="redirects")``."""
+    return RedirectRecorder(bare_app(), db_path=_db_path(db_path), record="redirects", **options)
+
+
+def redirects_thread_app(db_path: str | None = None, **options: Any) -> RedirectRecorder:
+    return redirects_app(db_path, writer="thread", **options)
 
 
 class _Discard:
@@ -162,4 +198,10 @@ def build(variant: str, db_path: str | None = None, **options: Any) -> ASGIApp:
         return recorder_app(db_path, **options)
     if variant == "recorder(thread)":
         return recorder_thread_app(db_path, **options)
+    if variant == "reference":
+        return reference_app(db_path)
+    if variant == "recorder(redirects)":
+        return redirects_app(db_path, **options)
+    if variant == "recorder(redirects, thread)":
+        return redirects_thread_app(db_path, **options)
     raise ValueError(f"unknown variant {variant!r}")

@@ -35,7 +35,7 @@ from auditor.record.rows import INSERT_SQL, ROW_COLUMNS, RowBuilder
 from auditor.schema import connect, ensure_schema
 from auditor.urls import TrustedProxies, build_url, redact_query, resolve_location
 from benchmarks import apps
-from benchmarks.overhead import Collector, _receive, _send, capture, drive, scope_templates
+from benchmarks.inprocess import Collector, _receive, _send, capture, drive, scope_templates
 
 START = {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"12")]}
 BODY = {"type": "http.response.body", "body": b"hello, world"}

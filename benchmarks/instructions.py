@@ -40,7 +40,7 @@ if str(ROOT) not in sys.path:
 from auditor.record.middleware import RedirectRecorder  # noqa: E402
 from auditor.record.process_writer import ProcessWriter  # noqa: E402
 from benchmarks import apps  # noqa: E402
-from benchmarks.overhead import _receive, _send, scope_templates  # noqa: E402
+from benchmarks.inprocess import _receive, _send, scope_templates  # noqa: E402
 
 VARIANTS = ("bare", "noop", "recorder")
 WARM_UP = 2000

@@ -76,21 +76,18 @@ class RedirectsExchange(Exchange):
     """record="redirects": notes where each redirect sends its client, in the table
     every process on the database shares, before the response leaves."""
 
-    __slots__ = ("client", "path", "targets")
+    __slots__ = ("path", "recorder")
 
-    def __init__(self, scope: Scope, send: Send, targets: RecentTargets, client: str) -> None:
-        super().__init__(scope, send)
-        self.targets = targets
-        self.client = client
+    def __init__(self, scope: Scope, send: Send, recorder: RedirectRecorder) -> None:
+        Exchange.__init__(self, scope, send)
+        self.recorder = recorder
         self.path: str = scope.get("path") or "/"  # before the app can rewrite it
 
     def send(self, message: Message) -> Awaitable[None]:
         if message["type"] == "http.response.start" and 300 <= message["status"] < 400:
             for name, value in message.get("headers", ()):
                 if name.lower() == b"location":
-                    target = location_path(value, self.path)
-                    if target is not None:
-                        self.targets.note(self.client, target, time())
+                    self.recorder.note_redirect(self, value)
                     break
         return Exchange.send(self, message)
 
@@ -252,11 +249,9 @@ class RedirectRecorder:
         if self._framework_pending:  # the only per-request cost of framework detection
             self._settle_framework(scope)
         targets = self.targets
-        if targets is None:
-            exchange = Exchange(scope, send)
-        else:
-            client = effective_client(scope, self._trusted)
-            exchange = RedirectsExchange(scope, send, targets, client)
+        exchange = (
+            Exchange(scope, send) if targets is None else RedirectsExchange(scope, send, self)
+        )
         try:
             await self.app(scope, receive, exchange.send)
         except BaseException as exc:
@@ -275,12 +270,18 @@ class RedirectRecorder:
 
     def _needed(self, exchange: Any) -> bool:
         """record="redirects": a redirect, a possible follow-up of one, or sampled."""
-        status = exchange.status
-        if 300 <= status < 400:
+        if 300 <= exchange.status < 400 or (self._sample_rate and random() < self._sample_rate):
             return True
-        if self._sample_rate and random() < self._sample_rate:
-            return True
-        return bool(exchange.targets.expected(exchange.client, exchange.path, exchange.started_at))
+        client = effective_client(exchange.scope, self._trusted)
+        assert self.targets is not None
+        return self.targets.expected(client, exchange.path, exchange.started_at)
+
+    def note_redirect(self, exchange: RedirectsExchange, location: bytes) -> None:
+        """record="redirects": a redirect to ``location`` is being sent (event loop)."""
+        target = location_path(location, exchange.path)
+        if target is not None and self.targets is not None:
+            client = effective_client(exchange.scope, self._trusted)
+            self.targets.note(client, target, time())
 
     def _settle_framework(self, scope: Scope) -> None:
         # Once, at the first HTTP request: with add_middleware we wrap the inner stack,

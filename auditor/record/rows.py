@@ -196,6 +196,7 @@ class RowBuilder:
         self.trusted = trusted
         self.store_client_ip = store_client_ip
         self._keys: dict[str, str] = {}
+        self._urls: dict[tuple[Any, ...], tuple[str, str, str, str]] = {}
         # Secrets in URLs become markers keyed like the client hash (auditor.redaction).
         self.redactor = Redactor(self.redaction_marker, redaction)
 
@@ -212,6 +213,29 @@ class RowBuilder:
     def redaction_marker(self, secret: str) -> str:
         """The marker a secret in a URL is replaced by: the same for the same secret."""
         return MARKER_FORMAT.format(self.keyed_hash("redact:" + secret)[:12])
+
+    def _derive_url(
+        self, scheme: str, host: str, path: str | None, raw_path: bytes | None, query_string: bytes
+    ) -> tuple[str, str, str, str]:
+        """Path, redacted query, URL as sent and redacted URL of a request."""
+        if raw_path:
+            raw = _text(raw_path)
+            # The path as the client sent it: an app may rewrite scope["path"] (Litestar
+            # strips a trailing slash) before this runs.
+            path = unquote(raw) if "%" in raw else raw
+        else:
+            path = path or "/"
+            raw = quote(path, safe="/:@!$&'()*+,;=-._~%", errors="surrogatepass")
+        # Redacted after normalization, the Location after resolution: a redirect's
+        # location_url and its follow-up's url redact alike and still link.
+        redactor = self.redactor
+        sent_query = _text(query_string) if query_string else ""
+        query = redactor.query(sent_query)
+        sent_url = build_url(scheme, host, raw, sent_query)
+        url = redactor.url(sent_url)
+        if url is not sent_url:
+            path = redacted_path(sent_url, url, path)
+        return path, query, sent_url, url
 
     def build(self, exchange: CapturedExchange) -> tuple[Any, ...]:
         """One row from a capture of this process (the thread writer, probe hops, tests)."""
@@ -280,25 +304,19 @@ class RowBuilder:
         scheme = scheme.lower()
         host = host.lower()
 
-        if raw_path:
-            raw = _text(raw_path)
-            # The path as the client sent it: an app may rewrite scope["path"] (Litestar
-            # strips a trailing slash) before this runs.
-            path = unquote(raw) if "%" in raw else raw
-        else:
-            path = path or "/"
-            raw = quote(path, safe="/:@!$&'()*+,;=-._~%", errors="surrogatepass")
-        # Redacted after normalization, the Location after resolution: a redirect's
-        # location_url and its follow-up's url redact alike and still link.
+        # Most requests repeat a URL seen before: its derived columns come from a cache.
         redactor = self.redactor
-        if route is not None:
-            redactor.learn(route)
-        sent_query = _text(query_string) if query_string else ""
-        query = redactor.query(sent_query)
-        sent_url = build_url(scheme, host, raw, sent_query)
-        url = redactor.url(sent_url)
-        if url is not sent_url:
-            path = redacted_path(sent_url, url, path)
+        key = (scheme, host, raw_path or path, query_string, route)
+        derived = self._urls.get(key)
+        if derived is None:
+            if route is not None and not redactor.knows(route):
+                redactor.learn(route)
+                self._urls.clear()  # a newly learned token route may redact cached URLs
+            derived = self._derive_url(scheme, host, path, raw_path, query_string)
+            if len(self._urls) >= MAX_CACHE_ENTRIES:
+                self._urls.clear()
+            self._urls[key] = derived
+        path, query, sent_url, url = derived
 
         location = location_url = locations_json = None
         if locations:
