@@ -45,7 +45,7 @@ VARIANTS = (
     "recorder",
     "recorder(thread)",
     "recorder(redirects)",
-    "recorder(redirects, thread)",
+    "recorder(redirects/thread)",
 )
 # ``overhead.py --decompose`` adds these: where the recorder's cost comes from.
 DECOMPOSITION = ("hot path only", "shipping only", "bare + idle spinner")
@@ -57,7 +57,7 @@ FACTORIES = {
     "recorder(thread)": "recorder_thread_app",
     "reference": "reference_app",
     "recorder(redirects)": "redirects_app",
-    "recorder(redirects, thread)": "redirects_thread_app",
+    "recorder(redirects/thread)": "redirects_thread_app",
     "hot path only": "hot_path_only_app",
     "shipping only": "shipping_only_app",
     "bare + idle spinner": "bare_beside_idle_spinner_app",
@@ -69,7 +69,7 @@ async def hello(request: Request) -> Response:
 
 
 async def old(request: Request) -> Response:
-    return RedirectResponse("/", status_code=302)
+    return RedirectResponse("/new", status_code=302)
 
 
 def bare_app() -> Starlette:
@@ -202,6 +202,6 @@ def build(variant: str, db_path: str | None = None, **options: Any) -> ASGIApp:
         return reference_app(db_path)
     if variant == "recorder(redirects)":
         return redirects_app(db_path, **options)
-    if variant == "recorder(redirects, thread)":
+    if variant == "recorder(redirects/thread)":
         return redirects_thread_app(db_path, **options)
     raise ValueError(f"unknown variant {variant!r}")

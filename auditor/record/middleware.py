@@ -21,7 +21,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from auditor.record.options import RecorderOptions
 from auditor.record.registry import TrafficWriter, writer_for
-from auditor.record.targets import RecentTargets, effective_client, location_path
+from auditor.record.targets import (
+    RecentTargets,
+    effective_client,
+    location_path,
+    request_path_key,
+)
 from auditor.record.writer import load_secret
 from auditor.redaction import app_token_routes
 from auditor.urls import TrustedProxies
@@ -41,6 +46,8 @@ class Exchange:
         "started_at",
         "status",
     )
+
+    recorder: RedirectRecorder | None = None  # record="redirects" (RedirectsExchange)
 
     def __init__(self, scope: Scope, send: Send) -> None:
         self.scope = scope
@@ -63,33 +70,26 @@ class Exchange:
                 self.ended_at = time()
                 self.complete = True
         elif kind == "http.response.start":
-            self.status = message["status"]
+            status = self.status = message["status"]
             headers = message.get("headers", ())
             if type(headers) is not list:  # an iterator would be consumed by the server
                 headers = list(headers)
                 message = {**message, "headers": headers}
             self.headers = headers
+            if 300 <= status < 400 and self.recorder is not None:
+                self.recorder.note_redirect(self, headers)  # before the client can follow
         return self._send(message)
 
 
 class RedirectsExchange(Exchange):
-    """record="redirects": notes where each redirect sends its client, in the table
-    every process on the database shares, before the response leaves."""
+    """record="redirects": a capture whose redirects are noted in the table of recent
+    targets every process on the database shares."""
 
-    __slots__ = ("path", "recorder")
+    __slots__ = ("recorder",)
 
     def __init__(self, scope: Scope, send: Send, recorder: RedirectRecorder) -> None:
         Exchange.__init__(self, scope, send)
         self.recorder = recorder
-        self.path: str = scope.get("path") or "/"  # before the app can rewrite it
-
-    def send(self, message: Message) -> Awaitable[None]:
-        if message["type"] == "http.response.start" and 300 <= message["status"] < 400:
-            for name, value in message.get("headers", ()):
-                if name.lower() == b"location":
-                    self.recorder.note_redirect(self, value)
-                    break
-        return Exchange.send(self, message)
 
 
 async def _sent_after_return(message: Message) -> None:
@@ -268,20 +268,28 @@ class RedirectRecorder:
             else:
                 self.writer.skip()
 
-    def _needed(self, exchange: Any) -> bool:
+    def _needed(self, exchange: Exchange) -> bool:
         """record="redirects": a redirect, a possible follow-up of one, or sampled."""
         if 300 <= exchange.status < 400 or (self._sample_rate and random() < self._sample_rate):
             return True
-        client = effective_client(exchange.scope, self._trusted)
+        scope = exchange.scope
+        if self._trusted is None:
+            client = scope.get("client")
+            address = client[0] if client else ""
+        else:
+            address = effective_client(scope, self._trusted)
         assert self.targets is not None
-        return self.targets.expected(client, exchange.path, exchange.started_at)
+        return self.targets.expected(address, request_path_key(scope), exchange.started_at)
 
-    def note_redirect(self, exchange: RedirectsExchange, location: bytes) -> None:
-        """record="redirects": a redirect to ``location`` is being sent (event loop)."""
-        target = location_path(location, exchange.path)
-        if target is not None and self.targets is not None:
-            client = effective_client(exchange.scope, self._trusted)
-            self.targets.note(client, target, time())
+    def note_redirect(self, exchange: Exchange, headers: list[tuple[bytes, bytes]]) -> None:
+        """record="redirects": a redirect is being sent (event loop): note its target."""
+        for name, value in headers:
+            if name.lower() == b"location":
+                target = location_path(value, exchange.scope.get("path") or "/")
+                if target is not None and self.targets is not None:
+                    address = effective_client(exchange.scope, self._trusted)
+                    self.targets.note(address, target.encode("utf-8", "surrogatepass"), time())
+                return
 
     def _settle_framework(self, scope: Scope) -> None:
         # Once, at the first HTTP request: with add_middleware we wrap the inner stack,

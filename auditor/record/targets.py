@@ -65,6 +65,7 @@ class RecentTargets:
         self._map = _open_table(targets_path(db_path))
         self._slots = memoryview(self._map).cast("Q")
         self._seed = crc32(secret)
+        self._clients: dict[str, int] = {}  # client -> its crc32 seeded with the key
         self.window = int(window) + 1  # whole seconds; one more for the truncation
 
     def close(self) -> None:
@@ -72,33 +73,48 @@ class RecentTargets:
         with contextlib.suppress(BufferError):
             self._map.close()
 
-    def _key(self, client: str, path: str) -> int:
-        return crc32(f"{client} {path}".encode("utf-8", "surrogatepass"), self._seed)
+    def _key(self, client: str, path: bytes) -> int:
+        seed = self._clients.get(client)
+        if seed is None:
+            if len(self._clients) >= 4096:
+                self._clients.clear()
+            seed = crc32(client.encode("utf-8", "surrogatepass"), self._seed)
+            self._clients[client] = seed
+        return crc32(path, seed)
 
-    def note(self, client: str, path: str, now: float) -> None:
-        """A redirect to ``path`` answered ``client`` at ``now``."""
+    def note(self, client: str, path: bytes, now: float) -> None:
+        """A redirect to ``path`` (``request_path_key``'s form) answered ``client`` at ``now``."""
         key = self._key(client, path)
         slots = self._slots
         i = (key & _MASK) << 1
         entry = key << 32 | (int(now) & _SECONDS)
         first, second = slots[i], slots[i + 1]
-        if first >> 32 == key or (
-            second >> 32 != key and (first & _SECONDS) <= (second & _SECONDS)
-        ):
+        older_first = (first & _SECONDS) <= (second & _SECONDS)
+        if first >> 32 == key or (second >> 32 != key and older_first):
             slots[i] = entry
         else:
             slots[i + 1] = entry
 
-    def expected(self, client: str, path: str, at: float) -> bool:
+    def expected(self, client: str, path: bytes, at: float) -> bool:
         """Whether a redirect sent ``client`` to ``path`` within the window before ``at``."""
         key = self._key(client, path)
         slots = self._slots
         i = (key & _MASK) << 1
-        now = int(at)
-        for entry in (slots[i], slots[i + 1]):
-            if entry >> 32 == key and now - (entry & _SECONDS) <= self.window:
-                return True
-        return False
+        first, second = slots[i], slots[i + 1]
+        now = int(at) - self.window
+        return (first >> 32 == key and (first & _SECONDS) >= now) or (
+            second >> 32 == key and (second & _SECONDS) >= now
+        )
+
+
+def request_path_key(scope: Any) -> bytes:
+    """The request's path as the table keys it: the bytes sent when they need no
+    decoding (most requests), else the percent-decoded path in UTF-8."""
+    raw = scope.get("raw_path")
+    if raw and b"%" not in raw and raw.isascii():
+        return bytes(raw)
+    path: str = scope.get("path") or "/"
+    return path.encode("utf-8", "surrogatepass")
 
 
 def location_path(location: bytes, request_path: str) -> str | None:
