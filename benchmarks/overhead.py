@@ -3,7 +3,7 @@
 Every variant (``benchmarks/apps.py``) runs in its own uvicorn (uvloop + httptools),
 pinned to one CPU, and is loaded by ``wrk -c32`` pinned to the other; one request in
 ten goes to a redirect route. Rounds rotate the order. For each run the CPU time of
-the server's whole process tree (server, its threads, any writer process) is read from
+the server's whole process tree (server, its threads, any process it starts) is read from
 /proc before the run and again once the tree is idle, so work drained later is charged.
 Reported per variant, medians over rounds: req/s and its ratio to bare in the same
 round, CPU us per request and what it adds over bare, p50/p99 latency; and after the

@@ -99,10 +99,10 @@ def run(
     writer: Annotated[
         WriterKind,
         typer.Option(
-            help="Where rows are built and written: a low-priority 'process' per worker, "
-            "or a 'thread' in each worker (no extra process; competes for the GIL)."
+            help="Accepted for compatibility: rows are always built and written by a "
+            "thread of each worker (the writer process was retired)."
         ),
-    ] = WriterKind.process,
+    ] = WriterKind.thread,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
     redact_param: Annotated[
         list[str] | None,

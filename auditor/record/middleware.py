@@ -2,9 +2,8 @@
 
 On the event loop it only captures references (the scope, status, response
 headers, byte counts, two timestamps) and appends them to the writer's bounded
-queue. Decoding, URL resolution, hashing, redaction and SQLite happen in a
-writer process (``process_writer.py``, ``writer_process.py``), or with
-``writer="thread"`` in a thread of this process (``writer.py``). With
+queue. Decoding, URL resolution, hashing, redaction and SQLite happen in the
+writer's thread (``writer.py``). With
 ``record="redirects"`` it also decides here what can never be needed
 (``targets.py``): such a request is counted as skipped and never queued.
 """
@@ -170,16 +169,17 @@ class RedirectRecorder:
 
     Works with ``app.add_middleware(RedirectRecorder, db_path=...)`` and by
     wrapping: ``app = RedirectRecorder(app, db_path=...)``. ``record`` is
-    ``"all"`` or ``"redirects"`` (3xx responses and their follow-up requests,
-    plus a ``sample_rate`` fraction of the rest). Forwarded headers are
+    ``"all"`` or ``"redirects"`` (3xx responses and the requests that may follow
+    them, plus a ``sample_rate`` fraction of the rest; ``follow_up_delay`` is
+    accepted and unused). Forwarded headers are
     recorded as seen and trusted for scheme/host only from ``trusted_proxies``
     (IP addresses or CIDR networks, ``"*"`` for any). The recorder never raises
     into the app: rows it cannot write (``busy_timeout`` seconds of another
     process's lock, a read-only or vanished file) are counted in ``recorder_stats``.
     ``max_rows`` / ``max_age`` (seconds) keep the file small: the writer
-    deletes the oldest requests beyond them once a minute. ``writer="process"``
-    (the default) builds and writes rows in a separate process so they never
-    hold the GIL the event loop needs; ``"thread"`` keeps everything in this process.
+    deletes the oldest requests beyond them once a minute. Rows are built and
+    written by one thread of this process; ``writer`` (``"thread"``, or
+    ``"process"`` for the retired writer process) is accepted and changes nothing.
     Secrets in URLs are redacted (``auditor/redaction.py``); beyond the defaults,
     ``redact_params`` names more parameters whose values are secrets,
     ``allow_params`` parameters whose values are kept as sent, ``redact_patterns``
@@ -203,7 +203,7 @@ class RedirectRecorder:
         busy_timeout: float = 5.0,
         max_rows: int | None = None,
         max_age: float | None = None,
-        writer: Literal["process", "thread"] = "process",
+        writer: Literal["process", "thread"] = "thread",
         redact_params: Iterable[str] = (),
         allow_params: Iterable[str] = (),
         redact_patterns: Iterable[str] = (),

@@ -24,7 +24,7 @@ class RecorderOptions:
     busy_timeout: float = 5.0  # seconds a write waits for another process's lock
     max_rows: int | None = None  # retention: keep at most this many newest requests
     max_age: float | None = None  # retention: delete requests older than this (seconds)
-    writer: str = "process"  # "process": rows built and written in a writer process
+    writer: str = "thread"  # accepted for compatibility: rows are always written by a thread
     # Redaction beyond the defaults (auditor/redaction.py): parameter names whose values
     # are secrets, names whose values are kept, regexes for secret segments or values,
     # route templates whose every placeholder is a secret; token_routes: the app's own
@@ -50,7 +50,7 @@ class RecorderOptions:
         """Validate and freeze options; raises ValueError at start-up, never per request."""
         if kwargs["record"] not in ("all", "redirects"):
             raise ValueError(f"record must be 'all' or 'redirects', not {kwargs['record']!r}")
-        if kwargs.get("writer", "process") not in ("process", "thread"):
+        if kwargs.get("writer", "thread") not in ("process", "thread"):
             raise ValueError(f"writer must be 'process' or 'thread', not {kwargs['writer']!r}")
         if not 0.0 <= kwargs["sample_rate"] <= 1.0:
             raise ValueError("sample_rate must be between 0 and 1")

@@ -1,4 +1,4 @@
-"""One writer per process and database file, whichever kind the options ask for."""
+"""One writer per process and database file."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Protocol
 
 from auditor.record.options import RecorderOptions
-from auditor.record.process_writer import ProcessWriter
 from auditor.record.rows import CapturedExchange
 from auditor.record.writer import Writer
 
@@ -48,17 +47,12 @@ _WRITERS_LOCK = threading.Lock()
 
 
 def writer_for(db_path: str | Path, options: RecorderOptions) -> TrafficWriter:
-    """The process's writer for this database file, created on first use.
-
-    ``options.writer == "process"`` hands rows to a writer process
-    (``process_writer.py``); ``"thread"`` writes from a thread of this process.
-    """
+    """The process's writer for this database file, created on first use."""
     path = Path(db_path).expanduser().absolute()
     with _WRITERS_LOCK:
         writer = _WRITERS.get(path)
         if writer is None or writer.closed:
-            kind = ProcessWriter if options.writer == "process" else Writer
-            writer = _WRITERS[path] = kind(path, options)
+            writer = _WRITERS[path] = Writer(path, options)
         elif writer.options != options:
             logger.warning(
                 "redirect-auditor: a recorder for %s already exists in this process; "

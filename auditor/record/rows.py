@@ -1,4 +1,4 @@
-"""Turn a captured exchange into a ``requests`` row. Runs in the writer (process or thread).
+"""Turn a captured exchange into a ``requests`` row. Runs in the writer thread.
 
 Everything slow the hot path skipped happens here: header decoding, effective
 scheme/host behind trusted proxies, Location resolution, redaction, keyed
@@ -149,8 +149,8 @@ def _mount_templates(router: Any, prefix: str) -> str | None:
 def to_portable(exchange: CapturedExchange) -> tuple[Any, ...]:
     """The capture as the flat, marshal-able tuple rows are built from.
 
-    The writer process receives exactly this (``frames``); in-process captures go
-    through it too, so ``RowBuilder`` has one input. Route objects do not travel: the
+    Every capture goes through it, so ``RowBuilder`` has one input (probe hops, HAR
+    import and tests build from it too). Route objects do not travel: the
     template is read here, where the scope's route is.
     """
     scope = exchange.scope
@@ -244,8 +244,7 @@ class RowBuilder:
     def build_portable(self, item: tuple[Any, ...]) -> tuple[Any, ...]:
         """One row, values in ``ROW_COLUMNS`` order, from ``to_portable``'s tuple.
 
-        Runs for every request (in the writer process, or in a thread beside the event
-        loop), so the common case avoids dicts, urllib and repeated decoding.
+        Runs for every request (in the writer thread, beside the event loop), so the common case avoids dicts, urllib and repeated decoding.
         """
         (
             (method, server_scheme, server, client, path, raw_path, query_string, headers, version),

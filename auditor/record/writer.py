@@ -1,12 +1,11 @@
-"""The writer: bounded queue -> rows -> batched SQLite transactions.
+"""The writer: bounded queue -> rows -> batched SQLite transactions, in one thread.
 
-It runs in the writer process (``writer_process.py``, the default), fed from
-the serving process through a pipe, or with ``writer="thread"`` as a thread of
-the serving process, where the event loop appends to its deque directly. Every
-``flush_interval`` seconds it drains what is queued, builds rows, and inserts
-them in one transaction with the worker's ``recorder_stats`` row. Rows it
-cannot write are counted per reason and a warning is logged once per reason;
-nothing here ever raises into the app.
+The event loop appends each capture to the writer's deque. Every ``flush_interval``
+seconds the writer thread drains what is queued, builds rows, and inserts them in one
+transaction with the worker's ``recorder_stats`` row. Rows it cannot write are counted
+per reason and a warning is logged once per reason; nothing here ever raises into the
+app. What a SIGKILL takes with it (the queue) is counted by the next writer on the
+database from the page of counters in ``ledger.py``.
 """
 
 from __future__ import annotations
@@ -25,6 +24,7 @@ from itertools import chain
 from pathlib import Path
 from typing import Any, cast
 
+from auditor.record.ledger import Ledger
 from auditor.record.options import RecorderOptions
 from auditor.record.rows import INSERT_SQL, ROW_COLUMNS, CapturedExchange, RowBuilder
 from auditor.retention import prune
@@ -42,8 +42,7 @@ logger = logging.getLogger("redirect_auditor")
 
 SECRET_ENV = "REDIRECT_AUDITOR_SECRET"
 MAX_BATCH = 5000
-# With a pause (``write_now``): rows built, or inserted, between two pauses.
-PACE_ROWS = 32
+RECKON_EVERY = 1.0  # seconds between looks for killed workers' lost requests
 PRUNE_EVERY = 60.0  # seconds between retention passes when max_rows/max_age is set
 _STATUS = ROW_COLUMNS.index("status")
 _STARTED = ROW_COLUMNS.index("started_at")
@@ -97,11 +96,6 @@ class Writer:
         self.db_path = db_path
         self.options = options
         self._worker_id = worker_id
-        # Queue-full drops counted outside this object (the serving process, when this
-        # writer runs in the writer process); folded in like our own.
-        self.queue_full_elsewhere: Callable[[], int] = lambda: 0
-        # Requests record="redirects" skipped in the serving process, counted there.
-        self.skipped_elsewhere: Callable[[], int] = lambda: 0
         self.framework: str | None = None  # the app's, as the recorder noted it
         self._start()
 
@@ -111,7 +105,8 @@ class Writer:
         return self._stop.is_set()
 
     def after_fork(self) -> None:
-        """In a forked child: the thread did not survive the fork; start as a new worker."""
+        """In a forked child: the thread did not survive the fork; start as a new worker
+        (with a ledger slot of its own: the parent's stays the parent's)."""
         self._worker_id = None
         self._start()
 
@@ -135,6 +130,13 @@ class Writer:
         self._file_id: tuple[int, int] | None = None
         self._builder: RowBuilder | None = None
         self._warned: set[str] = set()
+        self._reckoned = 0  # drops counted for killed workers (not our own requests)
+        try:
+            self._ledger: Ledger | None = Ledger(self.db_path)
+        except OSError as exc:  # no page: a SIGKILL's losses go uncounted, all else works
+            logger.warning("redirect-auditor: no counter page beside %s (%s)", self.db_path, exc)
+            self._ledger = None
+        self._queued = self._ledger.queued if self._ledger is not None else None
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(
@@ -145,6 +147,9 @@ class Writer:
     def submit(self, exchange: CapturedExchange) -> None:
         """Hot path: enqueue or count the drop. Never blocks, never raises."""
         if len(self._queue) < self._limit:
+            queued = self._queued
+            if queued is not None:
+                queued[0] += 1  # before the append: a kill in between over-counts
             self._queue.append(exchange)
         else:
             self.dropped_queue_full += 1
@@ -163,21 +168,11 @@ class Writer:
         so a recorder that never sees a request leaves the database alone."""
         self.framework = framework
 
-    def write_now(self, items: list[tuple[Any, ...]], pause: float = 0.0) -> None:
-        """Build and insert captures shipped as ``rows.to_portable`` tuples, in the
-        calling thread (the writer process's). With ``pause``, sleep that long after
-        every ``PACE_ROWS`` rows built or inserted (all in one transaction)."""
-        with self._lock:
-            try:
-                self._write(items, portable=True, pause=pause)
-            except Exception as exc:  # a bug here must never stop the writer
-                self._count_drop("other", len(items), exc)
-
     def figures(self) -> dict[str, Any]:
         """Rows written and skipped, drops per reason and the last error, as of now."""
         return {
             "rows_written": self.rows_written,
-            "rows_skipped": self.rows_skipped + self.skipped_elsewhere(),
+            "rows_skipped": self.rows_skipped,
             "dropped": dict(self.dropped),
             "last_error": self.last_error,
         }
@@ -188,7 +183,7 @@ class Writer:
         return bool(self._queue) or self.unsaved_counts()
 
     def unsaved_counts(self) -> bool:
-        """Rows written or dropped (queue-full drops counted elsewhere too) that
+        """Rows written or dropped (queue-full drops included) that
         ``recorder_stats`` does not show yet; or a framework noted after one was saved."""
         return (
             self._queue_full_seen() != self._queue_full_folded
@@ -197,7 +192,7 @@ class Writer:
         )
 
     def _queue_full_seen(self) -> int:
-        return self.dropped_queue_full + self.queue_full_elsewhere()
+        return self.dropped_queue_full
 
     def release(self) -> None:
         """Close the database connection (the next write opens it again): once a
@@ -222,14 +217,33 @@ class Writer:
             self._thread.join(timeout=10)
         self.flush()
         self._reset()
+        if self._ledger is not None:
+            self._ledger.close(clean=not self.unsaved)
 
     def _run(self) -> None:
         next_prune = time.monotonic() + PRUNE_EVERY
+        next_reckon = 0.0
         while not self._stop.wait(self.options.flush_interval):
+            if time.monotonic() >= next_reckon:
+                next_reckon = time.monotonic() + RECKON_EVERY
+                self._reckon()
             self._drain()
             if time.monotonic() >= next_prune:
                 next_prune = time.monotonic() + PRUNE_EVERY
                 self.prune()
+
+    def _reckon(self) -> None:
+        """Count the requests that workers killed on this machine took with them."""
+        if self._ledger is None:
+            return
+        with self._lock:
+            try:
+                for pid, lost in self._ledger.reckon():
+                    why = RuntimeError(f"worker {pid} ended with {lost} request(s) not written")
+                    self._count_drop("other", lost, why)
+                    self._reckoned += lost
+            except Exception as exc:  # a bug here must never stop the writer
+                self._count_drop("other", 0, exc)
 
     def prune(self) -> int:
         """Apply ``max_rows`` / ``max_age`` now; in short batches, in this thread only."""
@@ -282,7 +296,7 @@ class Writer:
             self._file_id = _file_id(self.db_path)
         return self._conn, self._builder
 
-    def _write(self, batch: list[Any], portable: bool = False, pause: float = 0.0) -> None:
+    def _write(self, batch: list[Any]) -> None:
         if not (batch or self.unsaved_counts()):
             return  # idle: leave the database alone (not even opened)
         try:
@@ -293,15 +307,13 @@ class Writer:
             if reason == "read_only":
                 restore_sidecar_modes(self.db_path)
             return
-        build = builder.build_portable if portable else builder.build
+        build = builder.build
         rows = []
-        for done, item in enumerate(batch, 1):
+        for item in batch:
             try:
                 rows.append(build(item))
             except Exception as exc:
                 self._count_drop("other", 1, exc)
-            if pause and done % PACE_ROWS == 0:
-                time.sleep(pause)
         seen = self._queue_full_seen()
         queue_full, self._queue_full_folded = seen - self._queue_full_folded, seen
         if queue_full:
@@ -312,7 +324,7 @@ class Writer:
             return  # idle: no empty transaction (and fsync) every flush interval
         try:
             with conn:
-                insert_rows(conn, rows, pause)
+                insert_rows(conn, rows)
                 self._save_stats(conn, totals, framework)
         except (sqlite3.Error, OSError) as exc:
             reason = classify_error(exc)
@@ -327,12 +339,17 @@ class Writer:
         self.rows_written += len(rows)
         self._saved_totals = totals
         self._saved_framework = framework
+        if self._ledger is not None:
+            # Queued requests the database now accounts for: written, or dropped after
+            # they were queued (not queue_full, never queued; not other workers' losses).
+            written, _skipped, _queue_full, *dropped = totals
+            self._ledger.settled(written + sum(dropped) - self._reckoned)
 
     def _stats_totals(self, written_now: int) -> tuple[int, ...]:
         d = self.dropped
         return (
             self.rows_written + written_now,
-            self.rows_skipped + self.skipped_elsewhere(),
+            self.rows_skipped,
             *(d[reason] for reason in DROP_REASONS),
         )
 
@@ -415,23 +432,18 @@ _CHUNK_SIZES = tuple(2**i for i in range(9, -1, -1))
 _MULTI_INSERT = {size: _multi_row_insert(size) for size in _CHUNK_SIZES}
 
 
-def insert_rows(conn: sqlite3.Connection, rows: list[tuple[Any, ...]], pause: float = 0.0) -> None:
-    """Insert rows with multi-row INSERT statements of up to 512 rows each (with a
-    ``pause``: of ``PACE_ROWS``, sleeping that long between them).
+def insert_rows(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    """Insert rows with multi-row INSERT statements of up to 512 rows each.
 
     ``executemany`` releases and re-takes the GIL around every row; with the event
-    loop busy each re-take waits for the interpreter's switch interval, and the
-    writer fell to ~2,000 rows/s. One statement per 512 rows waits 512x less often.
-    A string SQLite cannot take as UTF-8 (a lone surrogate) fails its statement before
-    any row of it is inserted; that statement is retried with such strings escaped.
+    loop busy each re-take waits for the interpreter's switch interval. One statement
+    per 512 rows waits 512x less often. A string SQLite cannot take as UTF-8 (a lone
+    surrogate) fails its statement before any row of it is inserted; that statement
+    is retried with such strings escaped.
     """
     start = 0
     for size in _CHUNK_SIZES:
-        if pause and size > PACE_ROWS:
-            continue
         while len(rows) - start >= size:
-            if pause and start:
-                time.sleep(pause)
             chunk = rows[start : start + size]
             try:
                 conn.execute(_MULTI_INSERT[size], list(chain.from_iterable(chunk)))
