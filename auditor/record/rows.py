@@ -244,7 +244,8 @@ class RowBuilder:
     def build_portable(self, item: tuple[Any, ...]) -> tuple[Any, ...]:
         """One row, values in ``ROW_COLUMNS`` order, from ``to_portable``'s tuple.
 
-        Runs for every request (in the writer thread, beside the event loop), so the common case avoids dicts, urllib and repeated decoding.
+        Runs for every request (in the writer thread, beside the event loop), so the
+        common case avoids dicts, urllib and repeated decoding.
         """
         (
             (method, server_scheme, server, client, path, raw_path, query_string, headers, version),
