@@ -12,14 +12,14 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from auditor.analysis.audit import AuditResult, audit
-    from auditor.middleware import RedirectRecorder
+    from auditor.record.middleware import RedirectRecorder
 
 __all__ = ["AuditResult", "RedirectRecorder", "audit"]
 
 
 def __getattr__(name: str) -> Any:
     if name == "RedirectRecorder":
-        from auditor.middleware import RedirectRecorder
+        from auditor.record.middleware import RedirectRecorder
 
         return RedirectRecorder
     if name in ("audit", "AuditResult"):

@@ -14,7 +14,7 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from auditor.rows import ROW_COLUMNS
+from auditor.record.rows import ROW_COLUMNS
 from auditor.schema import (
     BUSY_TIMEOUT_MS,
     META_TABLE,

@@ -376,6 +376,10 @@ class Redactor:
             return query
         return self._apply(query, self._query_edits(query, 0, 0))
 
+    def knows(self, template: str) -> bool:
+        """Whether ``learn`` would change nothing for this template."""
+        return template in self._learned or len(self._learned) >= 1024
+
     def learn(self, template: str) -> None:
         """Redact, from now on, the token-named parameters of a route template."""
         if template in self._learned or len(self._learned) >= 1024:

@@ -7,7 +7,9 @@ The redaction rules live in ``auditor.redaction``.
 
 from __future__ import annotations
 
+import ipaddress
 import re
+from collections.abc import Iterable
 from urllib.parse import SplitResult, quote, urljoin, urlsplit, urlunsplit
 
 from auditor.redaction import DEFAULT as _DEFAULT_REDACTOR
@@ -150,3 +152,38 @@ def path_and_query(url: str) -> str:
     """The origin-form part of an absolute URL: ``/path?query``."""
     parts = urlsplit(url)
     return f"{parts.path or '/'}?{parts.query}" if parts.query else (parts.path or "/")
+
+
+def first_value(value: str) -> str:
+    """The first element of a comma-separated header value."""
+    return value.split(",", 1)[0].strip()
+
+
+def parse_forwarded(value: str) -> dict[str, str]:
+    """The first element of an RFC 7239 ``Forwarded`` header as a dict."""
+    result: dict[str, str] = {}
+    for pair in first_value(value).split(";"):
+        name, _, val = pair.partition("=")
+        if val:
+            result[name.strip().lower()] = val.strip().strip('"')
+    return result
+
+
+class TrustedProxies:
+    """Which peers may set the request's effective scheme, host and client."""
+
+    def __init__(self, proxies: str | Iterable[str]) -> None:
+        items = [proxies] if isinstance(proxies, str) else list(proxies)
+        self.any = "*" in items
+        self.networks = [ipaddress.ip_network(p, strict=False) for p in items if p != "*"]
+
+    def __contains__(self, address: str | None) -> bool:
+        if self.any:
+            return True
+        if not address or not self.networks:
+            return False
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in net for net in self.networks)

@@ -3,17 +3,10 @@
 - ``bare_app``: a Starlette app with a short text route and a redirect route.
 - ``noop_app``: the same app behind a pure ASGI middleware that does nothing,
   the floor any middleware pays.
-- ``recorder_app``: the same app behind ``RedirectRecorder(record="all")``
-  writing to ``$BENCH_DB`` (the default ``writer="process"``: rows are built and
-  written in a writer process).
-- ``recorder_thread_app``: the same with ``writer="thread"`` (rows built and
-  written by a thread of the serving process), for comparison.
-- With ``overhead.py --decompose``: ``hot_path_only_app`` (the middleware, each
-  capture thrown away at once) and ``shipping_only_app`` (captures shipped as
-  for the writer process, but into ``cat > /dev/null``): where the cost comes from.
-  And ``bare_beside_idle_spinner_app``: the bare app while a child process spins
-  at SCHED_IDLE, the priority of the writer process: what any work beside the
-  server costs on this machine, however low its priority.
+- ``recorder_app``: the same app behind ``RedirectRecorder(record="all")`` writing
+  to ``$BENCH_DB``.
+- ``redirects_app``: the same with ``record="redirects"``.
+- ``reference_app``: the reference recorder (``reference_recorder.py``).
 
 Each factory builds a fresh Starlette app, so variants never share state.
 """
@@ -21,7 +14,6 @@ Each factory builds a fresh Starlette app, so variants never share state.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from typing import Any
 
@@ -32,22 +24,17 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from auditor import RedirectRecorder
-from auditor.process_writer import ProcessWriter
 
 DB_ENV = "BENCH_DB"
 SWITCH_ENV = "BENCH_SWITCH_INTERVAL"  # sys.setswitchinterval for every variant, if set
-VARIANTS = ("bare", "noop", "recorder", "recorder(thread)")
-# ``overhead.py --decompose`` adds these: where the recorder's cost comes from.
-DECOMPOSITION = ("hot path only", "shipping only", "bare + idle spinner")
+VARIANTS = ("bare", "noop", "reference", "recorder", "recorder(redirects)")
 # The factory uvicorn imports for each variant (``benchmarks.apps:<factory>``).
 FACTORIES = {
     "bare": "bare_app",
     "noop": "noop_app",
     "recorder": "recorder_app",
-    "recorder(thread)": "recorder_thread_app",
-    "hot path only": "hot_path_only_app",
-    "shipping only": "shipping_only_app",
-    "bare + idle spinner": "bare_beside_idle_spinner_app",
+    "reference": "reference_app",
+    "recorder(redirects)": "redirects_app",
 }
 
 
@@ -56,7 +43,7 @@ async def hello(request: Request) -> Response:
 
 
 async def old(request: Request) -> Response:
-    return RedirectResponse("/", status_code=302)
+    return RedirectResponse("/new", status_code=302)
 
 
 def bare_app() -> Starlette:
@@ -88,68 +75,23 @@ def recorder_app(db_path: str | None = None, **options: Any) -> RedirectRecorder
     return RedirectRecorder(bare_app(), db_path=path, record="all", **options)
 
 
-def recorder_thread_app(db_path: str | None = None, **options: Any) -> RedirectRecorder:
-    """``recorder_app`` with the in-process writer thread (``writer="thread"``)."""
-    return recorder_app(db_path, writer="thread", **options)
+def _db_path(db_path: str | None) -> str:
+    path = db_path or os.environ.get(DB_ENV)
+    if not path:
+        raise RuntimeError(f"set {DB_ENV} to the traffic database path")
+    return path
 
 
-class _Discard:
-    """A writer that throws every capture away at once."""
+def reference_app(db_path: str | None = None) -> ASGIApp:
+    """The app behind the reference recorder (``reference_recorder.py``)."""
+    from benchmarks.reference_recorder import ReferenceRecorder
 
-    def submit(self, exchange: Any) -> None:
-        return None
-
-    async def flush_async(self) -> None:
-        return None
+    return ReferenceRecorder(bare_app(), _db_path(db_path))
 
 
-def hot_path_only_app() -> RedirectRecorder:
-    """The recorder's middleware with a writer that discards each capture at once:
-    the hot path alone, under a real server."""
-    rec = RedirectRecorder(bare_app(), db_path=os.environ[DB_ENV], writer="thread")
-    rec.writer.close()
-    rec.writer = _Discard()  # type: ignore[assignment]
-    return rec
-
-
-class _ShipToNowhere(ProcessWriter):
-    """The process writer's serving side, shipping into ``cat > /dev/null``."""
-
-    def _ensure_process(self) -> bool:
-        if self._process is None:
-            read_end, self._to_child = os.pipe()
-            self._process = subprocess.Popen(["cat"], stdin=read_end, stdout=subprocess.DEVNULL)
-            os.close(read_end)
-        return True
-
-    def flush(self) -> None:
-        self._ship()  # cat sends no acknowledgement
-
-
-def shipping_only_app() -> RedirectRecorder:
-    """The recorder with the writer process replaced by ``cat``: the hot path plus the
-    serving side of shipping (capture retained, flat tuples, marshal, pipe)."""
-    rec = RedirectRecorder(bare_app(), db_path=os.environ[DB_ENV], writer="thread")
-    rec.writer.close()
-    rec.writer = _ShipToNowhere(rec.writer.db_path, rec.writer.options)
-    return rec
-
-
-# Spins at SCHED_IDLE (as the writer process runs) until its parent, the server, is gone.
-_IDLE_SPINNER = """
-import os
-os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-parent = os.getppid()
-while os.getppid() == parent:
-    for _ in range(100_000):
-        pass
-"""
-
-
-def bare_beside_idle_spinner_app() -> Starlette:
-    """The bare app, with a child process burning every CPU cycle nobody else wants."""
-    subprocess.Popen([sys.executable, "-c", _IDLE_SPINNER])
-    return bare_app()
+def redirects_app(db_path: str | None = None, **options: Any) -> RedirectRecorder:
+    """The app behind ``RedirectRecorder(record="redirects")``."""
+    return RedirectRecorder(bare_app(), db_path=_db_path(db_path), record="redirects", **options)
 
 
 def build(variant: str, db_path: str | None = None, **options: Any) -> ASGIApp:
@@ -160,6 +102,8 @@ def build(variant: str, db_path: str | None = None, **options: Any) -> ASGIApp:
         return noop_app()
     if variant == "recorder":
         return recorder_app(db_path, **options)
-    if variant == "recorder(thread)":
-        return recorder_thread_app(db_path, **options)
+    if variant == "reference":
+        return reference_app(db_path)
+    if variant == "recorder(redirects)":
+        return redirects_app(db_path, **options)
     raise ValueError(f"unknown variant {variant!r}")

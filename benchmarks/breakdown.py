@@ -29,13 +29,13 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from auditor import registry
-from auditor.middleware import Exchange
-from auditor.rows import INSERT_SQL, ROW_COLUMNS, RowBuilder, TrustedProxies
+from auditor.record import registry
+from auditor.record.middleware import Exchange
+from auditor.record.rows import INSERT_SQL, ROW_COLUMNS, RowBuilder
 from auditor.schema import connect, ensure_schema
-from auditor.urls import build_url, redact_query, resolve_location
+from auditor.urls import TrustedProxies, build_url, redact_query, resolve_location
 from benchmarks import apps
-from benchmarks.overhead import Collector, _receive, _send, capture, drive, scope_templates
+from benchmarks.inprocess import Collector, _receive, _send, capture, drive, scope_templates
 
 START = {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"12")]}
 BODY = {"type": "http.response.body", "body": b"hello, world"}

@@ -37,23 +37,24 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from auditor.middleware import RedirectRecorder  # noqa: E402
-from auditor.process_writer import ProcessWriter  # noqa: E402
+from auditor.record.middleware import RedirectRecorder  # noqa: E402
+from auditor.record.writer import Writer  # noqa: E402
 from benchmarks import apps  # noqa: E402
-from benchmarks.overhead import _receive, _send, scope_templates  # noqa: E402
+from benchmarks.inprocess import _receive, _send, scope_templates  # noqa: E402
 
 VARIANTS = ("bare", "noop", "recorder")
 WARM_UP = 2000
 CLEAR_EVERY = 500
 
 
-class _QueueOnly(ProcessWriter):
-    """``ProcessWriter.submit`` as it is, without the shipper thread or writer process."""
+class _QueueOnly(Writer):
+    """``Writer.submit`` as it is, without the writer thread."""
 
     def __init__(self) -> None:  # no super().__init__: nothing starts
         self._queue = deque()
         self._limit = 1 << 30
-        self._counts = memoryview(bytearray(16)).cast("Q")
+        self._queued = memoryview(bytearray(8)).cast("Q")
+        self.dropped_queue_full = 0
 
 
 def _app(variant: str) -> Any:

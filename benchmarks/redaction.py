@@ -1,7 +1,7 @@
 """What redaction costs the writer: CPU microseconds per row built.
 
-``RowBuilder.build_portable`` runs once per request in the writer (a process of
-its own by default). This builds rows from the tuples the recorder ships, for
+``RowBuilder.build_portable`` runs once per request in the writer thread (a URL
+seen before comes from its cache). This builds rows from the recorder's tuples, for
 URLs like most traffic (nothing that could be a secret: the cheap check says so
 and the URL is left as it is) and for URLs that carry secrets (the slow path
 parses them), and prints the median CPU time per row. Run it on two checkouts
@@ -23,7 +23,8 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from auditor.rows import RowBuilder, TrustedProxies
+from auditor.record.rows import RowBuilder
+from auditor.urls import TrustedProxies
 
 TOKEN = "Xq3vL9mZt2Rk8WbN4cYp7Hd1Fs6Gj0Ae5Ui"  # 36 random base64url characters
 JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"

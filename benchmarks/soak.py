@@ -79,18 +79,6 @@ def workers(server_pid: int) -> list[int]:
     return found
 
 
-def writer_processes(db: Path) -> list[int]:
-    """Live ``auditor.writer_process`` processes writing ``db``."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            with contextlib.suppress(OSError):
-                cmdline = (proc / "cmdline").read_bytes()
-                if b"auditor.writer_process" in cmdline and str(db).encode() in cmdline:
-                    found.append(int(proc.name))
-    return found
-
-
 def peak_rss_kib(pids: list[int]) -> int:
     peak = 0
     for pid in pids:
@@ -207,7 +195,6 @@ def main() -> None:
             nonlocal peak
             while not stop_sampling.wait(0.25):
                 pids = [c for p in children(server.pid) for c in [p, *children(p)]]
-                pids += writer_processes(db)  # also those whose worker was killed
                 peak = max(peak, peak_rss_kib(pids))
 
         sampler = threading.Thread(target=sample, daemon=True)
@@ -254,8 +241,6 @@ def main() -> None:
         except subprocess.TimeoutExpired:
             server.kill()
         db.chmod(0o600)
-    # Writer processes outlive their workers until they have written (or counted) the rest.
-    wait_until(lambda: not writer_processes(db), 120, "the writer processes to finish")
 
     conn = sqlite3.connect(db)
     written = conn.execute("select count(*) from requests").fetchone()[0]

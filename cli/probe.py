@@ -12,9 +12,9 @@ import httpx
 import typer
 from rich.table import Table
 
-from auditor.middleware import RedirectRecorder
+from auditor.record.middleware import RedirectRecorder
+from auditor.record.serve import AppImportError, import_app
 from auditor.schema import SchemaError, check_traffic_db
-from auditor.serve import AppImportError, import_app
 from auditor.sources.probe import HopRecorder, ProbeResult, sweep_targets
 from auditor.sources.probe import probe as run_probe
 

@@ -18,6 +18,7 @@ import typer
 import uvicorn
 from uvicorn.config import LIFESPAN
 
+from auditor.record.serve import AppImportError, import_app, settings_env
 from auditor.redaction import RedactionRules
 from auditor.schema import (
     SchemaError,
@@ -26,7 +27,6 @@ from auditor.schema import (
     create_private_file,
     ensure_schema,
 )
-from auditor.serve import AppImportError, import_app, settings_env
 
 from .common import console, fail, require_free_port
 
@@ -99,10 +99,10 @@ def run(
     writer: Annotated[
         WriterKind,
         typer.Option(
-            help="Where rows are built and written: a low-priority 'process' per worker, "
-            "or a 'thread' in each worker (no extra process; competes for the GIL)."
+            help="Accepted for compatibility: rows are always built and written by a "
+            "thread of each worker (the writer process was retired)."
         ),
-    ] = WriterKind.process,
+    ] = WriterKind.thread,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
     redact_param: Annotated[
         list[str] | None,
@@ -199,7 +199,7 @@ def run(
         if value is not None
     }
     uvicorn.run(
-        "auditor.serve:create_app",
+        "auditor.record.serve:create_app",
         factory=True,
         host=host,
         port=port,

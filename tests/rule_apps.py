@@ -16,7 +16,7 @@ from starlette.responses import Response
 from auditor import RedirectRecorder
 from auditor.analysis.audit import recorded_framework
 from auditor.analysis.rules.base import AuditContext, AuditOptions, Finding
-from auditor.registry import flush_all
+from auditor.record.registry import flush_all
 from tests.servers import serve_in_thread
 
 Endpoint = Callable[[Request], Any]

@@ -15,8 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
+from auditor.record.writer import SECRET_ENV
 from auditor.sources.export import safe_host
-from auditor.writer import SECRET_ENV
 from tests.servers import ROOT, cli_command, free_port, serve_processes, wait_for
 
 duckdb = pytest.importorskip("duckdb")

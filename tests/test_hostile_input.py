@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from auditor import RedirectRecorder
-from auditor.registry import writer_for
+from auditor.record.registry import writer_for
 from auditor.sources.har import HarError, import_har
 
 

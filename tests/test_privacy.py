@@ -1,7 +1,7 @@
 """Privacy by default: no secret sent by a client or the app reaches the database file.
 
 Every case goes through real uvicorn (in a thread, and under ``redirect-auditor run``),
-real clients (httpx and curl) and the default writer process or the thread writer,
+real clients (httpx and curl) and the writer (``writer`` either way: one thread),
 with record="all" and "redirects"; the database, its WAL and its -shm are read as
 bytes and searched for every secret, from the request URL and from the Location.
 """
@@ -222,7 +222,7 @@ def test_no_secret_value_is_anywhere_in_the_database_files(
             send_every_case(base)
             recorder.writer.flush()
             # While the server runs: the thread writer's connection is open and the WAL
-            # still holds the rows; the writer process has checkpointed it.
+            # still holds the rows; the writer has checkpointed it.
             blobs = database_bytes(tmp_path)
     finally:
         recorder.writer.close()
@@ -249,7 +249,7 @@ def test_no_secret_reaches_the_database_under_redirect_auditor_run(
     db = tmp_path / "traffic.db"
     with running(db, record) as base:
         send_every_case(base)
-        # The writer process flushes every 50 ms; the last case's rows arrive soon.
+        # The writer flushes every 50 ms; the last case's rows arrive soon.
         wait_for(
             lambda: fetch_rows(db, "select 1 from requests where url like '%/callback?code=%'"),
             what="the last request's row",

@@ -9,10 +9,11 @@ from urllib.parse import parse_qsl, urljoin, urlsplit, urlunsplit
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from auditor.rows import INSERT_SQL, ROW_COLUMNS, Capture, RowBuilder, TrustedProxies
+from auditor.record.rows import INSERT_SQL, ROW_COLUMNS, Capture, RowBuilder
 from auditor.schema import ensure_schema
 from auditor.urls import (
     REDACTED,
+    TrustedProxies,
     build_url,
     is_secret_name,
     normalize_url,

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from auditor import RedirectRecorder
-from auditor.middleware import detect_framework
+from auditor.record.middleware import detect_framework
 from tests.servers import (
     cli_command,
     fetch_rows,
@@ -242,7 +242,7 @@ def test_django_asgi_handler_is_noted(tmp_path: Path, writer: str) -> None:
         # APPEND_SLASH (Django's default) answers /page with a 301 to /page/.
         response = httpx.get(url + "/page", timeout=30)
         assert (response.status_code, response.headers["location"]) == (301, "/page/")
-    # Django answers no lifespan, so nothing flushes at shutdown: the writer process
+    # Django answers no lifespan, so nothing flushes at shutdown: the writer thread
     # writes its last rows and stats as it exits, a moment after the server.
     wait_for(lambda: framework_of(db) == ["django"], timeout=30, what="the framework noted")
     routes = fetch_rows(db, "select path, status from requests where path like '/page%'")

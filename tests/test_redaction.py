@@ -19,6 +19,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from auditor.record.options import RecorderOptions
+from auditor.record.rows import ROW_COLUMNS, Capture, RowBuilder
 from auditor.redaction import (
     MAX_DEPTH,
     RedactionRules,
@@ -28,9 +30,7 @@ from auditor.redaction import (
     is_token_param,
     looks_like_secret,
 )
-from auditor.rows import ROW_COLUMNS, Capture, RowBuilder, TrustedProxies
-from auditor.urls import normalize_url, redact_query, resolve_location
-from auditor.writer import RecorderOptions
+from auditor.urls import TrustedProxies, normalize_url, redact_query, resolve_location
 
 ORIGIN = "https://shop.example"
 MARKER = r"\(redacted:[0-9a-f]{12}\)"

@@ -1,4 +1,4 @@
-"""Redaction options reach the rows: from the constructor to the writer process, and
+"""Redaction options reach the rows: from the constructor to the writer, and
 from `redirect-auditor run` to every worker; bad ones stop start-up with one line."""
 
 from __future__ import annotations

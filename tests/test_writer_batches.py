@@ -1,4 +1,4 @@
-"""The Writer's batches: many statements per transaction, paced or not, one bad string."""
+"""The Writer's batches: many statements per transaction, one bad string."""
 
 from __future__ import annotations
 
@@ -7,10 +7,9 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from auditor.rows import Capture, to_portable
-from auditor.writer import PACE_ROWS, RecorderOptions, Writer
+from auditor.record.options import RecorderOptions
+from auditor.record.rows import Capture
+from auditor.record.writer import Writer
 
 BAD_AT = 550  # after the first 512-row statement of a 600-row batch
 
@@ -66,19 +65,5 @@ def test_an_unencodable_string_late_in_a_batch_is_escaped_not_duplicated(tmp_pat
         assert len(stored) == 600 == writer.rows_written
         assert stored[BAD_AT] == ("/bad-\\ud800",)
         assert stored[0] == ("/p0",) and stored[-1] == ("/p599",)
-    finally:
-        writer.close()
-
-
-@pytest.mark.parametrize("pause", [0.0, 0.0001])
-def test_paced_and_unpaced_writes_store_the_same_rows(tmp_path: Path, pause: float) -> None:
-    count, bad_at = 5 * PACE_ROWS + 7, 3 * PACE_ROWS + 1  # bad row in a later statement
-    paths = _paths(count, bad_at)
-    writer = Writer(tmp_path / "t.db", _options(), worker_id="test:1")
-    try:
-        writer.write_now([to_portable(_capture(path)) for path in paths], pause=pause)
-        assert writer.rows_written == count
-        expected = [(p.replace("\ud800", "\\ud800"),) for p in paths]
-        assert _stored(tmp_path / "t.db") == expected
     finally:
         writer.close()

@@ -39,7 +39,7 @@ from auditor.demo.traffic import (
     phase_steps,
     proxy_address,
 )
-from auditor.middleware import RedirectRecorder
+from auditor.record.middleware import RedirectRecorder
 from auditor.schema import (
     META_TABLE,
     SchemaError,

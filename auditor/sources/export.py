@@ -41,7 +41,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from auditor.rows import LINKING_COLUMNS
+from auditor.record.rows import LINKING_COLUMNS
 from auditor.schema import (
     BUSY_TIMEOUT_MS,
     META_TABLE,

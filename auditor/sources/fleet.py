@@ -15,7 +15,7 @@ import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
-from auditor.rows import INSERT_SQL, ROW_COLUMNS
+from auditor.record.rows import INSERT_SQL, ROW_COLUMNS
 from auditor.schema import (
     META_TABLE,
     SchemaError,

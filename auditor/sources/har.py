@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from auditor.record.rows import INSERT_SQL, ROW_COLUMNS, RowBuilder
+from auditor.record.writer import load_secret
 from auditor.redaction import redacted_path
-from auditor.rows import INSERT_SQL, ROW_COLUMNS, RowBuilder, TrustedProxies
 from auditor.schema import (
     SchemaError,
     check_traffic_db,
@@ -33,8 +34,7 @@ from auditor.schema import (
     create_private_file,
     ensure_schema,
 )
-from auditor.urls import DEFAULT_PORTS, build_url, resolve_location
-from auditor.writer import load_secret
+from auditor.urls import DEFAULT_PORTS, TrustedProxies, build_url, resolve_location
 
 DEFAULT_LINK_WINDOW = 30.0  # seconds; the audit's default linking window
 _REQUEST_ID_HEADERS = ("x-request-id", "x-correlation-id", "request-id")

@@ -28,8 +28,9 @@ from urllib.parse import unquote
 
 import httpx
 
+from auditor.record.rows import INSERT_SQL, Capture, RowBuilder
+from auditor.record.writer import load_secret
 from auditor.redirects import FOLLOWED_STATUSES, is_redirect, next_hop
-from auditor.rows import INSERT_SQL, Capture, RowBuilder, TrustedProxies
 from auditor.schema import (
     SchemaError,
     check_traffic_db,
@@ -37,7 +38,7 @@ from auditor.schema import (
     create_private_file,
     ensure_schema,
 )
-from auditor.writer import load_secret
+from auditor.urls import TrustedProxies
 
 Action = Literal["keep", "get", "drop-body"]
 KEEP: Action = "keep"  # same method, body resent

@@ -57,8 +57,8 @@ if TYPE_CHECKING:
 
     from auditor.analysis.audit import AuditResult
     from auditor.analysis.rules.base import Finding, Severity
-    from auditor.middleware import RedirectRecorder
-    from auditor.registry import TrafficWriter
+    from auditor.record.middleware import RedirectRecorder
+    from auditor.record.registry import TrafficWriter
 
 DB_ENV = "REDIRECT_AUDIT_DB"  # hands the database path to pytest-xdist workers
 SEVERITIES = ("error", "warning", "info")
@@ -325,7 +325,7 @@ class RedirectAudit:
         self.undo.append(functools.partial(setattr, owner, "__init__", original))
 
     def wrap(self, app: Any) -> Any:
-        from auditor.middleware import RedirectRecorder
+        from auditor.record.middleware import RedirectRecorder
 
         if self.closed or isinstance(app, _Recorded) or not _is_asgi3(app):
             return app

@@ -21,7 +21,7 @@ from auditor.analysis.rules._subset import RESPONSES
 from auditor.analysis.rules.base import AuditContext, Finding, rule
 from auditor.analysis.rules.method import short
 from auditor.redirects import FOLLOWED_SQL
-from auditor.rows import parse_forwarded
+from auditor.urls import parse_forwarded
 
 # Statuses on which a Location means something (RFC 9110 §10.2.2): 201 names the
 # created resource, every 3xx the redirect target (300: the preferred choice), and

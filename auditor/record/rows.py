@@ -1,4 +1,4 @@
-"""Turn a captured exchange into a ``requests`` row. Runs in the writer (process or thread).
+"""Turn a captured exchange into a ``requests`` row. Runs in the writer thread.
 
 Everything slow the hot path skipped happens here: header decoding, effective
 scheme/host behind trusted proxies, Location resolution, redaction, keyed
@@ -7,9 +7,7 @@ client hashes and the route template.
 
 from __future__ import annotations
 
-import ipaddress
 import json
-from collections.abc import Iterable
 from dataclasses import dataclass
 from hashlib import blake2b
 from typing import Any, Protocol
@@ -20,7 +18,7 @@ from starlette.routing import Mount
 from auditor.redaction import DEFAULT as DEFAULT_REDACTOR
 from auditor.redaction import MARKER_FORMAT, RedactionRules, Redactor, redacted_path
 from auditor.schema import REQUEST_COLUMNS
-from auditor.urls import build_url, resolve_location
+from auditor.urls import TrustedProxies, build_url, first_value, parse_forwarded, resolve_location
 
 MAX_VALUE_CHARS = 8192  # longer header values are cut; the row is still written
 MAX_CACHE_ENTRIES = 65536
@@ -100,40 +98,6 @@ def _text(value: bytes, limit: int = MAX_VALUE_CHARS) -> str:
     return text if len(text) <= limit else text[:limit] + f"…[{len(text) - limit} more]"
 
 
-def _first(value: str) -> str:
-    return value.split(",", 1)[0].strip()
-
-
-def parse_forwarded(value: str) -> dict[str, str]:
-    """The first element of an RFC 7239 ``Forwarded`` header as a dict."""
-    result: dict[str, str] = {}
-    for pair in _first(value).split(";"):
-        name, _, val = pair.partition("=")
-        if val:
-            result[name.strip().lower()] = val.strip().strip('"')
-    return result
-
-
-class TrustedProxies:
-    """Which peers may set the request's effective scheme, host and client."""
-
-    def __init__(self, proxies: str | Iterable[str]) -> None:
-        items = [proxies] if isinstance(proxies, str) else list(proxies)
-        self.any = "*" in items
-        self.networks = [ipaddress.ip_network(p, strict=False) for p in items if p != "*"]
-
-    def __contains__(self, address: str | None) -> bool:
-        if self.any:
-            return True
-        if not address or not self.networks:
-            return False
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return False
-        return any(ip in net for net in self.networks)
-
-
 def route_template(scope: Any) -> str | None:
     """The matched route's path template (Starlette/FastAPI, Litestar), with any Mount prefix.
 
@@ -185,8 +149,8 @@ def _mount_templates(router: Any, prefix: str) -> str | None:
 def to_portable(exchange: CapturedExchange) -> tuple[Any, ...]:
     """The capture as the flat, marshal-able tuple rows are built from.
 
-    The writer process receives exactly this (``frames``); in-process captures go
-    through it too, so ``RowBuilder`` has one input. Route objects do not travel: the
+    Every capture goes through it, so ``RowBuilder`` has one input (probe hops, HAR
+    import and tests build from it too). Route objects do not travel: the
     template is read here, where the scope's route is.
     """
     scope = exchange.scope
@@ -232,6 +196,7 @@ class RowBuilder:
         self.trusted = trusted
         self.store_client_ip = store_client_ip
         self._keys: dict[str, str] = {}
+        self._urls: dict[tuple[Any, ...], tuple[str, str, str, str]] = {}
         # Secrets in URLs become markers keyed like the client hash (auditor.redaction).
         self.redactor = Redactor(self.redaction_marker, redaction)
 
@@ -249,6 +214,29 @@ class RowBuilder:
         """The marker a secret in a URL is replaced by: the same for the same secret."""
         return MARKER_FORMAT.format(self.keyed_hash("redact:" + secret)[:12])
 
+    def _derive_url(
+        self, scheme: str, host: str, path: str | None, raw_path: bytes | None, query_string: bytes
+    ) -> tuple[str, str, str, str]:
+        """Path, redacted query, URL as sent and redacted URL of a request."""
+        if raw_path:
+            raw = _text(raw_path)
+            # The path as the client sent it: an app may rewrite scope["path"] (Litestar
+            # strips a trailing slash) before this runs.
+            path = unquote(raw) if "%" in raw else raw
+        else:
+            path = path or "/"
+            raw = quote(path, safe="/:@!$&'()*+,;=-._~%", errors="surrogatepass")
+        # Redacted after normalization, the Location after resolution: a redirect's
+        # location_url and its follow-up's url redact alike and still link.
+        redactor = self.redactor
+        sent_query = _text(query_string) if query_string else ""
+        query = redactor.query(sent_query)
+        sent_url = build_url(scheme, host, raw, sent_query)
+        url = redactor.url(sent_url)
+        if url is not sent_url:
+            path = redacted_path(sent_url, url, path)
+        return path, query, sent_url, url
+
     def build(self, exchange: CapturedExchange) -> tuple[Any, ...]:
         """One row from a capture of this process (the thread writer, probe hops, tests)."""
         return self.build_portable(to_portable(exchange))
@@ -256,8 +244,8 @@ class RowBuilder:
     def build_portable(self, item: tuple[Any, ...]) -> tuple[Any, ...]:
         """One row, values in ``ROW_COLUMNS`` order, from ``to_portable``'s tuple.
 
-        Runs for every request (in the writer process, or in a thread beside the event
-        loop), so the common case avoids dicts, urllib and repeated decoding.
+        Runs for every request (in the writer thread, beside the event loop), so the
+        common case avoids dicts, urllib and repeated decoding.
         """
         (
             (method, server_scheme, server, client, path, raw_path, query_string, headers, version),
@@ -306,35 +294,29 @@ class RowBuilder:
         )
         scheme, host = server_scheme, server_host
         x_forwarded_for = req[_X_FOR]
-        forwarded_for = _first(x_forwarded_for) if x_forwarded_for else None
+        forwarded_for = first_value(x_forwarded_for) if x_forwarded_for else None
         if (self.trusted.any or self.trusted.networks) and client_ip in self.trusted:
             forwarded_header = req[_FORWARDED]
             forwarded = parse_forwarded(forwarded_header) if forwarded_header else {}
-            scheme = _first(req[_X_PROTO] or "") or forwarded.get("proto") or scheme
-            host = _first(req[_X_HOST] or "") or forwarded.get("host") or host
-            client_ip = _first(req[_X_FOR] or "") or forwarded.get("for") or client_ip
+            scheme = first_value(req[_X_PROTO] or "") or forwarded.get("proto") or scheme
+            host = first_value(req[_X_HOST] or "") or forwarded.get("host") or host
+            client_ip = first_value(req[_X_FOR] or "") or forwarded.get("for") or client_ip
         scheme = scheme.lower()
         host = host.lower()
 
-        if raw_path:
-            raw = _text(raw_path)
-            # The path as the client sent it: an app may rewrite scope["path"] (Litestar
-            # strips a trailing slash) before this runs.
-            path = unquote(raw) if "%" in raw else raw
-        else:
-            path = path or "/"
-            raw = quote(path, safe="/:@!$&'()*+,;=-._~%", errors="surrogatepass")
-        # Redacted after normalization, the Location after resolution: a redirect's
-        # location_url and its follow-up's url redact alike and still link.
+        # Most requests repeat a URL seen before: its derived columns come from a cache.
         redactor = self.redactor
-        if route is not None:
-            redactor.learn(route)
-        sent_query = _text(query_string) if query_string else ""
-        query = redactor.query(sent_query)
-        sent_url = build_url(scheme, host, raw, sent_query)
-        url = redactor.url(sent_url)
-        if url is not sent_url:
-            path = redacted_path(sent_url, url, path)
+        key = (scheme, host, raw_path or path, query_string, route)
+        derived = self._urls.get(key)
+        if derived is None:
+            if route is not None and not redactor.knows(route):
+                redactor.learn(route)
+                self._urls.clear()  # a newly learned token route may redact cached URLs
+            derived = self._derive_url(scheme, host, path, raw_path, query_string)
+            if len(self._urls) >= MAX_CACHE_ENTRIES:
+                self._urls.clear()
+            self._urls[key] = derived
+        path, query, sent_url, url = derived
 
         location = location_url = locations_json = None
         if locations:

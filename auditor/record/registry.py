@@ -1,4 +1,4 @@
-"""One writer per process and database file, whichever kind the options ask for."""
+"""One writer per process and database file."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import threading
 from pathlib import Path
 from typing import Protocol
 
-from auditor.process_writer import ProcessWriter
-from auditor.rows import CapturedExchange
-from auditor.writer import RecorderOptions, Writer
+from auditor.record.options import RecorderOptions
+from auditor.record.rows import CapturedExchange
+from auditor.record.writer import Writer
 
 logger = logging.getLogger("redirect_auditor")
 
@@ -33,6 +33,7 @@ class TrafficWriter(Protocol):
     def dropped(self) -> dict[str, int]: ...
 
     def submit(self, exchange: CapturedExchange) -> None: ...
+    def skip(self) -> None: ...
     def note_framework(self, framework: str) -> None: ...
     def flush(self) -> None: ...
     async def flush_async(self) -> None: ...
@@ -46,17 +47,12 @@ _WRITERS_LOCK = threading.Lock()
 
 
 def writer_for(db_path: str | Path, options: RecorderOptions) -> TrafficWriter:
-    """The process's writer for this database file, created on first use.
-
-    ``options.writer == "process"`` hands rows to a writer process
-    (``process_writer.py``); ``"thread"`` writes from a thread of this process.
-    """
+    """The process's writer for this database file, created on first use."""
     path = Path(db_path).expanduser().absolute()
     with _WRITERS_LOCK:
         writer = _WRITERS.get(path)
         if writer is None or writer.closed:
-            kind = ProcessWriter if options.writer == "process" else Writer
-            writer = _WRITERS[path] = kind(path, options)
+            writer = _WRITERS[path] = Writer(path, options)
         elif writer.options != options:
             logger.warning(
                 "redirect-auditor: a recorder for %s already exists in this process; "

@@ -22,7 +22,7 @@ from typing import Any, cast
 from starlette.types import ASGIApp
 from uvicorn.middleware.asgi2 import ASGI2Middleware
 
-from auditor.middleware import RedirectRecorder
+from auditor.record.middleware import RedirectRecorder
 
 SETTINGS_ENV = "REDIRECT_AUDITOR_RUN"
 # uvicorn's test for an ASGI3 callable (asyncio's also sees functions marked as

@@ -2,23 +2,33 @@
 
 On the event loop it only captures references (the scope, status, response
 headers, byte counts, two timestamps) and appends them to the writer's bounded
-queue. Decoding, URL resolution, hashing, redaction and SQLite happen in a
-writer process (``process_writer.py``, ``writer_process.py``), or with
-``writer="thread"`` in a thread of this process (``writer.py``).
+queue. Decoding, URL resolution, hashing, redaction and SQLite happen in the
+writer's thread (``writer.py``). With
+``record="redirects"`` it also decides here what can never be needed
+(``targets.py``): such a request is counted as skipped and never queued.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Iterable
 from pathlib import Path
+from random import random
 from time import time
 from typing import Any, Literal
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from auditor.record.options import RecorderOptions
+from auditor.record.registry import TrafficWriter, writer_for
+from auditor.record.targets import (
+    RecentTargets,
+    effective_client,
+    location_path,
+    request_path_key,
+)
+from auditor.record.writer import load_secret
 from auditor.redaction import app_token_routes
-from auditor.registry import TrafficWriter, writer_for
-from auditor.writer import RecorderOptions
+from auditor.urls import TrustedProxies
 
 
 class Exchange:
@@ -35,6 +45,8 @@ class Exchange:
         "started_at",
         "status",
     )
+
+    recorder: RedirectRecorder | None = None  # record="redirects" (RedirectsExchange)
 
     def __init__(self, scope: Scope, send: Send) -> None:
         self.scope = scope
@@ -57,13 +69,26 @@ class Exchange:
                 self.ended_at = time()
                 self.complete = True
         elif kind == "http.response.start":
-            self.status = message["status"]
+            status = self.status = message["status"]
             headers = message.get("headers", ())
             if type(headers) is not list:  # an iterator would be consumed by the server
                 headers = list(headers)
                 message = {**message, "headers": headers}
             self.headers = headers
+            if 300 <= status < 400 and self.recorder is not None:
+                self.recorder.note_redirect(self, headers)  # before the client can follow
         return self._send(message)
+
+
+class RedirectsExchange(Exchange):
+    """record="redirects": a capture whose redirects are noted in the table of recent
+    targets every process on the database shares."""
+
+    __slots__ = ("recorder",)
+
+    def __init__(self, scope: Scope, send: Send, recorder: RedirectRecorder) -> None:
+        Exchange.__init__(self, scope, send)
+        self.recorder = recorder
 
 
 async def _sent_after_return(message: Message) -> None:
@@ -144,16 +169,17 @@ class RedirectRecorder:
 
     Works with ``app.add_middleware(RedirectRecorder, db_path=...)`` and by
     wrapping: ``app = RedirectRecorder(app, db_path=...)``. ``record`` is
-    ``"all"`` or ``"redirects"`` (3xx responses and their follow-up requests,
-    plus a ``sample_rate`` fraction of the rest). Forwarded headers are
+    ``"all"`` or ``"redirects"`` (3xx responses and the requests that may follow
+    them, plus a ``sample_rate`` fraction of the rest; ``follow_up_delay`` is
+    accepted and unused). Forwarded headers are
     recorded as seen and trusted for scheme/host only from ``trusted_proxies``
     (IP addresses or CIDR networks, ``"*"`` for any). The recorder never raises
     into the app: rows it cannot write (``busy_timeout`` seconds of another
     process's lock, a read-only or vanished file) are counted in ``recorder_stats``.
     ``max_rows`` / ``max_age`` (seconds) keep the file small: the writer
-    deletes the oldest requests beyond them once a minute. ``writer="process"``
-    (the default) builds and writes rows in a separate process so they never
-    hold the GIL the event loop needs; ``"thread"`` keeps everything in this process.
+    deletes the oldest requests beyond them once a minute. Rows are built and
+    written by one thread of this process; ``writer`` (``"thread"``, or
+    ``"process"`` for the retired writer process) is accepted and changes nothing.
     Secrets in URLs are redacted (``auditor/redaction.py``); beyond the defaults,
     ``redact_params`` names more parameters whose values are secrets,
     ``allow_params`` parameters whose values are kept as sent, ``redact_patterns``
@@ -177,7 +203,7 @@ class RedirectRecorder:
         busy_timeout: float = 5.0,
         max_rows: int | None = None,
         max_age: float | None = None,
-        writer: Literal["process", "thread"] = "process",
+        writer: Literal["process", "thread"] = "thread",
         redact_params: Iterable[str] = (),
         allow_params: Iterable[str] = (),
         redact_patterns: Iterable[str] = (),
@@ -204,6 +230,12 @@ class RedirectRecorder:
             token_routes=app_token_routes(app),  # once, here: never per request
         )
         self.writer: TrafficWriter = writer_for(db_path, options)
+        self.targets: RecentTargets | None = None
+        if options.record == "redirects":
+            path = self.writer.db_path
+            self.targets = RecentTargets(path, load_secret(path), options.follow_up_window)
+        self._sample_rate = options.sample_rate
+        self._trusted = TrustedProxies(options.trusted_proxies) if options.trusted_proxies else None
         self.framework, settled = detect_framework(app)
         self._framework_pending = not settled
         self.writer.note_framework(self.framework)
@@ -216,7 +248,10 @@ class RedirectRecorder:
             return
         if self._framework_pending:  # the only per-request cost of framework detection
             self._settle_framework(scope)
-        exchange = Exchange(scope, send)
+        targets = self.targets
+        exchange = (
+            Exchange(scope, send) if targets is None else RedirectsExchange(scope, send, self)
+        )
         try:
             await self.app(scope, receive, exchange.send)
         except BaseException as exc:
@@ -228,7 +263,33 @@ class RedirectRecorder:
             # Let go of the server's send (its request cycle, transport and buffers) now:
             # the capture waits in the queue for up to flush_interval.
             exchange._send = _sent_after_return
-            self.writer.submit(exchange)
+            if targets is None or self._needed(exchange):
+                self.writer.submit(exchange)
+            else:
+                self.writer.skip()
+
+    def _needed(self, exchange: Exchange) -> bool:
+        """record="redirects": a redirect, a possible follow-up of one, or sampled."""
+        if 300 <= exchange.status < 400 or (self._sample_rate and random() < self._sample_rate):
+            return True
+        scope = exchange.scope
+        if self._trusted is None:
+            client = scope.get("client")
+            address = client[0] if client else ""
+        else:
+            address = effective_client(scope, self._trusted)
+        assert self.targets is not None
+        return self.targets.expected(address, request_path_key(scope), exchange.started_at)
+
+    def note_redirect(self, exchange: Exchange, headers: list[tuple[bytes, bytes]]) -> None:
+        """record="redirects": a redirect is being sent (event loop): note its target."""
+        for name, value in headers:
+            if name.lower() == b"location":
+                target = location_path(value, exchange.scope.get("path") or "/")
+                if target is not None and self.targets is not None:
+                    address = effective_client(exchange.scope, self._trusted)
+                    self.targets.note(address, target.encode("utf-8", "surrogatepass"), time())
+                return
 
     def _settle_framework(self, scope: Scope) -> None:
         # Once, at the first HTTP request: with add_middleware we wrap the inner stack,

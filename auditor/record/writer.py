@@ -1,12 +1,11 @@
-"""The writer: bounded queue -> rows -> batched SQLite transactions.
+"""The writer: bounded queue -> rows -> batched SQLite transactions, in one thread.
 
-It runs in the writer process (``writer_process.py``, the default), fed from
-the serving process through a pipe, or with ``writer="thread"`` as a thread of
-the serving process, where the event loop appends to its deque directly. Every
-``flush_interval`` seconds it drains what is queued, builds rows, and inserts
-them in one transaction with the worker's ``recorder_stats`` row. Rows it
-cannot write are counted per reason and a warning is logged once per reason;
-nothing here ever raises into the app.
+The event loop appends each capture to the writer's deque. Every ``flush_interval``
+seconds the writer thread drains what is queued, builds rows, and inserts them in one
+transaction with the worker's ``recorder_stats`` row. Rows it cannot write are counted
+per reason and a warning is logged once per reason; nothing here ever raises into the
+app. What a SIGKILL takes with it (the queue) is counted by the next writer on the
+database from the page of counters in ``ledger.py``.
 """
 
 from __future__ import annotations
@@ -21,14 +20,14 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from auditor.redaction import RedactionRules
+from auditor.record.ledger import Ledger
+from auditor.record.options import RecorderOptions
+from auditor.record.rows import INSERT_SQL, ROW_COLUMNS, CapturedExchange, RowBuilder
 from auditor.retention import prune
-from auditor.rows import INSERT_SQL, ROW_COLUMNS, CapturedExchange, RowBuilder, TrustedProxies
 from auditor.schema import (
     DROP_REASONS,
     SchemaError,
@@ -37,82 +36,19 @@ from auditor.schema import (
     ensure_schema,
     restore_sidecar_modes,
 )
-from auditor.urls import path_and_query
+from auditor.urls import TrustedProxies
 
 logger = logging.getLogger("redirect_auditor")
 
 SECRET_ENV = "REDIRECT_AUDITOR_SECRET"
 MAX_BATCH = 5000
-# With a pause (``write_now``): rows built, or inserted, between two pauses.
-PACE_ROWS = 32
+RECKON_EVERY = 1.0  # seconds between looks for killed workers' lost requests
 PRUNE_EVERY = 60.0  # seconds between retention passes when max_rows/max_age is set
 _STATUS = ROW_COLUMNS.index("status")
 _STARTED = ROW_COLUMNS.index("started_at")
 _CLIENT = ROW_COLUMNS.index("client_key")
 _URL = ROW_COLUMNS.index("url")
 _LOCATION_URL = ROW_COLUMNS.index("location_url")
-
-
-@dataclass(frozen=True)
-class RecorderOptions:
-    """Recorder settings that the writer applies."""
-
-    record: str
-    sample_rate: float
-    trusted_proxies: tuple[str, ...]
-    store_client_ip: bool
-    queue_size: int
-    flush_interval: float
-    follow_up_delay: float
-    follow_up_window: float
-    busy_timeout: float = 5.0  # seconds a write waits for another process's lock
-    max_rows: int | None = None  # retention: keep at most this many newest requests
-    max_age: float | None = None  # retention: delete requests older than this (seconds)
-    writer: str = "process"  # "process": rows built and written in a writer process
-    # Redaction beyond the defaults (auditor/redaction.py): parameter names whose values
-    # are secrets, names whose values are kept, regexes for secret segments or values,
-    # route templates whose every placeholder is a secret; token_routes: the app's own
-    # templates with token-named parameters (found by the recorder at start-up).
-    redact_params: tuple[str, ...] = ()
-    allow_params: tuple[str, ...] = ()
-    redact_patterns: tuple[str, ...] = ()
-    redact_routes: tuple[str, ...] = ()
-    token_routes: tuple[str, ...] = ()
-
-    def redaction(self) -> RedactionRules:
-        """The redaction rules these options add to the defaults."""
-        return RedactionRules(
-            params=self.redact_params,
-            allow_params=self.allow_params,
-            patterns=self.redact_patterns,
-            routes=self.redact_routes,
-            token_routes=self.token_routes,
-        )
-
-    @classmethod
-    def build(cls, **kwargs: Any) -> RecorderOptions:
-        """Validate and freeze options; raises ValueError at start-up, never per request."""
-        if kwargs["record"] not in ("all", "redirects"):
-            raise ValueError(f"record must be 'all' or 'redirects', not {kwargs['record']!r}")
-        if kwargs.get("writer", "process") not in ("process", "thread"):
-            raise ValueError(f"writer must be 'process' or 'thread', not {kwargs['writer']!r}")
-        if not 0.0 <= kwargs["sample_rate"] <= 1.0:
-            raise ValueError("sample_rate must be between 0 and 1")
-        if kwargs.get("busy_timeout", 0.0) < 0:
-            raise ValueError("busy_timeout must not be negative")
-        for name in ("max_rows", "max_age"):
-            if kwargs.get(name) is not None and kwargs[name] <= 0:
-                raise ValueError(f"{name} must be positive")
-        proxies = kwargs["trusted_proxies"]
-        kwargs["trusted_proxies"] = (proxies,) if isinstance(proxies, str) else tuple(proxies)
-        TrustedProxies(kwargs["trusted_proxies"])  # validates the addresses
-        for name in ("redact_params", "allow_params", "redact_patterns", "redact_routes"):
-            values = kwargs.get(name, ())
-            kwargs[name] = (values,) if isinstance(values, str) else tuple(values)
-        kwargs["token_routes"] = tuple(kwargs.get("token_routes", ()))
-        options = cls(**kwargs)
-        options.redaction().validate()
-        return options
 
 
 def classify_error(exc: BaseException) -> str:
@@ -160,9 +96,6 @@ class Writer:
         self.db_path = db_path
         self.options = options
         self._worker_id = worker_id
-        # Queue-full drops counted outside this object (the serving process, when this
-        # writer runs in the writer process); folded in like our own.
-        self.queue_full_elsewhere: Callable[[], int] = lambda: 0
         self.framework: str | None = None  # the app's, as the recorder noted it
         self._start()
 
@@ -172,7 +105,8 @@ class Writer:
         return self._stop.is_set()
 
     def after_fork(self) -> None:
-        """In a forked child: the thread did not survive the fork; start as a new worker."""
+        """In a forked child: the thread did not survive the fork; start as a new worker
+        (with a ledger slot of its own: the parent's stays the parent's)."""
         self._worker_id = None
         self._start()
 
@@ -192,13 +126,17 @@ class Writer:
         self.last_error: str | None = None
         self._queue: deque[CapturedExchange] = deque()
         self._limit = options.queue_size
-        self._held: deque[tuple[Any, ...]] = deque()  # record="redirects": awaiting a verdict
-        self._targets: dict[tuple[Any, str], float] = {}  # (client, target) -> redirect time
-        self._seen_redirect_id = 0
         self._conn: sqlite3.Connection | None = None
         self._file_id: tuple[int, int] | None = None
         self._builder: RowBuilder | None = None
         self._warned: set[str] = set()
+        self._reckoned = 0  # drops counted for killed workers (not our own requests)
+        try:
+            self._ledger: Ledger | None = Ledger(self.db_path)
+        except OSError as exc:  # no page: a SIGKILL's losses go uncounted, all else works
+            logger.warning("redirect-auditor: no counter page beside %s (%s)", self.db_path, exc)
+            self._ledger = None
+        self._queued = self._ledger.queued if self._ledger is not None else None
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(
@@ -209,29 +147,26 @@ class Writer:
     def submit(self, exchange: CapturedExchange) -> None:
         """Hot path: enqueue or count the drop. Never blocks, never raises."""
         if len(self._queue) < self._limit:
+            queued = self._queued
+            if queued is not None:
+                queued[0] += 1  # before the append: a kill in between over-counts
             self._queue.append(exchange)
         else:
             self.dropped_queue_full += 1
 
+    def skip(self) -> None:
+        """Hot path, record="redirects": a request that can never be needed, counted only."""
+        self.rows_skipped += 1
+
     def flush(self) -> None:
-        """Write everything pending now, including rows held for follow-up matching."""
-        self._drain(final=True)
+        """Write everything pending now."""
+        self._drain()
 
     def note_framework(self, framework: str) -> None:
         """The app's framework, for this worker's ``recorder_stats`` row. A plain
         assignment (the event loop may call it); saved with the next rows or counts,
         so a recorder that never sees a request leaves the database alone."""
         self.framework = framework
-
-    def write_now(self, items: list[tuple[Any, ...]], pause: float = 0.0) -> None:
-        """Build and insert captures shipped as ``rows.to_portable`` tuples, in the
-        calling thread (the writer process's). With ``pause``, sleep that long after
-        every ``PACE_ROWS`` rows built or inserted (all in one transaction)."""
-        with self._lock:
-            try:
-                self._write(items, final=False, portable=True, pause=pause)
-            except Exception as exc:  # a bug here must never stop the writer
-                self._count_drop("other", len(items), exc)
 
     def figures(self) -> dict[str, Any]:
         """Rows written and skipped, drops per reason and the last error, as of now."""
@@ -245,10 +180,10 @@ class Writer:
     @property
     def unsaved(self) -> bool:
         """Counts (or rows) not yet in the database, e.g. while it is read-only or full."""
-        return bool(self._queue or self._held) or self.unsaved_counts()
+        return bool(self._queue) or self.unsaved_counts()
 
     def unsaved_counts(self) -> bool:
-        """Rows written or dropped (queue-full drops counted elsewhere too) that
+        """Rows written or dropped (queue-full drops included) that
         ``recorder_stats`` does not show yet; or a framework noted after one was saved."""
         return (
             self._queue_full_seen() != self._queue_full_folded
@@ -257,7 +192,7 @@ class Writer:
         )
 
     def _queue_full_seen(self) -> int:
-        return self.dropped_queue_full + self.queue_full_elsewhere()
+        return self.dropped_queue_full
 
     def release(self) -> None:
         """Close the database connection (the next write opens it again): once a
@@ -282,14 +217,33 @@ class Writer:
             self._thread.join(timeout=10)
         self.flush()
         self._reset()
+        if self._ledger is not None:
+            self._ledger.close(clean=not self.unsaved)
 
     def _run(self) -> None:
         next_prune = time.monotonic() + PRUNE_EVERY
+        next_reckon = 0.0
         while not self._stop.wait(self.options.flush_interval):
-            self._drain(final=False)
+            if time.monotonic() >= next_reckon:
+                next_reckon = time.monotonic() + RECKON_EVERY
+                self._reckon()
+            self._drain()
             if time.monotonic() >= next_prune:
                 next_prune = time.monotonic() + PRUNE_EVERY
                 self.prune()
+
+    def _reckon(self) -> None:
+        """Count the requests that workers killed on this machine took with them."""
+        if self._ledger is None:
+            return
+        with self._lock:
+            try:
+                for pid, lost in self._ledger.reckon():
+                    why = RuntimeError(f"worker {pid} ended with {lost} request(s) not written")
+                    self._count_drop("other", lost, why)
+                    self._reckoned += lost
+            except Exception as exc:  # a bug here must never stop the writer
+                self._count_drop("other", 0, exc)
 
     def prune(self) -> int:
         """Apply ``max_rows`` / ``max_age`` now; in short batches, in this thread only."""
@@ -303,12 +257,12 @@ class Writer:
                 self.last_error = f"prune: {exc}"[:500]
                 return 0
 
-    def _drain(self, final: bool) -> None:
+    def _drain(self) -> None:
         with self._lock:
             try:
                 while True:
                     batch = [self._queue.popleft() for _ in range(min(len(self._queue), MAX_BATCH))]
-                    self._write(batch, final)
+                    self._write(batch)
                     if not self._queue:
                         break
             except Exception as exc:  # a bug here must never reach the app
@@ -320,6 +274,7 @@ class Writer:
             # into an unlinked inode and lose every row without an error.
             self._reset()
         if self._conn is None or self._builder is None:
+            bind_none_directly()
             create_private_file(self.db_path)
             conn = connect(self.db_path, timeout_ms=int(self.options.busy_timeout * 1000))
             try:
@@ -341,31 +296,24 @@ class Writer:
             self._file_id = _file_id(self.db_path)
         return self._conn, self._builder
 
-    def _write(
-        self, batch: list[Any], final: bool, portable: bool = False, pause: float = 0.0
-    ) -> None:
-        if not (batch or self._held or self.unsaved_counts()):
+    def _write(self, batch: list[Any]) -> None:
+        if not (batch or self.unsaved_counts()):
             return  # idle: leave the database alone (not even opened)
         try:
             conn, builder = self._open()
         except (sqlite3.Error, OSError, SchemaError) as exc:
             reason = classify_error(exc)
-            self._count_drop(reason, len(batch) + len(self._held), exc)
-            self._held.clear()
+            self._count_drop(reason, len(batch), exc)
             if reason == "read_only":
                 restore_sidecar_modes(self.db_path)
             return
-        build = builder.build_portable if portable else builder.build
+        build = builder.build
         rows = []
-        for done, item in enumerate(batch, 1):
+        for item in batch:
             try:
                 rows.append(build(item))
             except Exception as exc:
                 self._count_drop("other", 1, exc)
-            if pause and done % PACE_ROWS == 0:
-                time.sleep(pause)
-        if self.options.record == "redirects":
-            rows = self._select_redirect_rows(conn, rows, final)
         seen = self._queue_full_seen()
         queue_full, self._queue_full_folded = seen - self._queue_full_folded, seen
         if queue_full:
@@ -376,7 +324,7 @@ class Writer:
             return  # idle: no empty transaction (and fsync) every flush interval
         try:
             with conn:
-                insert_rows(conn, rows, pause)
+                insert_rows(conn, rows)
                 self._save_stats(conn, totals, framework)
         except (sqlite3.Error, OSError) as exc:
             reason = classify_error(exc)
@@ -391,6 +339,11 @@ class Writer:
         self.rows_written += len(rows)
         self._saved_totals = totals
         self._saved_framework = framework
+        if self._ledger is not None:
+            # Queued requests the database now accounts for: written, or dropped after
+            # they were queued (not queue_full, never queued; not other workers' losses).
+            written, _skipped, _queue_full, *dropped = totals
+            self._ledger.settled(written + sum(dropped) - self._reckoned)
 
     def _stats_totals(self, written_now: int) -> tuple[int, ...]:
         d = self.dropped
@@ -450,54 +403,14 @@ class Writer:
                 self._conn.close()
         self._conn = None
 
-    def _select_redirect_rows(
-        self, conn: sqlite3.Connection, rows: list[tuple[Any, ...]], final: bool
-    ) -> list[tuple[Any, ...]]:
-        """record="redirects": keep 3xx rows now; hold the rest until we know whether
-        they follow a redirect, possibly one served by another worker process."""
-        window = self.options.follow_up_window
-        keep = []
-        for row in rows:
-            if 300 <= row[_STATUS] < 400:
-                keep.append(row)
-                self._remember_target(row[_CLIENT], row[_LOCATION_URL], row[_STARTED])
-            else:
-                self._held.append(row)
-        self._load_other_workers_redirects(conn)
-        due = time.time() - self.options.follow_up_delay
-        while self._held and (final or self._held[0][_STARTED] <= due):
-            row = self._held.popleft()
-            redirected_at = self._targets.get((row[_CLIENT], path_and_query(row[_URL])))
-            follows = redirected_at is not None and 0 <= row[_STARTED] - redirected_at <= window
-            if follows or self._sampled():
-                keep.append(row)
-            else:
-                self.rows_skipped += 1
-        horizon = time.time() - window - self.options.follow_up_delay
-        if len(self._targets) > 100_000:
-            self._targets = {k: t for k, t in self._targets.items() if t >= horizon}
-        return keep
 
-    def _sampled(self) -> bool:
-        rate = self.options.sample_rate
-        return rate > 0 and secrets.randbelow(1_000_000) < rate * 1_000_000
-
-    def _remember_target(self, client: Any, location_url: str | None, at: float) -> None:
-        if location_url:
-            self._targets[(client, path_and_query(location_url))] = at
-
-    def _load_other_workers_redirects(self, conn: sqlite3.Connection) -> None:
-        try:
-            found = conn.execute(
-                """select id, client_key, location_url, started_at from requests
-                   where id > ? and status between 300 and 399 and worker_id != ?""",
-                (self._seen_redirect_id, self.worker_id),
-            ).fetchall()
-        except sqlite3.Error:
-            return
-        for row_id, client, target, at in found:
-            self._seen_redirect_id = max(self._seen_redirect_id, row_id)
-            self._remember_target(client, target, at)
+def bind_none_directly() -> None:
+    """Make ``sqlite3`` bind None without its adapter search (two failed attribute
+    lookups per NULL value): about 2.4 of the 6.6 us a row of mostly-NULL columns
+    costs to insert. Binding is unchanged (None still binds NULL); process-wide, but an
+    adapter for None is one no app registers."""
+    null: Callable[[None], None] = cast(Any, {}.get)  # {}.get(None) is None, all in C
+    sqlite3.register_adapter(type(None), null)
 
 
 def _file_id(path: Path) -> tuple[int, int] | None:
@@ -519,23 +432,18 @@ _CHUNK_SIZES = tuple(2**i for i in range(9, -1, -1))
 _MULTI_INSERT = {size: _multi_row_insert(size) for size in _CHUNK_SIZES}
 
 
-def insert_rows(conn: sqlite3.Connection, rows: list[tuple[Any, ...]], pause: float = 0.0) -> None:
-    """Insert rows with multi-row INSERT statements of up to 512 rows each (with a
-    ``pause``: of ``PACE_ROWS``, sleeping that long between them).
+def insert_rows(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    """Insert rows with multi-row INSERT statements of up to 512 rows each.
 
     ``executemany`` releases and re-takes the GIL around every row; with the event
-    loop busy each re-take waits for the interpreter's switch interval, and the
-    writer fell to ~2,000 rows/s. One statement per 512 rows waits 512x less often.
-    A string SQLite cannot take as UTF-8 (a lone surrogate) fails its statement before
-    any row of it is inserted; that statement is retried with such strings escaped.
+    loop busy each re-take waits for the interpreter's switch interval. One statement
+    per 512 rows waits 512x less often. A string SQLite cannot take as UTF-8 (a lone
+    surrogate) fails its statement before any row of it is inserted; that statement
+    is retried with such strings escaped.
     """
     start = 0
     for size in _CHUNK_SIZES:
-        if pause and size > PACE_ROWS:
-            continue
         while len(rows) - start >= size:
-            if pause and start:
-                time.sleep(pause)
             chunk = rows[start : start + size]
             try:
                 conn.execute(_MULTI_INSERT[size], list(chain.from_iterable(chunk)))

@@ -1,0 +1,169 @@
+"""record="redirects": which requests may follow a redirect, decided in the serving process.
+
+Every process recording into one database shares a small table in a file beside it
+(``traffic.db.targets``, mode 0600, 512 KiB): for each redirect it answers, the
+process notes (client, target path) there before the response reaches the client.
+A request whose (client, path) is in the table, noted within ``follow_up_window``
+seconds, may be that redirect's follow-up and is recorded; every other non-3xx
+request (but the ``sample_rate`` fraction) is only counted as skipped. So a
+redirect answered by worker A and its follow-up served by worker B are both kept,
+and the 9 in 10 requests that can never be needed cost a hash and a lookup.
+
+A slot is one 64-bit word, ``crc32 << 32 | seconds``, written and read whole; a
+bucket is two slots (the older one is replaced). Keys are crc32s of the client
+address and the percent-decoded path, seeded from the database's key: no path,
+secret or address is written. A collision keeps a request that was not needed
+(linking at audit time decides); only more than two live targets per bucket
+(65,536 buckets) can forget one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import mmap
+import os
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+from zlib import crc32
+
+from auditor.urls import TrustedProxies, first_value, parse_forwarded
+
+BUCKETS = 1 << 15
+SLOTS = 2 * BUCKETS
+SIZE = 8 * SLOTS
+_MASK = BUCKETS - 1
+_SECONDS = 0xFFFFFFFF
+
+
+def targets_path(db_path: Path) -> Path:
+    return db_path.with_name(db_path.name + ".targets")
+
+
+def _open_table(path: Path) -> mmap.mmap:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            size = os.fstat(fd).st_size
+            if size < SIZE:
+                # Real zero bytes, not a sparse hole: touching a hole on a full disk
+                # raises SIGBUS in the serving process.
+                os.pwrite(fd, bytes(SIZE - size), size)
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        return mmap.mmap(fd, SIZE)
+    finally:
+        os.close(fd)
+
+
+class RecentTargets:
+    """The shared table of recent (client, redirect target path) pairs."""
+
+    def __init__(self, db_path: Path, secret: bytes, window: float) -> None:
+        self._map = _open_table(targets_path(db_path))
+        self._slots = memoryview(self._map).cast("Q")
+        self._seed = crc32(secret)
+        self._clients: dict[str, int] = {}  # client -> its crc32 seeded with the key
+        self.window = int(window) + 1  # whole seconds; one more for the truncation
+
+    def close(self) -> None:
+        self._slots.release()
+        with contextlib.suppress(BufferError):
+            self._map.close()
+
+    def _key(self, client: str, path: bytes) -> int:
+        seed = self._clients.get(client)
+        if seed is None:
+            if len(self._clients) >= 4096:
+                self._clients.clear()
+            seed = crc32(client.encode("utf-8", "surrogatepass"), self._seed)
+            self._clients[client] = seed
+        return crc32(path, seed)
+
+    def note(self, client: str, path: bytes, now: float) -> None:
+        """A redirect to ``path`` (``request_path_key``'s form) answered ``client`` at ``now``."""
+        key = self._key(client, path)
+        slots = self._slots
+        i = (key & _MASK) << 1
+        entry = key << 32 | (int(now) & _SECONDS)
+        first, second = slots[i], slots[i + 1]
+        older_first = (first & _SECONDS) <= (second & _SECONDS)
+        if first >> 32 == key or (second >> 32 != key and older_first):
+            slots[i] = entry
+        else:
+            slots[i + 1] = entry
+
+    def expected(self, client: str, path: bytes, at: float) -> bool:
+        """Whether a redirect sent ``client`` to ``path`` within the window before ``at``."""
+        key = self._key(client, path)
+        slots = self._slots
+        i = (key & _MASK) << 1
+        first, second = slots[i], slots[i + 1]
+        now = int(at) - self.window
+        return (first >> 32 == key and (first & _SECONDS) >= now) or (
+            second >> 32 == key and (second & _SECONDS) >= now
+        )
+
+
+def request_path_key(scope: Any) -> bytes:
+    """The request's path as the table keys it: the bytes sent when they need no
+    decoding (most requests), else the percent-decoded path in UTF-8."""
+    raw = scope.get("raw_path")
+    if raw and b"%" not in raw and raw.isascii():
+        return bytes(raw)
+    path: str = scope.get("path") or "/"
+    return path.encode("utf-8", "surrogatepass")
+
+
+def location_path(location: bytes, request_path: str) -> str | None:
+    """The percent-decoded path a client follows ``location`` to (None for no path):
+    what the server will hand the follow-up as ``scope["path"]``."""
+    try:
+        text = location.decode("latin-1").strip()
+        parts = urlsplit(text)
+    except ValueError:
+        return None
+    path = parts.path
+    if not path:
+        return request_path if not parts.netloc else "/"
+    if not path.startswith("/"):
+        if parts.netloc or parts.scheme:
+            return "/" + path
+        base = request_path.rsplit("/", 1)[0]
+        path = f"{base}/{path}"
+    if "/." in path:
+        path = _remove_dot_segments(path)
+    return unquote(path) if "%" in path else path
+
+
+def _remove_dot_segments(path: str) -> str:
+    out: list[str] = []
+    for segment in path.split("/")[1:]:
+        if segment == "..":
+            if out:
+                out.pop()
+        elif segment != ".":
+            out.append(segment)
+    trailing = path.endswith(("/.", "/.."))
+    return "/" + "/".join(out) + ("/" if trailing and out else "")
+
+
+def effective_client(scope: Any, trusted: TrustedProxies | None) -> str:
+    """The client address the row's ``client_key`` hashes: the scope's, or the first
+    forwarded hop when the peer is a trusted proxy (as ``rows.RowBuilder`` reads it)."""
+    client = scope.get("client")
+    address: str = client[0] if client else ""
+    if trusted is None or address not in trusted:
+        return address
+    forwarded = None
+    for name, value in scope.get("headers", ()):
+        name = name.lower()
+        if name == b"x-forwarded-for":
+            return first_value(value.decode("latin-1")) or address
+        if name == b"forwarded" and forwarded is None:
+            forwarded = value
+    if forwarded is not None:
+        return parse_forwarded(forwarded.decode("latin-1")).get("for") or address
+    return address

@@ -1,0 +1,48 @@
+"""record="redirects": the table of recent redirect targets every process on a database shares."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from auditor.record.targets import RecentTargets, location_path, targets_path
+
+SECRET = b"k" * 32
+
+
+def test_a_target_noted_by_one_process_is_expected_by_another(tmp_path: Path) -> None:
+    db = tmp_path / "traffic.db"
+    worker_a = RecentTargets(db, SECRET, window=30)
+    worker_b = RecentTargets(db, SECRET, window=30)  # its own mapping of the same file
+    worker_a.note("198.51.100.1", b"/landing/thanks", 1000.0)
+    assert worker_b.expected("198.51.100.1", b"/landing/thanks", 1001.0)
+    assert not worker_b.expected("198.51.100.2", b"/landing/thanks", 1001.0)  # other client
+    assert not worker_b.expected("198.51.100.1", b"/landing/other", 1001.0)
+    assert not worker_b.expected("198.51.100.1", b"/landing/thanks", 1000.0 + 60)  # too late
+
+
+def test_the_table_holds_no_path_or_address_and_is_private(tmp_path: Path) -> None:
+    db = tmp_path / "traffic.db"
+    RecentTargets(db, SECRET, window=30).note("198.51.100.1", b"/reset/s3cr3t-token", 1000.0)
+    data = targets_path(db).read_bytes()
+    assert b"s3cr3t" not in data and b"198.51.100.1" not in data
+    assert stat.S_IMODE(targets_path(db).stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize(
+    ("location", "request_path", "expected"),
+    [
+        (b"/landing/thanks?x=1", "/redirect/303", "/landing/thanks"),
+        (b"https://example.com/a%20b", "/old", "/a b"),
+        (b"next", "/dir/old", "/dir/next"),
+        (b"../up/./here", "/a/b/c", "/a/up/here"),
+        (b"?page=2", "/list", "/list"),
+        (b"//cdn.example.com", "/x", "/"),
+    ],
+)
+def test_location_path_is_the_path_the_follow_up_will_request(
+    location: bytes, request_path: str, expected: str
+) -> None:
+    assert location_path(location, request_path) == expected
