@@ -39,16 +39,22 @@ def redirect_call(framework: str | None, status: int) -> str:
     return f"a {status} response"
 
 
-def default_redirect_status(framework: str | None) -> str | None:
-    """The status the framework's redirect helper sends when none is given, as a remark."""
-    return {
-        "fastapi": "FastAPI's `RedirectResponse` defaults to 307",
-        "starlette": "Starlette's `RedirectResponse` defaults to 307",
-        "django": "Django's `redirect()` sends 302",
-        "litestar": "Litestar's `Redirect` defaults to 302",
-        "quart": "Quart's `redirect()` defaults to 302",
-        "datasette": "Datasette's `Response.redirect` defaults to 302",
-    }.get(framework or "")
+# framework -> (its redirect helper, the status it sends when none is given)
+_DEFAULT_REDIRECT = {
+    "fastapi": ("FastAPI's `RedirectResponse`", 307),
+    "starlette": ("Starlette's `RedirectResponse`", 307),
+    "django": ("Django's `redirect()`", 302),
+    "litestar": ("Litestar's `Redirect`", 302),
+    "quart": ("Quart's `redirect()`", 302),
+    "datasette": ("Datasette's `Response.redirect`", 302),
+}
+
+
+def default_remark(framework: str | None, status: int) -> str:
+    """`` (Litestar's `Redirect` defaults to 302)`` when the framework's redirect helper
+    sends ``status`` unless told otherwise (likely how this redirect came about), else ''."""
+    helper, default = _DEFAULT_REDIRECT.get(framework or "", ("", 0))
+    return f" ({helper} defaults to {default})" if default == status else ""
 
 
 def slash_middleware(framework: str | None, status: int, adds_slash: bool) -> str | None:

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from functools import lru_cache
 
 from auditor.analysis.fixes import (
-    default_redirect_status,
+    default_remark,
     redirect_call,
     slash_middleware,
 )
@@ -218,12 +218,10 @@ def post_redirect_get_302(ctx: AuditContext) -> Iterator[Finding]:
             f"303 See Other says so for every method and client. What clients did: "
             f"{describe_evidence(clients)}."
         )
-        default = default_redirect_status(ctx.framework)
         recommendation = (
             f"Answer {place.method} {place.source} with 303: "
-            f"{redirect_call(ctx.framework, 303)}"
-            + (f" ({default})" if default and "302" in default else "")
-            + ". Not 307/308: those would re-send the form to the next page."
+            f"{redirect_call(ctx.framework, 303)}{default_remark(ctx.framework, 302)}. "
+            f"Not 307/308: those would re-send the form to the next page."
         )
         yield finding(
             ctx,
@@ -263,12 +261,10 @@ def form_reposted_by_307(ctx: AuditContext) -> Iterator[Finding]:
             + f". What clients did: {describe_evidence(clients)}. "
             + what_others_do("POST", place.status, {c["client"] for c in clients})
         )
-        default = default_redirect_status(ctx.framework)
         recommendation = (
             f"Answer POST {place.source} with 303 See Other so clients GET "
-            f"{short(group.target)} instead of re-posting: {redirect_call(ctx.framework, 303)}"
-            + (f" ({default})" if default and "307" in default else "")
-            + "."
+            f"{short(group.target)} instead of re-posting: "
+            f"{redirect_call(ctx.framework, 303)}{default_remark(ctx.framework, 307)}."
         )
         yield finding(
             ctx,
