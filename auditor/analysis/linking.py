@@ -415,7 +415,20 @@ def _match(
                 follow_ups[q[1]] = r.id
         elif queue:
             _assign(queue, follow_up_candidates, window, follow_ups, confidence)
+            if key[2] is None and _several_connections(queue, follow_up_candidates):
+                # One address and user agent on several connections, nothing else to
+                # tell them apart: maybe several clients (NAT, an untrusted proxy), and a
+                # request to the target may be no follow-up at all.
+                for q in follow_up_candidates:
+                    if q[1] in follow_ups:
+                        confidence[q[1]] = AMBIGUOUS
     return follow_ups, confidence
+
+
+def _several_connections(redirects: list[_Redirect], candidates: list[_Candidate]) -> bool:
+    keys = {r.connection_key for r in redirects} | {q[5] for q in candidates}
+    keys.discard(None)
+    return len(keys) > 1
 
 
 # A client and target whose candidates could follow more redirects than this in all (a
