@@ -27,7 +27,15 @@ from typing import Any, cast
 
 from auditor.record.ledger import Ledger
 from auditor.record.options import RecorderOptions
-from auditor.record.rows import ROW_COLUMNS, CapturedExchange, RowBuilder
+from auditor.record.rows import (
+    OMIT_INDEXES,
+    ROW_COLUMNS,
+    SHORT_COLUMNS,
+    SHORT_INDEXES,
+    CapturedExchange,
+    RowBuilder,
+    to_portable,
+)
 from auditor.retention import prune
 from auditor.schema import (
     DROP_REASONS,
@@ -308,11 +316,11 @@ class Writer:
             if reason == "read_only":
                 restore_sidecar_modes(self.db_path)
             return
-        build = builder.build
+        build = builder.build_row
         rows = []
         for item in batch:
             try:
-                rows.append(build(item))
+                rows.append(build(to_portable(item)))
             except Exception as exc:
                 self._count_drop("other", 1, exc)
         seen = self._queue_full_seen()
@@ -422,31 +430,10 @@ def _file_id(path: Path) -> tuple[int, int] | None:
     return (st.st_dev, st.st_ino)
 
 
-# Columns an ordinary request leaves NULL (no redirect, no proxy headers, no body,
-# no error, client_ip not stored): such a row is inserted with the other columns only.
-# Binding NULLs costs sqlite3 per value; a 23-value row inserts ~1.2 us faster than 37.
-_SHORT_OMITS = (
-    "location",
-    "location_url",
-    "locations",
-    "request_body_size",
-    "request_content_type",
-    "cache_control",
-    "expires",
-    "x_forwarded_proto",
-    "x_forwarded_host",
-    "forwarded",
-    "client_ip",
-    "request_id",
-    "error",
-    "forwarded_for_key",
-)
-_OMIT_INDEXES = tuple(ROW_COLUMNS.index(c) for c in _SHORT_OMITS)
-_SHORT_INDEXES = tuple(i for i in range(len(ROW_COLUMNS)) if i not in _OMIT_INDEXES)
-SHORT_COLUMNS = tuple(ROW_COLUMNS[i] for i in _SHORT_INDEXES)
-_omitted = itemgetter(*_OMIT_INDEXES)
-_short = itemgetter(*_SHORT_INDEXES)
-_ALL_NULL = (None,) * len(_OMIT_INDEXES)
+_omitted = itemgetter(*OMIT_INDEXES)
+_short = itemgetter(*SHORT_INDEXES)
+_ALL_NULL = (None,) * len(OMIT_INDEXES)
+_N_SHORT = len(SHORT_COLUMNS)
 
 
 def _multi_row_insert(columns: tuple[str, ...], count: int) -> str:
@@ -467,21 +454,24 @@ def insert_rows(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
 
     ``executemany`` releases and re-takes the GIL around every row; with the event
     loop busy each re-take waits for the interpreter's switch interval. One statement
-    per 512 rows waits 512x less often. Rows whose ``_SHORT_OMITS`` columns are all
-    NULL (most) go through a statement naming the other columns only, each run of
-    rows of one shape in its turn, so ids still follow the batch's order (retention
-    and the analysis read them as time order).
+    per 512 rows waits 512x less often. Rows of ``SHORT_COLUMNS`` values only
+    (``RowBuilder.build_row``'s, most) and full rows whose ``SHORT_OMITS`` columns are
+    all NULL go through a statement naming those columns only; each run of rows of one
+    shape in its turn, so ids still follow the batch's order (retention and the
+    analysis read them as time order).
     """
     run: list[tuple[Any, ...]] = []
     run_short = True
     for row in rows:
-        is_short = _omitted(row) == _ALL_NULL
+        is_short = len(row) == _N_SHORT
+        if not is_short and _omitted(row) == _ALL_NULL:
+            row, is_short = _short(row), True
         if is_short is not run_short:
             if run:
                 _insert(conn, _SHORT if run_short else _FULL, run)
                 run = []
             run_short = is_short
-        run.append(_short(row) if is_short else row)
+        run.append(row)
     if run:
         _insert(conn, _SHORT if run_short else _FULL, run)
 
