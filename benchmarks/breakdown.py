@@ -31,7 +31,8 @@ if __package__ in (None, ""):
 
 from auditor.record import registry
 from auditor.record.middleware import Exchange
-from auditor.record.rows import INSERT_SQL, ROW_COLUMNS, RowBuilder
+from auditor.record.rows import INSERT_SQL, ROW_COLUMNS, RowBuilder, to_portable
+from auditor.record.writer import _FULL, _insert, bind_none_directly, insert_rows
 from auditor.schema import connect, ensure_schema
 from auditor.urls import TrustedProxies, build_url, redact_query, resolve_location
 from benchmarks import apps
@@ -206,6 +207,10 @@ def writer_parts(rows_n: int, profile: bool) -> dict[str, float]:
     out["RowBuilder.build, per row (1 in 10 a 302)"] = cpu_ns(
         lambda: builder.build(next(it)), rows_n
     )
+    it2 = iter(captures * 6)
+    out["RowBuilder.build_row (the writer's: short rows short)"] = cpu_ns(
+        lambda: builder.build_row(to_portable(next(it2))), rows_n
+    )
     out["  build_url (normalize_url)"] = cpu_ns(
         lambda: build_url("http", "127.0.0.1:8000", "/", ""), rows_n
     )
@@ -229,8 +234,15 @@ def writer_parts(rows_n: int, profile: bool) -> dict[str, float]:
         print(buf.getvalue())
 
     rows = [builder.build(c) for c in captures]
+    built = [builder.build_row(to_portable(c)) for c in captures]
 
-    def insert(label: str, setup: Callable[[sqlite3.Connection], object], batch: int = 500) -> None:
+    def insert(
+        label: str,
+        setup: Callable[[sqlite3.Connection], object],
+        batch: int = 500,
+        many: Callable[[sqlite3.Connection, list[Any]], object] | None = None,
+        rows: list[Any] = rows,
+    ) -> None:
         path = TMP / f"ins-{len(out)}.db"
         conn = connect(path)
         ensure_schema(conn)
@@ -238,7 +250,10 @@ def writer_parts(rows_n: int, profile: bool) -> dict[str, float]:
         c0, w0 = time.thread_time_ns(), time.perf_counter_ns()
         for i in range(0, len(rows), batch):
             with conn:
-                conn.executemany(INSERT_SQL, rows[i : i + batch])
+                if many is None:
+                    conn.executemany(INSERT_SQL, rows[i : i + batch])
+                else:
+                    many(conn, rows[i : i + batch])
         out[label] = (time.thread_time_ns() - c0) / len(rows)
         out[label + " (wall)"] = (time.perf_counter_ns() - w0) / len(rows)
         conn.close()
@@ -262,7 +277,28 @@ def writer_parts(rows_n: int, profile: bool) -> dict[str, float]:
     insert("insert, without the url index", drop_url_index)
     insert("insert, without any secondary index", drop_indexes)
     insert("insert, 5000/txn", lambda c: None, 5000)
+    bind_none_directly()  # as the writer does (process-wide: these two lines come last)
+    normal = "pragma synchronous = normal"
+    insert(
+        "writer's insert_rows (short/full shapes), NORMAL",
+        lambda c: c.execute(normal),
+        500,
+        insert_rows,
+    )
+    insert("  same, every row the full shape", lambda c: c.execute(normal), 500, _full_only)
+    insert(
+        "  same, build_row's rows (no shape check)",
+        lambda c: c.execute(normal),
+        500,
+        insert_rows,
+        built,
+    )
     return out
+
+
+def _full_only(conn: sqlite3.Connection, rows: list[Any]) -> None:
+    """The writer's multi-row statements before the short shape: every column bound."""
+    _insert(conn, _FULL, rows)
 
 
 TMP = Path(tempfile.mkdtemp(prefix="ra-breakdown-"))

@@ -67,3 +67,49 @@ def test_an_unencodable_string_late_in_a_batch_is_escaped_not_duplicated(tmp_pat
         assert stored[0] == ("/p0",) and stored[-1] == ("/p599",)
     finally:
         writer.close()
+
+
+def test_short_and_full_rows_store_every_column_in_batch_order(tmp_path: Path) -> None:
+    """Ordinary rows are inserted naming only the columns they set, redirects and
+    proxied rows with all of them: every value is the built row's, ids in batch order."""
+    from auditor.record.rows import ROW_COLUMNS, RowBuilder, to_portable
+    from auditor.record.writer import SHORT_COLUMNS, insert_rows
+    from auditor.schema import connect, ensure_schema
+    from auditor.urls import TrustedProxies
+
+    assert len(SHORT_COLUMNS) < len(ROW_COLUMNS)
+    builder = RowBuilder(b"k" * 32, "test:1", TrustedProxies(()), False)
+    captures = []
+    for i in range(700):  # short runs of both shapes, then 550 ordinary rows
+        capture = _capture(f"/p{i}")
+        if i < 150 and (i % 7 == 3 or 100 <= i < 110):
+            capture.status, capture.headers = 302, [(b"location", b"/next")]
+        elif i < 150 and i % 11 == 5:
+            capture.scope = {**capture.scope, "headers": [(b"x-request-id", b"r1")]}
+        elif i == 50:
+            capture.scope = {**capture.scope, "path": "/bad-\ud800"}
+        captures.append(capture)
+    rows = [builder.build(c) for c in captures]
+    # As the writer builds them: short rows of SHORT_COLUMNS values, and full ones.
+    built = [builder.build_row(to_portable(c)) for c in captures]
+    assert sum(len(r) == len(SHORT_COLUMNS) for r in built) > 550
+    cols = ", ".join(ROW_COLUMNS)
+    stored = []
+    for name, batch in (("built.db", built), ("full.db", rows)):
+        conn = connect(tmp_path / name)
+        try:
+            ensure_schema(conn)
+            with conn:
+                insert_rows(conn, batch)
+            stored.append(conn.execute(f"select id, {cols} from requests order by id").fetchall())
+        finally:
+            conn.close()
+    assert stored[0] == stored[1]
+    stored = stored[0]
+    assert [r[0] for r in stored] == list(range(1, 701))
+    expected = [
+        tuple(v.replace("\ud800", "\\ud800") if isinstance(v, str) else v for v in row)
+        for row in rows
+    ]
+    assert [tuple(r[1:]) for r in stored] == expected
+    assert rows[143][ROW_COLUMNS.index("location")] is not None  # a redirect before the run

@@ -31,6 +31,30 @@ INSERT_SQL = (
     f"values ({', '.join('?' for _ in ROW_COLUMNS)})"
 )
 
+# Columns an ordinary request leaves NULL (no redirect, no proxy headers, no body,
+# no error, client_ip not stored): such a row is built and inserted as the other
+# columns only (SHORT_COLUMNS). Binding NULLs costs sqlite3 per value: a 23-value
+# row inserts ~0.9 us faster than 37.
+SHORT_OMITS = (
+    "location",
+    "location_url",
+    "locations",
+    "request_body_size",
+    "request_content_type",
+    "cache_control",
+    "expires",
+    "x_forwarded_proto",
+    "x_forwarded_host",
+    "forwarded",
+    "client_ip",
+    "request_id",
+    "error",
+    "forwarded_for_key",
+)
+OMIT_INDEXES = tuple(ROW_COLUMNS.index(c) for c in SHORT_OMITS)
+SHORT_INDEXES = tuple(i for i in range(len(ROW_COLUMNS)) if i not in OMIT_INDEXES)
+SHORT_COLUMNS = tuple(ROW_COLUMNS[i] for i in SHORT_INDEXES)
+
 # Request headers the row needs, each to a slot; the first occurrence wins.
 (
     _HOST,
@@ -242,7 +266,18 @@ class RowBuilder:
         return self.build_portable(to_portable(exchange))
 
     def build_portable(self, item: tuple[Any, ...]) -> tuple[Any, ...]:
-        """One row, values in ``ROW_COLUMNS`` order, from ``to_portable``'s tuple.
+        """One row, values in ``ROW_COLUMNS`` order, from ``to_portable``'s tuple."""
+        row = self.build_row(item)
+        if len(row) == len(ROW_COLUMNS):
+            return row
+        full: list[Any] = [None] * len(ROW_COLUMNS)
+        for index, value in zip(SHORT_INDEXES, row, strict=True):
+            full[index] = value
+        return tuple(full)
+
+    def build_row(self, item: tuple[Any, ...]) -> tuple[Any, ...]:
+        """``build_portable``'s row, or, when its ``SHORT_OMITS`` columns are all NULL,
+        only its ``SHORT_COLUMNS`` values (told apart by length): what the writer inserts.
 
         Runs for every request (in the writer thread, beside the event loop), so the
         common case avoids dicts, urllib and repeated decoding.
@@ -258,19 +293,27 @@ class RowBuilder:
             complete,
             error,
         ) = item
-        found: list[bytes | None] = [None] * _N_REQUEST_FIELDS
+        # Values are decoded as found; credentials never are (only whether they were sent).
+        req: list[str | None] = [None] * _N_REQUEST_FIELDS
         index_of = _REQUEST_HEADER_INDEX.get
+        has_authorization = has_cookie = 0
         for name, value in headers or ():
             index = index_of(name)
-            if index is None and not name.islower():
+            if index is None:
+                if name.islower():
+                    continue
                 index = index_of(name.lower())
-            if index is not None and found[index] is None:
-                found[index] = value
-        # Credentials are never decoded: only whether they were sent is kept.
-        has_authorization = 0 if found[_AUTHORIZATION] is None else 1
-        has_cookie = 0 if found[_COOKIE] is None else 1
-        found[_AUTHORIZATION] = found[_COOKIE] = None
-        req = [None if v is None else _text(v) for v in found]
+                if index is None:
+                    continue
+            if index >= _AUTHORIZATION:
+                if index == _AUTHORIZATION:
+                    has_authorization = 1
+                else:
+                    has_cookie = 1
+            elif req[index] is None:
+                req[index] = (
+                    value.decode("latin-1") if len(value) <= MAX_VALUE_CHARS else _text(value)
+                )
 
         status = status or 500
         redirect = 300 <= status < 400
@@ -333,7 +376,47 @@ class RowBuilder:
             else None
         )
         transfer_encoding = req[_TRANSFER_ENCODING]
-        # Keep this tuple in ROW_COLUMNS order (a test checks every column by name).
+        chunked = 1 if transfer_encoding and "chunked" in transfer_encoding.lower() else 0
+        if (
+            not locations
+            and body_size is None
+            and cache_control is None
+            and expires is None
+            and forwarded_for is None
+            and error is None
+            and req[_CONTENT_TYPE] is None
+            and req[_X_PROTO] is None
+            and req[_X_HOST] is None
+            and req[_FORWARDED] is None
+            and req[_REQUEST_ID] is None
+            and (client_ip is None or not self.store_client_ip)
+        ):
+            # Keep this tuple in SHORT_COLUMNS order (a test checks every column by name).
+            return (
+                started_at,
+                round((ended_at - started_at) * 1000, 3),
+                method or "",
+                scheme,
+                host,
+                path,
+                query,
+                url,
+                route,
+                status,
+                chunked,
+                response_body_size,
+                1 if complete else 0,
+                server_scheme,
+                server_host,
+                f"{server[0]}:{server[1]}" if server[1] else server[0],
+                self.keyed_hash(client_ip) if client_ip else None,
+                self.keyed_hash(f"{client[0]}:{client[1]}") if client[0] else None,
+                req[_USER_AGENT],
+                version,
+                self.worker_id,
+                has_authorization,
+                has_cookie,
+            )
         return (
             started_at,
             round((ended_at - started_at) * 1000, 3),
@@ -349,7 +432,7 @@ class RowBuilder:
             location_url,
             locations_json,
             body_size,
-            1 if transfer_encoding and "chunked" in transfer_encoding.lower() else 0,
+            chunked,
             req[_CONTENT_TYPE],
             response_body_size,
             1 if complete else 0,

@@ -21,12 +21,21 @@ import time
 from collections import deque
 from collections.abc import Callable
 from itertools import chain
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, cast
 
 from auditor.record.ledger import Ledger
 from auditor.record.options import RecorderOptions
-from auditor.record.rows import INSERT_SQL, ROW_COLUMNS, CapturedExchange, RowBuilder
+from auditor.record.rows import (
+    OMIT_INDEXES,
+    ROW_COLUMNS,
+    SHORT_COLUMNS,
+    SHORT_INDEXES,
+    CapturedExchange,
+    RowBuilder,
+    to_portable,
+)
 from auditor.retention import prune
 from auditor.schema import (
     DROP_REASONS,
@@ -307,11 +316,11 @@ class Writer:
             if reason == "read_only":
                 restore_sidecar_modes(self.db_path)
             return
-        build = builder.build
+        build = builder.build_row
         rows = []
         for item in batch:
             try:
-                rows.append(build(item))
+                rows.append(build(to_portable(item)))
             except Exception as exc:
                 self._count_drop("other", 1, exc)
         seen = self._queue_full_seen()
@@ -421,15 +430,23 @@ def _file_id(path: Path) -> tuple[int, int] | None:
     return (st.st_dev, st.st_ino)
 
 
-def _multi_row_insert(count: int) -> str:
-    one = "(" + ", ".join("?" * len(ROW_COLUMNS)) + ")"
-    return INSERT_SQL.split(" values ", 1)[0] + " values " + ", ".join([one] * count)
+_omitted = itemgetter(*OMIT_INDEXES)
+_short = itemgetter(*SHORT_INDEXES)
+_ALL_NULL = (None,) * len(OMIT_INDEXES)
+_N_SHORT = len(SHORT_COLUMNS)
 
 
-# Statement sizes: powers of two up to 512 rows (512 x 34 columns stays under SQLite's
-# 32766 variables), so the statement cache holds at most ten of them.
+def _multi_row_insert(columns: tuple[str, ...], count: int) -> str:
+    one = "(" + ", ".join("?" * len(columns)) + ")"
+    rows = ", ".join([one] * count)
+    return f"insert into requests ({', '.join(columns)}) values {rows}"
+
+
+# Statement sizes: powers of two up to 512 rows (512 x 38 columns stays under SQLite's
+# 32766 variables), for two column lists: at most 20 statements in the cache.
 _CHUNK_SIZES = tuple(2**i for i in range(9, -1, -1))
-_MULTI_INSERT = {size: _multi_row_insert(size) for size in _CHUNK_SIZES}
+_FULL = {size: _multi_row_insert(ROW_COLUMNS, size) for size in _CHUNK_SIZES}
+_SHORT = {size: _multi_row_insert(SHORT_COLUMNS, size) for size in _CHUNK_SIZES}
 
 
 def insert_rows(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
@@ -437,19 +454,43 @@ def insert_rows(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
 
     ``executemany`` releases and re-takes the GIL around every row; with the event
     loop busy each re-take waits for the interpreter's switch interval. One statement
-    per 512 rows waits 512x less often. A string SQLite cannot take as UTF-8 (a lone
-    surrogate) fails its statement before any row of it is inserted; that statement
-    is retried with such strings escaped.
+    per 512 rows waits 512x less often. Rows of ``SHORT_COLUMNS`` values only
+    (``RowBuilder.build_row``'s, most) and full rows whose ``SHORT_OMITS`` columns are
+    all NULL go through a statement naming those columns only; each run of rows of one
+    shape in its turn, so ids still follow the batch's order (retention and the
+    analysis read them as time order).
     """
+    run: list[tuple[Any, ...]] = []
+    run_short = True
+    for row in rows:
+        is_short = len(row) == _N_SHORT
+        if not is_short and _omitted(row) == _ALL_NULL:
+            row, is_short = _short(row), True
+        if is_short is not run_short:
+            if run:
+                _insert(conn, _SHORT if run_short else _FULL, run)
+                run = []
+            run_short = is_short
+        run.append(row)
+    if run:
+        _insert(conn, _SHORT if run_short else _FULL, run)
+
+
+def _insert(
+    conn: sqlite3.Connection, statements: dict[int, str], rows: list[tuple[Any, ...]]
+) -> None:
+    """``rows`` (all of one shape) through ``statements``, the largest sizes first. A
+    string SQLite cannot take as UTF-8 (a lone surrogate) fails its statement before
+    any row of it is inserted; that statement is retried with such strings escaped."""
     start = 0
     for size in _CHUNK_SIZES:
         while len(rows) - start >= size:
             chunk = rows[start : start + size]
             try:
-                conn.execute(_MULTI_INSERT[size], list(chain.from_iterable(chunk)))
+                conn.execute(statements[size], list(chain.from_iterable(chunk)))
             except UnicodeEncodeError:
                 encodable = [_encodable(row) for row in chunk]
-                conn.execute(_MULTI_INSERT[size], list(chain.from_iterable(encodable)))
+                conn.execute(statements[size], list(chain.from_iterable(encodable)))
             start += size
 
 
