@@ -29,6 +29,7 @@ from auditor.merge import merge
 from auditor.schema import SchemaError
 from auditor.sources.export import FleetMissing
 from auditor.sources.fleet import default_report, is_fleet_source, load_shards
+from auditor.sources.fleet_select import DEFAULT_MAX_ROWS
 
 from .common import console, err_console, fail, require_traffic_db
 
@@ -160,6 +161,16 @@ def audit(
             show_default=False,
         ),
     ] = None,
+    sample_above: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            metavar="ROWS",
+            help="For a Parquet directory: when the audit would read more rows than this, "
+            "audit a sample of clients instead (every place and client family kept, "
+            "hits scaled).",
+        ),
+    ] = DEFAULT_MAX_ROWS,
     stored: Annotated[
         bool,
         typer.Option(
@@ -197,7 +208,7 @@ def audit(
     except ConfigError as exc:
         fail(str(exc))
     if any(is_fleet_source(db) for db in dbs):
-        dbs = [_fleet_report(dbs, report, combined, stored)]
+        dbs = [_fleet_report(dbs, report, combined, stored, sample_above)]
     elif report is not None:
         fail("--report is for a directory or glob of Parquet shards")
     for db in dbs:  # check every file before writing to any
@@ -255,7 +266,7 @@ def audit(
 
 
 def _fleet_report(
-    dbs: list[Path], report: Path | None, combined: Path | None, stored: bool
+    dbs: list[Path], report: Path | None, combined: Path | None, stored: bool, sample_above: int
 ) -> Path:
     """The SQLite report holding every shard's rows (built now unless ``--stored``)."""
     if len(dbs) != 1:
@@ -269,8 +280,11 @@ def _fleet_report(
     started = time.monotonic()
     progress = DelayedProgress(f"reading {source}")
     try:
-        out, shards, rows = load_shards(
-            source, out, progress=lambda done: progress("loading rows", done, 0)
+        loaded = load_shards(
+            source,
+            out,
+            progress=lambda done: progress("loading rows", done, 0),
+            max_rows=sample_above,
         )
     except FleetMissing as exc:
         fail(f"auditing Parquet shards needs DuckDB and pyarrow: {exc}")
@@ -280,14 +294,21 @@ def _fleet_report(
         fail(f"writing the report {out} failed ({exc})")
     finally:
         progress.close()
+    chosen = loaded.selection
+    sample = (
+        f", a sample of {chosen.rows_kept:,} (every place, client family and target; hits scaled)"
+        if chosen.sampled
+        else ""
+    )
     err_console.print(
-        f"{source}: {rows} request(s) from {shards} shard(s) in "
-        f"{time.monotonic() - started:.1f} s; report: {out} "
-        f"(open it with: redirect-auditor explore {out})",
+        f"{source}: {chosen.rows_total:,} request(s) from {loaded.shards} shard(s), "
+        f"{chosen.rows_read:,} of them read by the audit{sample}, in "
+        f"{time.monotonic() - started:.1f} s; report: {loaded.report} "
+        f"(open it with: redirect-auditor explore {loaded.report})",
         highlight=False,
         soft_wrap=True,
     )
-    return out
+    return loaded.report
 
 
 def _audit_one(db: Path, options: Any) -> AuditResult:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from auditor import schema
-from auditor.analysis import linking
+from auditor.analysis import linking, sampled
 from auditor.analysis.config import build_options, validate
 from auditor.analysis.rules import _subset as subset
 from auditor.analysis.rules import chains as chain_rules
@@ -179,6 +179,7 @@ def audit(
                 if not _ignored(f.source, options.ignore_paths)
             ]
         )
+        sampled.scale_sampled_hits(conn, findings)
         rule_errors = {r.id: errors_by_rule[r.id] for r in rules if r.id in errors_by_rule}
         findings.sort(key=lambda f: (SEVERITIES.index(f.severity), -f.hits, f.rule, f.source))
         _commit(conn)
@@ -276,9 +277,14 @@ def _commit(conn: sqlite3.Connection) -> None:
 
 
 def _totals(conn: sqlite3.Connection) -> dict[str, int]:
-    rows, redirects = conn.execute(
-        "select count(*), coalesce(sum(status between 300 and 399), 0) from requests"
-    ).fetchone()
+    """Requests, redirects, chains and drops; the whole traffic's requests and redirects
+    when the file holds only the rows the audit reads (``sampled``)."""
+    rows, redirects = (
+        sampled.traffic_totals(conn)
+        or conn.execute(
+            "select count(*), coalesce(sum(status between 300 and 399), 0) from requests"
+        ).fetchone()
+    )
     chains = conn.execute("select count(*) from chains").fetchone()[0]
     drops = " + ".join(f"coalesce(dropped_{reason}, 0)" for reason in schema.DROP_REASONS)
     dropped = conn.execute(f"select coalesce(sum({drops}), 0) from recorder_stats").fetchone()[0]

@@ -1,20 +1,28 @@
 """Parquet shards of many hosts (made by ``export``) as one traffic database to audit.
 
-DuckDB reads every shard; the rows go into a new SQLite traffic database (the schema
-of ``auditor.schema``), on which the ordinary ``audit()`` runs. So linking across
-hosts and every problem of the finding model have one implementation, the SQLite
-path's; this module only gathers the rows. The database stays as the report that
-``explore`` opens (findings, chains, and the requests they cite).
+DuckDB reads every shard and picks the rows the audit reads (``fleet_select``: about
+one in four, and past a size those of a sample of clients); they go into a new SQLite
+traffic database (the schema of ``auditor.schema``) with the whole traffic's totals
+and route templates beside them, and the ordinary ``audit()`` runs on it. So linking
+across hosts and every problem of the finding model have one implementation, the
+SQLite path's. The database stays as the report that ``explore`` opens (findings,
+chains, and the requests they cite).
 """
 
 from __future__ import annotations
 
 import glob
 import os
+import shutil
 import sqlite3
+import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from auditor.analysis.rules._subset import PATH_TEMPLATES
+from auditor.analysis.sampled import SAMPLED_PLACES, TRAFFIC_REDIRECTS, TRAFFIC_ROWS
 from auditor.record.rows import INSERT_SQL, ROW_COLUMNS
 from auditor.schema import (
     META_TABLE,
@@ -25,10 +33,17 @@ from auditor.schema import (
     ensure_schema,
 )
 from auditor.sources.export import SHARD_NAME, require_fleet
+from auditor.sources.fleet_select import (
+    DEFAULT_MAX_ROWS,
+    DEFAULT_PER_PLACE,
+    Selection,
+    select_rows,
+)
 
 REPORT_NAME = "report.db"
 REPORT_MARKER_KEY = "fleet_report"  # auditor_meta row: a report this module made
 BATCH_ROWS = 50_000
+DUCKDB_MEMORY = "1536MB"
 _GLOB_CHARS = frozenset("*?[")
 
 Progress = Callable[[int], None]  # rows loaded so far
@@ -85,15 +100,30 @@ def find_shards(source: str | Path) -> list[Path]:
     return shards
 
 
-def load_shards(
-    source: str | Path, report: str | Path, *, progress: Progress | None = None
-) -> tuple[Path, int, int]:
-    """Write every shard's rows into a fresh traffic database at ``report``.
+@dataclass
+class Loaded:
+    """What ``load_shards`` wrote into the report."""
 
-    Returns (report, shards, rows). Every shard is checked before anything is written
-    (``SchemaError`` naming the first unreadable one); the report is built under a
-    temporary name and replaces an earlier report only when complete. A file at
-    ``report`` that is not such a report is never overwritten.
+    report: Path
+    shards: int
+    selection: Selection
+
+
+def load_shards(
+    source: str | Path,
+    report: str | Path,
+    *,
+    progress: Progress | None = None,
+    max_rows: int = DEFAULT_MAX_ROWS,
+    per_place: int = DEFAULT_PER_PLACE,
+) -> Loaded:
+    """Write the shard rows the audit reads (``fleet_select``) into a fresh traffic
+    database at ``report``, with the whole traffic's totals and templates beside them.
+
+    Every shard is checked before anything is written (``SchemaError`` naming the first
+    unreadable one); the report is built under a temporary name and replaces an earlier
+    report only when complete. A file at ``report`` that is not such a report is never
+    overwritten.
     """
     duckdb, _ = require_fleet()
     out = Path(report)
@@ -103,82 +133,109 @@ def load_shards(
     elif not out.absolute().parent.is_dir():
         raise SchemaError(f"{out}: directory {out.absolute().parent} does not exist")
 
-    con = duckdb.connect()
-    all_names: set[str] = set()
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    spill = tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".spill", dir=out.absolute().parent)
+    # DuckDB would take most of the machine's memory; past this it spills to disk.
+    con = duckdb.connect(
+        config={
+            "threads": os.cpu_count() or 1,
+            "memory_limit": DUCKDB_MEMORY,
+            "temp_directory": spill,
+            "preserve_insertion_order": False,
+        }
+    )
     try:
-        rows_in_shards = 0
+        all_names: set[str] = set()
         for shard in shards:  # footers first: a bad shard is named before any work
-            try:
-                found = con.execute(
-                    "select coalesce(sum(num_rows), 0) from parquet_file_metadata(?)",
-                    [str(shard)],
-                ).fetchone()
-                names = {
-                    r[0]
-                    for r in con.execute(
-                        "select name from parquet_schema(?)", [str(shard)]
-                    ).fetchall()
-                }
-            except duckdb.Error as exc:
-                raise SchemaError(
-                    f"{shard}: not a readable Parquet shard ({_first_line(exc)})"
-                ) from None
-            missing = {"id", "started_at", "method", "url"} - names
-            if missing:
-                raise SchemaError(
-                    f"{shard}: not a traffic shard (no column {', '.join(sorted(missing))})"
-                )
-            rows_in_shards += int(found[0]) if found else 0
-            all_names |= names
-
-        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-        for suffix in ("", "-wal", "-shm", "-journal"):
-            Path(f"{tmp}{suffix}").unlink(missing_ok=True)
-        create_private_file(tmp)
-        conn = sqlite3.connect(tmp)
+            all_names |= _shard_columns(con, duckdb, shard)
+        # In hour order (then host), as the files list them.
+        files = [str(s) for s in sorted(shards, key=_hour_first)]
         try:
-            ensure_schema(conn)
-            # A new file, made whole or removed: no journal while loading, WAL again after.
-            conn.execute("pragma journal_mode = off")
-            conn.execute("pragma synchronous = off")
-            with conn:
-                conn.execute(
-                    f"insert or replace into {META_TABLE} (key, value) values (?, '1')",
-                    (REPORT_MARKER_KEY,),
-                )
+            shard_rows = con.read_parquet(
+                files, hive_partitioning=False, union_by_name=True, filename=True
+            )
+            shard_rows.create_view("shards")
+            selection = select_rows(con, max_rows=max_rows, per_place=per_place)
             select = ", ".join(_column_or_null(c, all_names) for c in ROW_COLUMNS)
-            # In hour order (then host), as the files list them: rows come out in that
-            # order with no sort in memory, and ids in the report follow time roughly.
-            files = [str(s) for s in sorted(shards, key=_hour_first)]
-            try:
-                cursor = con.execute(
-                    f"select {select} from read_parquet(?, hive_partitioning = false, "
-                    "union_by_name = true)",
-                    [files],
-                )
-                loaded = 0
-                while batch := cursor.fetchmany(BATCH_ROWS):
-                    conn.executemany(INSERT_SQL, batch)
-                    loaded += len(batch)
-                    if progress is not None:
-                        progress(loaded)
-            except duckdb.Error as exc:
-                raise SchemaError(f"reading the shards failed: {_first_line(exc)}") from None
-            conn.commit()
-            conn.execute("pragma journal_mode = wal")
-        finally:
-            conn.close()
+            cursor = con.execute(
+                f"""select {select} from shards q
+                    semi join keep k on k.fh = hash(q.filename) and k.id = q.id
+                    order by q.started_at, q.filename, q.id"""
+            )
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                Path(f"{tmp}{suffix}").unlink(missing_ok=True)
+            create_private_file(tmp)
+            _write_report(tmp, cursor, selection, progress)
+        except duckdb.Error as exc:
+            raise SchemaError(f"reading the shards failed: {_first_line(exc)}") from None
         for suffix in ("-wal", "-shm", "-journal"):  # an old report's, never the new one's
             Path(f"{out}{suffix}").unlink(missing_ok=True)
         os.replace(tmp, out)
     except BaseException:
-        if "tmp" in locals():
-            for suffix in ("", "-wal", "-shm", "-journal"):
-                Path(f"{tmp}{suffix}").unlink(missing_ok=True)
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            Path(f"{tmp}{suffix}").unlink(missing_ok=True)
         raise
     finally:
         con.close()
-    return out, len(shards), loaded
+        shutil.rmtree(spill, ignore_errors=True)
+    return Loaded(out, len(shards), selection)
+
+
+def _shard_columns(con: Any, duckdb: Any, shard: Path) -> set[str]:
+    """The columns of a shard's footer; ``SchemaError`` naming it if unreadable."""
+    try:
+        names = {
+            r[0] for r in con.execute("select name from parquet_schema(?)", [str(shard)]).fetchall()
+        }
+    except duckdb.Error as exc:
+        raise SchemaError(f"{shard}: not a readable Parquet shard ({_first_line(exc)})") from None
+    missing = {"id", "started_at", "method", "url"} - names
+    if missing:
+        raise SchemaError(f"{shard}: not a traffic shard (no column {', '.join(sorted(missing))})")
+    return names
+
+
+def _write_report(path: Path, cursor: Any, selection: Selection, progress: Progress | None) -> None:
+    """The selected rows, then the templates, totals and sampled places beside them."""
+    conn = sqlite3.connect(path)
+    try:
+        ensure_schema(conn)
+        # A new file, made whole or removed: no journal while loading, WAL again after.
+        conn.execute("pragma journal_mode = off")
+        conn.execute("pragma synchronous = off")
+        loaded = 0
+        with conn:
+            while batch := cursor.fetchmany(BATCH_ROWS):
+                conn.executemany(INSERT_SQL, batch)
+                loaded += len(batch)
+                if progress is not None:
+                    progress(loaded)
+            meta = {
+                REPORT_MARKER_KEY: "1",
+                TRAFFIC_ROWS: str(selection.rows_total),
+                TRAFFIC_REDIRECTS: str(selection.redirects_total),
+            }
+            conn.executemany(
+                f"insert or replace into {META_TABLE} (key, value) values (?, ?)",
+                meta.items(),
+            )
+            conn.execute(
+                f"create table {PATH_TEMPLATES} (path text primary key, template text not null)"
+            )
+            conn.executemany(
+                f"insert into {PATH_TEMPLATES} values (?, ?)", selection.templates.items()
+            )
+            if selection.sampled:
+                conn.execute(
+                    f"""create table {SAMPLED_PLACES} (source text, method text,
+                        status integer, requests integer)"""
+                )
+                conn.executemany(
+                    f"insert into {SAMPLED_PLACES} values (?, ?, ?, ?)", selection.places
+                )
+        conn.execute("pragma journal_mode = wal")
+    finally:
+        conn.close()
 
 
 def _hour_first(shard: Path) -> tuple[str, str]:

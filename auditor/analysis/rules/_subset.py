@@ -14,6 +14,7 @@ import sqlite3
 
 from auditor import schema
 from auditor.analysis.rules.base import AuditContext
+from auditor.analysis.sampled import fill_weights
 
 RESPONSES = "audit_responses"
 TEMPLATES = "audit_templates"  # path -> inferred route template
@@ -35,16 +36,23 @@ FOLLOW_UP_COLUMNS = (
     "has_authorization, has_cookie"
 )
 
+# The rows an audit step can be about (SQL that SQLite and DuckDB both read).
+RESPONSE_ROWS_SQL = """(location is not null
+       or location_url is not null
+       or (status between 300 and 399 and status != 304)
+       or (status in (204, 304) and response_body_size > 0)
+       or (method = 'DELETE' and status = 200))"""
+# A table of (path, template) inferred over more traffic than this file holds (a fleet
+# report keeps the rows the audit reads, sometimes of a sample of clients): when it
+# exists, ``source`` takes its templates, which are those of the whole traffic.
+PATH_TEMPLATES = "path_templates"
+
 RESPONSES_SQL = f"""
 insert into {RESPONSES}
 select {RESPONSE_COLUMNS}, 0 as followed, null as source
 from requests
 where id <= ?
-  and (location is not null
-       or location_url is not null
-       or (status between 300 and 399 and status != 304)
-       or (status in (204, 304) and response_body_size > 0)
-       or (method = 'DELETE' and status = 200))
+  and {RESPONSE_ROWS_SQL}
 order by id
 """
 
@@ -82,6 +90,7 @@ def copy_responses(conn: sqlite3.Connection) -> int:
     in_transaction = conn.in_transaction
     conn.execute(RESPONSES_SQL, (newest,))
     _fill_sources(conn)
+    fill_weights(conn, RESPONSES)
     if not in_transaction:  # our insert began one: end it (linking reads in fresh ones)
         conn.commit()
     return newest
@@ -89,15 +98,22 @@ def copy_responses(conn: sqlite3.Connection) -> int:
 
 def _fill_sources(conn: sqlite3.Connection) -> None:
     """``source``: the recorded route template, else the template inferred from every
-    path the subset holds (``templates.infer_templates``), kept in ``audit_templates``."""
+    path the subset holds (``templates.infer_templates``; ``path_templates`` when the
+    file has it), kept in ``audit_templates``."""
     from auditor.analysis.templates import infer_templates
 
-    paths = [p for (p,) in conn.execute(f"select distinct path from {RESPONSES}")]
     conn.execute(f"drop table if exists temp.{TEMPLATES}")
     conn.execute(f"create temp table {TEMPLATES} (path text primary key, template text)")
-    conn.executemany(
-        f"insert into {TEMPLATES} values (?, ?)", sorted(infer_templates(paths).items())
-    )
+    given = conn.execute(
+        "select 1 from main.sqlite_master where type = 'table' and name = ?", (PATH_TEMPLATES,)
+    ).fetchone()
+    if given:
+        conn.execute(f"insert into {TEMPLATES} select path, template from main.{PATH_TEMPLATES}")
+    else:
+        paths = [p for (p,) in conn.execute(f"select distinct path from {RESPONSES}")]
+        conn.executemany(
+            f"insert into {TEMPLATES} values (?, ?)", sorted(infer_templates(paths).items())
+        )
     conn.execute(
         f"""update {RESPONSES} set source = coalesce(
               route, (select template from {TEMPLATES} t where t.path = {RESPONSES}.path), path)"""

@@ -25,6 +25,7 @@ from auditor.analysis.rules._hops import client_evidence, describe_evidence, pla
 from auditor.analysis.rules._subset import FOLLOW_UPS, RESPONSES, ensure_responses
 from auditor.analysis.rules.base import AuditContext, Finding, StaticGraph, rule
 from auditor.analysis.rules.method import short
+from auditor.analysis.sampled import weight_of, weight_sql
 from auditor.redirects import FOLLOWED_SQL, client_family, next_hop, redirect_sql
 
 FAMILY = "chains"
@@ -342,15 +343,17 @@ def unfollowed_redirect(ctx: AuditContext) -> Iterator[Finding]:
             and (r.source, r.method, r.status) in (
                 select source, method, status from {RESPONSES}
                 where followed = 0 and status in {FOLLOWED_SQL}
-                group by 1, 2, 3 having count(*) >= ?)""",
+                group by 1, 2, 3
+                having count(*) * {weight_sql(RESPONSES)} >= ?)""",
         (options.unfollowed_min_hits,),
     )
     for place in places(hops):
         clients = client_evidence(place.hops)
+        weight = weight_of(ctx.conn, place.source, place.method, place.status)
         stuck = [
             c
             for c in clients
-            if c["requests"] >= options.unfollowed_min_hits
+            if c["requests"] * weight >= options.unfollowed_min_hits
             and c["not_followed"] >= options.unfollowed_ratio * c["requests"]
             # urllib not following a 307 POST is its documented quirk, not this problem
             and next_hop(c["client"], place.method, place.status).method is not None

@@ -30,6 +30,7 @@ from auditor.analysis.rules._groups import (
 from auditor.analysis.rules._hops import client_evidence, places, redirect_hops
 from auditor.analysis.rules.base import SOURCE_SQL, AuditContext, Finding, rule
 from auditor.analysis.rules.method import short
+from auditor.analysis.sampled import weight_sql
 from auditor.redirects import FOLLOWED_SQL
 
 FAMILY = "permanence"
@@ -108,7 +109,7 @@ def temporary_looks_permanent(ctx: AuditContext) -> Iterator[Finding]:
             where status in (302, 307) and location_url is not null
             group by {SOURCE_SQL}, method, status
             having count(distinct location_url) = 1
-               and count(*) >= ?
+               and count(*) * {weight_sql("audit_responses")} >= ?
                and max(started_at) - min(started_at) >= ?""",
         (options.temporary_min_hits, options.temporary_min_span_days * DAY),
     )

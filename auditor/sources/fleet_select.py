@@ -1,0 +1,193 @@
+"""Which shard rows a fleet audit reads, chosen in DuckDB before a row reaches Python.
+
+Two steps, over every shard at once:
+
+1. **The rows the audit reads** (exact). The audit reads the responses an audit step
+   can be about (``_subset.RESPONSE_ROWS_SQL``: redirects, Locations, bodies where none
+   may be...) and, to link, the requests whose (client key, path and query) is some
+   redirect's target (``linking``'s candidate scan). Every other row (nine in ten)
+   can change no finding: it is counted, not loaded. One real row per recorded host
+   is kept too, since chains ask which hosts the traffic reached.
+2. **A sample of clients** (only past ``max_rows``). A place (source, method, status)
+   is judged on what the clients did there, client family by client family. For each
+   place and family the clients are taken in the order of a hash of their key until
+   ``per_place`` of its responses are covered, with the clients of its first and last
+   one (so the span a place was seen over is exact): every place and every family at
+   it is audited, rare ones whole, and a client is kept with all its rows, so its
+   links and chains are what they were. The hash order is the same for every place,
+   so one kept client covers many. Thresholds on counts (``unfollowed_min_hits``,
+   ``temporary_min_hits``) stay below ``per_place``; hits are scaled back afterwards
+   (``analysis/sampled.py``).
+
+Templates are inferred here over every response path of the fleet (the same set the
+audit of one combined file would infer from) and handed to the audit as a table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from auditor.analysis.linking import PATH_SQL
+from auditor.analysis.rules._subset import RESPONSE_ROWS_SQL
+from auditor.analysis.templates import infer_templates
+from auditor.redirects import client_family
+
+DEFAULT_MAX_ROWS = 3_000_000  # rows the audit reads, before clients are sampled
+DEFAULT_PER_PLACE = 5  # responses audited per place, client family and target, at least
+MAX_CHAIN_STEPS = 8  # hops a kept chain is followed, each way
+
+
+def target_path_sql(column: str) -> str:
+    """SQL for the path and query of a normalized absolute Location in ``column``, as
+    ``linking.split_url`` cuts it."""
+    return f"""case
+        when instr({column}, '://') = 0 then {column}
+        when instr(substr({column}, 9), '/') = 0 then '/'
+        else substr({column}, instr(substr({column}, 9), '/') + 8) end"""
+
+
+# A redirect's target with its all-digit segments as one: finer than its template
+# (never two places' targets as one), coarse enough that /a/{id} -> /b/{id} is one.
+TARGET_SQL = r"regexp_replace(q.location_url, '/[0-9]+(/|$|\?)', '/{id}\1', 'g')"
+RESPONSE_SQL = RESPONSE_ROWS_SQL.replace("\n", " ")
+REDIRECT_TOTAL_SQL = "status between 300 and 399"  # as the audit's totals count them
+
+
+@dataclass
+class Selection:
+    """What ``select_rows`` chose; the rows themselves are in DuckDB's ``keep`` table."""
+
+    rows_total: int = 0
+    redirects_total: int = 0
+    rows_read: int = 0  # the rows the audit reads (step 1)
+    rows_kept: int = 0  # after sampling (step 2); = rows_read when not sampled
+    sampled: bool = False
+    templates: dict[str, str] = field(default_factory=dict)  # path -> template
+    # (source, method, status, responses in the whole traffic), when sampled
+    places: list[tuple[Any, ...]] = field(default_factory=list)
+
+
+def select_rows(
+    con: Any,
+    *,
+    max_rows: int = DEFAULT_MAX_ROWS,
+    per_place: int = DEFAULT_PER_PLACE,
+) -> Selection:
+    """Fill DuckDB's temp table ``keep (fh, id)`` (``fh`` = hash(filename)) with the rows
+    of the view ``shards`` that the audit reads; return the counts."""
+    import pyarrow as pa
+
+    chosen = Selection()
+    chosen.rows_total, chosen.redirects_total = con.execute(
+        f"select count(*), count(*) filter (where {REDIRECT_TOTAL_SQL}) from shards"
+    ).fetchone()
+
+    paths = [
+        p
+        for (p,) in con.execute(
+            f"select distinct path from shards where path is not null and {RESPONSE_SQL}"
+        ).fetchall()
+    ]
+    chosen.templates = infer_templates(paths)
+    con.register(
+        "path_templates_in",
+        pa.table({"path": list(chosen.templates), "template": list(chosen.templates.values())}),
+    )
+    agents = [a for (a,) in con.execute("select distinct user_agent from shards").fetchall()]
+    con.register(
+        "agent_families",
+        pa.table(
+            {
+                "user_agent": pa.array(agents, pa.string()),
+                "family": pa.array([client_family(a) for a in agents], pa.string()),
+            }
+        ),
+    )
+
+    con.execute(
+        f"""create temp table link_targets as
+            select distinct client_key, {target_path_sql("location_url")} as path from shards
+            where status between 300 and 399 and status != 304
+              and location_url is not null and client_key is not null"""
+    )
+    # Step 1, with what step 2 needs: each response's stratum (place, client family,
+    # target) and place as hashes, and the link units the row belongs to (below).
+    place = "coalesce(q.route, t.template, q.path), q.method, q.status"
+    con.execute(
+        f"""create temp table reduced as
+            select hash(q.filename) as fh, q.id, q.started_at,
+                   case when {RESPONSE_SQL} then hash({place}) end as place,
+                   case when {RESPONSE_SQL}
+                        then hash({place}, coalesce(f.family, ''), {TARGET_SQL})
+                   end as stratum,
+                   hash(q.client_key, {PATH_SQL}) as as_follow_up,
+                   case when q.status between 300 and 399 and q.status != 304
+                         and q.location_url is not null
+                        then hash(q.client_key, {target_path_sql("q.location_url")})
+                   end as as_redirect,
+                   false as always
+            from shards q
+            left join path_templates_in t on t.path = q.path
+            left join agent_families f on f.user_agent is not distinct from q.user_agent
+            where {RESPONSE_SQL}
+               or exists (select 1 from link_targets lt
+                          where lt.client_key = q.client_key and lt.path = {PATH_SQL})"""
+    )
+    con.execute(
+        """insert into reduced
+           select first.fh, first.id, first.started_at, null, null, null, null, true from (
+             select arg_min({'fh': hash(filename), 'id': id, 'started_at': started_at},
+                            started_at) as first
+             from shards where host is not null group by host)"""
+    )
+    chosen.rows_read = chosen.rows_kept = con.execute("select count(*) from reduced").fetchone()[0]
+
+    if chosen.rows_read <= max_rows:
+        con.execute("create temp table keep as select fh, id from reduced")
+        return chosen
+
+    # Step 2. A unit is one client's hops to one path: the redirects whose target it is
+    # (as_redirect) and the requests to it (as_follow_up). Linking pairs within a unit
+    # only, so a unit kept whole links as in the whole traffic. Units joined by a
+    # redirect (a follow-up that redirects again) are kept together: chains stay whole.
+    chosen.sampled = True
+    con.execute(
+        f"""create temp table units as
+            select distinct coalesce(as_redirect, as_follow_up) as unit from (
+              select as_redirect, as_follow_up,
+                     row_number() over (partition by stratum order by hash(as_follow_up),
+                                        started_at) as nth,
+                     started_at = min(started_at) over (partition by place)
+                       or started_at = max(started_at) over (partition by place) as edge
+              from reduced where stratum is not null)
+            where nth <= {int(per_place)} or edge"""
+    )
+    for _ in range(MAX_CHAIN_STEPS):
+        added = con.execute(
+            """insert into units
+               select distinct u from (
+                 select as_redirect as u from reduced
+                 where as_redirect is not null and as_follow_up in (select unit from units)
+                 union
+                 select as_follow_up from reduced
+                 where as_redirect in (select unit from units))
+               where u not in (select unit from units)"""
+        ).fetchone()[0]
+        if not added:
+            break
+    con.execute(
+        """create temp table keep as
+           select fh, id, stratum is not null as response from reduced
+           where always or as_follow_up in (select unit from units)
+              or as_redirect in (select unit from units)"""
+    )
+    chosen.rows_kept = con.execute("select count(*) from keep").fetchone()[0]
+    chosen.places = con.execute(
+        f"""select coalesce(q.route, t.template, q.path) as source, q.method, q.status,
+                   count(*) as requests
+            from shards q left join path_templates_in t on t.path = q.path
+            where {RESPONSE_SQL}
+            group by all"""
+    ).fetchall()
+    return chosen
