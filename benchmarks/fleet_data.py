@@ -8,7 +8,7 @@ Used by ``benchmarks/fleet_scale.py``. Steps:
    cost per million rows).
 3. ``replicate``: K = size / base copies of the exported rows, written as ``--hosts``
    hosts' shards in the layout ``export`` writes
-   (``DIR/host=<host>/date=<YYYY-MM-DD>/<source id>_<YYYYMMDDTHH>_<lo>-<hi>.parquet``),
+   (``DIR/server=<host>/date=<YYYY-MM-DD>/<source id>_<YYYYMMDDTHH>_<lo>-<hi>.parquet``),
    one file per host and hour, rows in id order as export writes them.
 
 How a copy differs from the base, so that every copy is traffic of its own clients and
@@ -310,7 +310,7 @@ ZSTD_LEVEL = 1  # as fast as snappy here, files as small as export's
 
 def _read_base(base_dir: Path) -> Any:
     """The base rows in id order. Each file is read as a file, not as a dataset: its
-    ``host=`` directory would otherwise replace the recorded Host column."""
+    partition directories would otherwise become columns."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -403,7 +403,7 @@ class _Shard:
         self.host = host
         self.label = slice_label(slice_no)
         day = datetime.fromtimestamp(slice_no * SLICE_S, UTC).strftime("%Y-%m-%d")
-        self.dir = out / f"host={host}" / f"date={day}"
+        self.dir = out / f"server={host}" / f"date={day}"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.tmp = self.dir / f".{self.label}.tmp"
         self.writer = pq.ParquetWriter(

@@ -51,7 +51,7 @@ def export_command(
 ) -> None:
     """Write the recorded requests of closed hours as Parquet, for `audit DIR` across hosts.
 
-    Files go under DIR/host=<host>/date=<YYYY-MM-DD>/, one per database and hour, named
+    Files go under DIR/server=<host>/date=<YYYY-MM-DD>/, one per database and hour, named
     by the database's export id and the id range they hold. Running it again (from cron,
     say) writes only rows not exported yet: never a duplicate. Needs the fleet extra.
 

@@ -111,8 +111,11 @@ def test_the_hop_across_hosts_links_from_parquet_as_from_combined(
     out = tmp_path / "shards"
     export_all(three_hosts, out)
     hosts = sorted(p.name for p in out.iterdir() if p.is_dir())
-    assert hosts == ["host=web1", "host=web2", "host=web3"]
+    assert hosts == ["server=web1", "server=web2", "server=web3"]
     assert all(p.parent.name.startswith("date=") for p in out.rglob("*.parquet"))
+    # An engine that reads partitions as columns still sees the recorded Host header.
+    seen = duckdb.sql(f"select distinct host from read_parquet('{out}/**/*.parquet')").fetchall()
+    assert {h.split(":")[0] for (h,) in seen} == {"127.0.0.1"}
 
     result = run_cli("audit", str(out), "--format", "json")
     assert result.returncode == 0, result.stderr

@@ -2,10 +2,13 @@
 
 Layout (Hive-style partitions, one file per source database and slice)::
 
-    DIR/host=<host>/date=<YYYY-MM-DD>/<source id>_<YYYYMMDDTHH>_<first id>-<last id>.parquet
+    DIR/server=<host>/date=<YYYY-MM-DD>/<source id>_<YYYYMMDDTHH>_<first id>-<last id>.parquet
 
-* ``host`` is the machine that recorded (``--host``, default this machine's name), not
-  the requests' Host header, which clients choose. ``date`` is the slice's UTC date.
+* ``server`` is the machine that recorded (``--host``, default this machine's name), not
+  the requests' Host header (the ``host`` column), which clients choose: a partition
+  named ``host`` would replace that column in any engine that reads partitions as
+  columns (Spark, Trino, DuckDB by default). ``date`` is the slice's UTC date. Files
+  written under ``host=`` by an earlier version are still found.
 * A slice is one UTC hour of ``started_at``. It is *closed*, and exported, once its
   end is older than the linking window (``until - window``): hops that start in it
   have had time to be followed and recorded.
@@ -128,7 +131,7 @@ def source_id(db_path: Path) -> str:
 def exported_up_to(out_dir: Path, source: str) -> dict[str, int]:
     """Per slice label, the highest id of ``source`` already in ``out_dir``."""
     done: dict[str, int] = {}
-    for path in out_dir.glob(f"host=*/date=*/{source}_*.parquet"):
+    for path in out_dir.glob(f"*=*/date=*/{source}_*.parquet"):
         match = SHARD_NAME.match(path.name)
         if match:
             label, hi = match["slice"], int(match["hi"])
@@ -218,7 +221,7 @@ class _SliceFile:
     ) -> None:
         self.label = slice_label(slice_no)
         day = datetime.fromtimestamp(slice_no * SLICE_S, UTC).strftime("%Y-%m-%d")
-        self.dir = out / f"host={host}" / f"date={day}"
+        self.dir = out / f"server={host}" / f"date={day}"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.source = source
         self.tmp = self.dir / f".{source}_{self.label}.{os.getpid()}.tmp"

@@ -33,7 +33,7 @@ from auditor.analysis.rules._subset import RESPONSE_ROWS_SQL
 from auditor.analysis.templates import infer_templates
 from auditor.redirects import client_family
 
-DEFAULT_MAX_ROWS = 3_000_000  # rows the audit reads, before clients are sampled
+DEFAULT_MAX_ROWS = 1_000_000  # rows the audit reads (about 2 KB of memory each) before it samples
 DEFAULT_PER_PLACE = 5  # responses audited per place, client family and target, at least
 MAX_CHAIN_STEPS = 8  # hops a kept chain is followed, each way
 
@@ -105,9 +105,12 @@ def select_rows(
         ),
     )
 
+    # Linking's candidates: (client key, path and query) is some redirect's target. As
+    # hashes: a collision only keeps a row that linking then leaves alone.
     con.execute(
         f"""create temp table link_targets as
-            select distinct client_key, {target_path_sql("location_url")} as path from shards
+            select distinct hash(client_key, {target_path_sql("location_url")}) as unit
+            from shards
             where status between 300 and 399 and status != 304
               and location_url is not null and client_key is not null"""
     )
@@ -131,8 +134,7 @@ def select_rows(
             left join path_templates_in t on t.path = q.path
             left join agent_families f on f.user_agent is not distinct from q.user_agent
             where {RESPONSE_SQL}
-               or exists (select 1 from link_targets lt
-                          where lt.client_key = q.client_key and lt.path = {PATH_SQL})"""
+               or hash(q.client_key, {PATH_SQL}) in (select unit from link_targets)"""
     )
     con.execute(
         """insert into reduced
