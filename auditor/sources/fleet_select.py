@@ -129,6 +129,9 @@ def select_rows(
                          and q.location_url is not null
                         then hash(q.client_key, {target_path_sql("q.location_url")})
                    end as as_redirect,
+                   case when q.status between 300 and 399 and q.status != 304
+                        then hash(q.method, q.url, q.status, q.location_url)
+                   end as edge,
                    false as always
             from shards q
             left join path_templates_in t on t.path = q.path
@@ -138,7 +141,8 @@ def select_rows(
     )
     con.execute(
         """insert into reduced
-           select first.fh, first.id, first.started_at, null, null, null, null, true from (
+           select first.fh, first.id, first.started_at, null, null, null, null, null, true
+           from (
              select arg_min({'fh': hash(filename), 'id': id, 'started_at': started_at},
                             started_at) as first
              from shards where host is not null group by host)"""
@@ -153,27 +157,48 @@ def select_rows(
     # (as_redirect) and the requests to it (as_follow_up). Linking pairs within a unit
     # only, so a unit kept whole links as in the whole traffic. Units joined by a
     # redirect (a follow-up that redirects again) are kept together: chains stay whole.
+    # The smallest units first (a client behind a shared address may have thousands of
+    # hops to one path), then in hash order.
     chosen.sampled = True
     con.execute(
+        """create temp table unit_rows as
+           select unit, count(*) as n from (
+             select as_follow_up as unit from reduced
+             union all select as_redirect from reduced where as_redirect is not null)
+           group by unit"""
+    )
+    con.execute(
         f"""create temp table units as
-            select distinct coalesce(as_redirect, as_follow_up) as unit from (
-              select as_redirect, as_follow_up,
-                     row_number() over (partition by stratum order by hash(as_follow_up),
-                                        started_at) as nth,
-                     started_at = min(started_at) over (partition by place)
-                       or started_at = max(started_at) over (partition by place) as edge
-              from reduced where stratum is not null)
+            select distinct unit from (
+              select r.unit,
+                     row_number() over (partition by r.stratum
+                                        order by u.n, hash(r.unit), r.started_at) as nth,
+                     r.started_at = min(r.started_at) over (partition by r.place)
+                       or r.started_at = max(r.started_at) over (partition by r.place) as edge
+              from (select coalesce(as_redirect, as_follow_up) as unit, stratum, place,
+                           started_at
+                    from reduced where stratum is not null) r
+              join unit_rows u on u.unit = r.unit)
             where nth <= {int(per_place)} or edge"""
+    )
+    # Every distinct redirect (method, URL, status, Location) once: the static graph's
+    # chains and loops run through concrete URLs.
+    con.execute(
+        """insert into units
+           select distinct unit from (
+             select r.unit, row_number() over (partition by r.edge
+                                               order by u.n, hash(r.unit)) as nth
+             from (select as_redirect as unit, edge from reduced
+                   where edge is not null and as_redirect is not null) r
+             join unit_rows u on u.unit = r.unit)
+           where nth = 1 and unit not in (select unit from units)"""
     )
     for _ in range(MAX_CHAIN_STEPS):
         added = con.execute(
             """insert into units
                select distinct u from (
                  select as_redirect as u from reduced
-                 where as_redirect is not null and as_follow_up in (select unit from units)
-                 union
-                 select as_follow_up from reduced
-                 where as_redirect in (select unit from units))
+                 where as_redirect is not null and as_follow_up in (select unit from units))
                where u not in (select unit from units)"""
         ).fetchone()[0]
         if not added:
