@@ -92,7 +92,7 @@ def export_all(dbs: list[Path], out: Path, until: str = LATER) -> list[str]:
 
 def parquet_rows(out: Path) -> list[tuple[Any, ...]]:
     return duckdb.sql(
-        f"select id, started_at, worker_id, url from read_parquet('{out}/**/*.parquet', "
+        f"select id, started_at, worker_id, url from read_parquet('{out}/server=*/**/*.parquet', "
         "hive_partitioning = false) order by all"
     ).fetchall()
 
@@ -110,11 +110,13 @@ def test_the_hop_across_hosts_links_from_parquet_as_from_combined(
 ) -> None:
     out = tmp_path / "shards"
     export_all(three_hosts, out)
-    hosts = sorted(p.name for p in out.iterdir() if p.is_dir())
+    hosts = sorted(p.name for p in out.iterdir() if p.is_dir() and p.name[0] != "_")
     assert hosts == ["server=web1", "server=web2", "server=web3"]
-    assert all(p.parent.name.startswith("date=") for p in out.rglob("*.parquet"))
+    assert all(p.parent.name.startswith("date=") for p in out.glob("server=*/**/*.parquet"))
     # An engine that reads partitions as columns still sees the recorded Host header.
-    seen = duckdb.sql(f"select distinct host from read_parquet('{out}/**/*.parquet')").fetchall()
+    seen = duckdb.sql(
+        f"select distinct host from read_parquet('{out}/server=*/**/*.parquet')"
+    ).fetchall()
     assert {h.split(":")[0] for (h,) in seen} == {"127.0.0.1"}
 
     result = run_cli("audit", str(out), "--format", "json")
@@ -141,6 +143,15 @@ def test_the_hop_across_hosts_links_from_parquet_as_from_combined(
     # host), and counts every row.
     total = sum(map(count_rows, three_hosts))
     assert count_rows(report) < count_rows(combined) == total
+    # Each host's recorder_stats crossed over too: rows written, and the framework.
+    stats = sorted((out / "_recorder_stats").glob("*.parquet"))
+    assert len(stats) == 3
+    with closing(sqlite3.connect(report)) as conn:
+        workers = conn.execute("select worker_id, rows_written, framework from recorder_stats")
+        rows = workers.fetchall()
+    assert {w.split("/")[0] for w, _, _ in rows} == {"web1", "web2", "web3"}
+    assert sum(n or 0 for _, n, _ in rows) == total
+    assert {f for _, _, f in rows} == {"starlette"}
     assert f"{total:,} request(s) from" in audited.stderr
     assert json.loads(audited.stdout)["databases"][0]["rows_scanned"] == total
 
@@ -178,7 +189,7 @@ def test_a_corrupt_or_missing_shard_is_one_line_and_exit_2(
 ) -> None:
     out = tmp_path / "shards"
     export_all(three_hosts, out)
-    shard = sorted(out.rglob("*.parquet"))[0]
+    shard = sorted(out.glob("server=*/**/*.parquet"))[0]
     shard.write_bytes(b"PAR1 not really parquet")
     result = run_cli("audit", str(out))
     assert result.returncode == 2
@@ -213,3 +224,19 @@ def test_without_duckdb_fleet_commands_say_what_to_install(
 def test_a_host_name_is_one_path_segment() -> None:
     assert safe_host("../../etc") == "_.._etc"
     assert "/" not in safe_host("a/b") and safe_host("") == "unknown"
+
+
+def test_rows_a_host_lost_are_counted_by_the_fleet_audit(
+    three_hosts: list[Path], tmp_path: Path
+) -> None:
+    copy = tmp_path / "web1.db"
+    with closing(sqlite3.connect(three_hosts[0])) as source, closing(sqlite3.connect(copy)) as to:
+        source.backup(to)  # with what is still in the WAL
+    with closing(sqlite3.connect(copy)) as conn, conn:  # as a full queue would have left it
+        conn.execute("update recorder_stats set dropped_queue_full = 7")
+    out = tmp_path / "shards"
+    export_all([copy, *three_hosts[1:]], out)
+    result = run_cli("audit", str(out), "--format", "json")
+    assert result.returncode == 0, result.stderr
+    (database,) = json.loads(result.stdout)["databases"]
+    assert database["rows_dropped"] == 7

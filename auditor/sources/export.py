@@ -24,6 +24,10 @@ Layout (Hive-style partitions, one file per source database and slice)::
   is written under a temporary name and renamed when complete; exports of one
   database into one ``DIR`` take a lock, so two at once never write the same rows.
 
+Each export also replaces ``DIR/_recorder_stats/<source id>.parquet`` with the
+database's ``recorder_stats`` (rows written and dropped per worker, the framework), so
+the fleet audit counts what the hosts lost and names the framework in its fixes.
+
 Rows are copied as stored (privacy as in the database: client keys, no raw IP unless
 the recorder stored one); linking output (``follow_up_of``, ``link_confidence``) is
 not copied, since the fleet audit links again across hosts.
@@ -48,6 +52,7 @@ from auditor.record.rows import LINKING_COLUMNS
 from auditor.schema import (
     BUSY_TIMEOUT_MS,
     META_TABLE,
+    RECORDER_STATS_COLUMNS,
     REQUEST_COLUMNS,
     SchemaError,
     check_traffic_db,
@@ -55,6 +60,9 @@ from auditor.schema import (
 )
 
 SLICE_S = 3600  # one file per source database and UTC hour
+# Each database's recorder_stats, beside the partitions: Spark and Hive skip names
+# that start with "_", and so does ``fleet.find_shards``.
+STATS_DIR = "_recorder_stats"
 DEFAULT_WINDOW_S = 30.0  # the audit's default link window
 BATCH_ROWS = 50_000
 EXPORT_ID_KEY = "export_id"
@@ -210,7 +218,41 @@ def export(
             for sink in writers.values():
                 sink.abandon()
             raise
+        _write_stats(db, out, result.source_id, partition_host, pa, pq)
     return result
+
+
+def _write_stats(db: Path, out: Path, source: str, host: str, pa: Any, pq: Any) -> None:
+    """The database's ``recorder_stats`` now (rows written, dropped, the framework), as
+    ``DIR/_recorder_stats/<source id>.parquet``, replaced whole on every export."""
+    conn = connect_read_only(db)
+    try:
+        names = [r[1] for r in conn.execute("pragma table_info(recorder_stats)")]
+        rows = conn.execute("select * from recorder_stats order by worker_id").fetchall()
+    except sqlite3.DatabaseError as exc:
+        raise SchemaError(f"{db}: cannot read its recorder_stats ({exc})") from None
+    finally:
+        conn.close()
+    columns = [c for c in RECORDER_STATS_COLUMNS if c in names]
+    kinds = {int: pa.int64(), float: pa.float64(), str: pa.string()}
+    table = pa.table(
+        {
+            "server": pa.array([host] * len(rows), pa.string()),
+            "source_id": pa.array([source] * len(rows), pa.string()),
+            **{
+                c: pa.array([row[names.index(c)] for row in rows], kinds[RECORDER_STATS_COLUMNS[c]])
+                for c in columns
+            },
+        }
+    )
+    folder = out / STATS_DIR
+    folder.mkdir(exist_ok=True)
+    tmp = folder / f".{source}.{os.getpid()}.tmp"
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, folder / f"{source}.parquet")
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 class _SliceFile:

@@ -26,13 +26,14 @@ from auditor.analysis.sampled import SAMPLED_PLACES, TRAFFIC_REDIRECTS, TRAFFIC_
 from auditor.record.rows import INSERT_SQL, ROW_COLUMNS
 from auditor.schema import (
     META_TABLE,
+    RECORDER_STATS_COLUMNS,
     SchemaError,
     check_traffic_db,
     connect_read_only,
     create_private_file,
     ensure_schema,
 )
-from auditor.sources.export import SHARD_NAME, require_fleet
+from auditor.sources.export import SHARD_NAME, STATS_DIR, require_fleet
 from auditor.sources.fleet_select import (
     DEFAULT_MAX_ROWS,
     DEFAULT_PER_PLACE,
@@ -60,15 +61,49 @@ def is_fleet_source(arg: str | Path) -> bool:
 
 def default_report(source: str | Path) -> Path:
     """``DIR/report.db`` for a directory; for a glob, in its last directory without one."""
-    path = Path(source)
+    return _static_root(Path(source)) / REPORT_NAME
+
+
+def _static_root(path: Path) -> Path:
+    """A directory itself; for a glob (or a file), its last directory with no pattern."""
     if path.is_dir():
-        return path / REPORT_NAME
+        return path
     parts: list[str] = []
     for part in path.parent.parts:
         if any(c in _GLOB_CHARS for c in part):
             break
         parts.append(part)
-    return Path(*parts) / REPORT_NAME if parts else Path(REPORT_NAME)
+    return Path(*parts) if parts else Path(".")
+
+
+def _hidden(path: Path, root: Path) -> bool:
+    """Under a name that starts with "_" or "." below ``root`` (Hive's convention):
+    ``_recorder_stats``, temporary files."""
+    try:
+        parts = path.relative_to(root).parts
+    except ValueError:
+        parts = path.parts
+    return any(part[:1] in ("_", ".") for part in parts)
+
+
+def recorder_stats(con: Any, duckdb: Any, source: str | Path) -> list[tuple[Any, ...]]:
+    """Every exported database's ``recorder_stats`` rows under ``source``'s root, as
+    ``RECORDER_STATS_COLUMNS`` values, each worker named by its server and database."""
+    files = sorted(str(p) for p in (_static_root(Path(source)) / STATS_DIR).glob("*.parquet"))
+    if not files:
+        return []
+    try:
+        con.read_parquet(files, union_by_name=True).create_view("stats_in")
+        names = {r[0] for r in con.execute("describe stats_in").fetchall()}
+        values = [
+            "server || '/' || source_id || ':' || worker_id"
+            if c == "worker_id"
+            else (f'"{c}"' if c in names else "null")
+            for c in RECORDER_STATS_COLUMNS
+        ]
+        return list(con.execute(f"select {', '.join(values)} from stats_in").fetchall())
+    except duckdb.Error as exc:
+        raise SchemaError(f"{files[0]}: recorder stats unreadable ({_first_line(exc)})") from None
 
 
 def find_shards(source: str | Path) -> list[Path]:
@@ -77,15 +112,22 @@ def find_shards(source: str | Path) -> list[Path]:
     text = str(source)
     path = Path(text)
     if path.is_dir():
-        shards = sorted(p for p in path.rglob("*.parquet") if p.is_file())
+        shards = sorted(p for p in path.rglob("*.parquet") if p.is_file() and not _hidden(p, path))
     elif path.is_file():
         shards = [path]
     elif any(c in _GLOB_CHARS for c in text):
         shards = []
+        root = _static_root(path)
         for match in sorted(glob.glob(text, recursive=True)):
             found = Path(match)
+            if _hidden(found, root):
+                continue
             if found.is_dir():
-                shards.extend(sorted(p for p in found.rglob("*.parquet") if p.is_file()))
+                shards.extend(
+                    sorted(
+                        p for p in found.rglob("*.parquet") if p.is_file() and not _hidden(p, root)
+                    )
+                )
             elif found.suffix == ".parquet":
                 shards.append(found)
     else:
@@ -156,6 +198,7 @@ def load_shards(
             )
             shard_rows.create_view("shards")
             selection = select_rows(con, max_rows=max_rows, per_place=per_place)
+            stats = recorder_stats(con, duckdb, source)
             select = ", ".join(_column_or_null(c, all_names) for c in ROW_COLUMNS)
             cursor = con.execute(
                 f"""select {select} from shards q
@@ -165,7 +208,7 @@ def load_shards(
             for suffix in ("", "-wal", "-shm", "-journal"):
                 Path(f"{tmp}{suffix}").unlink(missing_ok=True)
             create_private_file(tmp)
-            _write_report(tmp, cursor, selection, progress)
+            _write_report(tmp, cursor, selection, stats, progress)
         except duckdb.Error as exc:
             raise SchemaError(f"reading the shards failed: {_first_line(exc)}") from None
         for suffix in ("-wal", "-shm", "-journal"):  # an old report's, never the new one's
@@ -195,8 +238,15 @@ def _shard_columns(con: Any, duckdb: Any, shard: Path) -> set[str]:
     return names
 
 
-def _write_report(path: Path, cursor: Any, selection: Selection, progress: Progress | None) -> None:
-    """The selected rows, then the templates, totals and sampled places beside them."""
+def _write_report(
+    path: Path,
+    cursor: Any,
+    selection: Selection,
+    stats: list[tuple[Any, ...]],
+    progress: Progress | None,
+) -> None:
+    """The selected rows, then the recorders' stats, the templates, totals and sampled
+    places beside them."""
     conn = sqlite3.connect(path)
     try:
         ensure_schema(conn)
@@ -219,6 +269,13 @@ def _write_report(path: Path, cursor: Any, selection: Selection, progress: Progr
                 f"insert or replace into {META_TABLE} (key, value) values (?, ?)",
                 meta.items(),
             )
+            if stats:
+                columns = ", ".join(RECORDER_STATS_COLUMNS)
+                conn.executemany(
+                    f"insert or replace into recorder_stats ({columns}) "
+                    f"values ({', '.join('?' for _ in RECORDER_STATS_COLUMNS)})",
+                    stats,
+                )
             conn.execute(
                 f"create table {PATH_TEMPLATES} (path text primary key, template text not null)"
             )
