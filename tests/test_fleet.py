@@ -163,6 +163,10 @@ def test_exporting_again_adds_no_duplicate_rows(three_hosts: list[Path], tmp_pat
     export_all(three_hosts, out)
     first = parquet_rows(out)
     files = sorted(out.rglob("*.parquet"))
+    # A later run reads from past the newest exported row, not the whole table.
+    states = sorted((out / "_export_state").glob("*.json"))
+    resume = sorted(json.loads(p.read_text())["resume_id"] for p in states)
+    assert resume == sorted(count_rows(db) + 1 for db in three_hosts)
     again = export_all(three_hosts, out)
     assert all(" 0 new request(s) in 0 file(s)" in line for line in again)
     assert parquet_rows(out) == first and sorted(out.rglob("*.parquet")) == files

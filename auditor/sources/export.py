@@ -24,7 +24,10 @@ Layout (Hive-style partitions, one file per source database and slice)::
   is written under a temporary name and renamed when complete; exports of one
   database into one ``DIR`` take a lock, so two at once never write the same rows.
 
-Each export also replaces ``DIR/_recorder_stats/<source id>.parquet`` with the
+A run scans from the id the last run noted in ``DIR/_export_state/<source id>.json``
+(the first row of a slice still open then, else past the newest row): from cron, it
+reads the new rows, not the table. Each export also replaces
+``DIR/_recorder_stats/<source id>.parquet`` with the
 database's ``recorder_stats`` (rows written and dropped per worker, the framework), so
 the fleet audit counts what the hosts lost and names the framework in its fixes.
 
@@ -36,6 +39,7 @@ not copied, since the fleet audit links again across hosts.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import re
 import socket
@@ -63,6 +67,9 @@ SLICE_S = 3600  # one file per source database and UTC hour
 # Each database's recorder_stats, beside the partitions: Spark and Hive skip names
 # that start with "_", and so does ``fleet.find_shards``.
 STATS_DIR = "_recorder_stats"
+# Per database, the id its next export scans from (rows below are all exported), so a
+# run from cron reads the new rows, not the whole table.
+STATE_DIR = "_export_state"
 DEFAULT_WINDOW_S = 30.0  # the audit's default link window
 BATCH_ROWS = 50_000
 EXPORT_ID_KEY = "export_id"
@@ -187,9 +194,10 @@ def export(
     with open(lock_path, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         done = exported_up_to(out, result.source_id)
+        resume = [_resume_id(out, result.source_id) if done else 0]
         writers: dict[int, _SliceFile] = {}
         try:
-            for batch in _new_rows(db, done, closed_slice):
+            for batch in _new_rows(db, done, closed_slice, resume):
                 try:
                     records = pa.record_batch(list(zip(*batch, strict=True)), schema=schema)
                 except (pa.ArrowException, TypeError, ValueError) as exc:
@@ -219,7 +227,25 @@ def export(
                 sink.abandon()
             raise
         _write_stats(db, out, result.source_id, partition_host, pa, pq)
+        _save_resume_id(out, result.source_id, resume[0])
     return result
+
+
+def _resume_id(out: Path, source: str) -> int:
+    """Where the last export of ``source`` into ``out`` said the next one may start
+    (0, a full scan, when it said nothing readable)."""
+    try:
+        return int(json.loads((out / STATE_DIR / f"{source}.json").read_text())["resume_id"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
+def _save_resume_id(out: Path, source: str, value: int) -> None:
+    folder = out / STATE_DIR
+    folder.mkdir(exist_ok=True)
+    tmp = folder / f".{source}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps({"resume_id": value}))
+    os.replace(tmp, folder / f"{source}.json")
 
 
 def _write_stats(db: Path, out: Path, source: str, host: str, pa: Any, pq: Any) -> None:
@@ -289,8 +315,15 @@ class _SliceFile:
             self.tmp.unlink(missing_ok=True)
 
 
-def _new_rows(db: Path, done: dict[str, int], closed_slice: int) -> Iterator[list[tuple[Any, ...]]]:
-    """Rows of closed slices above each slice's exported id, in id order, in batches."""
+def _new_rows(
+    db: Path, done: dict[str, int], closed_slice: int, resume: list[int]
+) -> Iterator[list[tuple[Any, ...]]]:
+    """Rows of closed slices above each slice's exported id, in id order, in batches.
+
+    ``resume`` holds the id the scan starts at (every row below it is exported); it is
+    set to the next run's: the first row of a slice still open, else past the newest
+    row (one read snapshot: a row committed meanwhile has a higher id).
+    """
     conn = connect_read_only(db)
     try:
         conn.execute("create temp table exported (slice integer primary key, max_id integer)")
@@ -305,14 +338,22 @@ def _new_rows(db: Path, done: dict[str, int], closed_slice: int) -> Iterator[lis
                 for label, hi in done.items()
             ],
         )
+        conn.commit()
+        conn.execute("begin")
+        start, boundary = resume[0], closed_slice * SLICE_S
+        newest = conn.execute("select coalesce(max(id), 0) from requests").fetchone()[0]
+        still_open = conn.execute(
+            "select min(id) from requests where id >= ? and started_at >= ?", (start, boundary)
+        ).fetchone()[0]
+        resume[0] = newest + 1 if still_open is None else still_open
         columns = ", ".join(f"r.{c}" for c in EXPORT_COLUMNS)
         cursor = conn.execute(
             f"""select {columns}
                 from requests r
                 left join temp.exported e on e.slice = cast(r.started_at / {SLICE_S} as integer)
-                where r.started_at < ? and r.id > coalesce(e.max_id, 0)
+                where r.id >= ? and r.started_at < ? and r.id > coalesce(e.max_id, 0)
                 order by r.id""",
-            (closed_slice * SLICE_S,),
+            (start, boundary),
         )
         while batch := cursor.fetchmany(BATCH_ROWS):
             yield batch
