@@ -51,11 +51,11 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from auditor.sources.export import SLICE_S, slice_label
+from auditor.sources.export import SLICE_S, SliceFile
+from auditor.sources.fleet import find_shards
 
 COPY_OFFSET_S = 0.001  # copy k starts k * this after the base
 # Per-client and per-connection columns: a copy suffix makes each copy's clients its own.
@@ -219,7 +219,7 @@ def export_base(base: Base, out: Path) -> Export:
     )
     if run.returncode != 0:
         raise SystemExit(f"export failed (exit {run.returncode}): {run.stderr.strip()}")
-    files = sorted(out.rglob("*.parquet"))
+    files = find_shards(out)
     rows = _count_rows(files)
     if rows != base.requests:
         raise SystemExit(f"export wrote {rows} rows of {base.requests}")
@@ -275,7 +275,7 @@ def replicate(base_dir: Path, out: Path, copies: int, hosts: int, *, threads: in
     out.mkdir(parents=True)
     began = time.perf_counter()
     base = _read_base(base_dir)
-    shards: dict[int, _Shard] = {}  # slice * hosts + host -> its open file
+    shards: dict[int, SliceFile] = {}  # slice * hosts + host -> its open file
     step = max(1, CHUNK_ROWS // copies)  # base rows per chunk
     try:
         with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
@@ -314,7 +314,7 @@ def _read_base(base_dir: Path) -> Any:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    tables = [pq.ParquetFile(p).read() for p in sorted(base_dir.rglob("*.parquet"))]
+    tables = [pq.ParquetFile(p).read() for p in find_shards(base_dir)]
     if not tables:
         raise SystemExit(f"{base_dir}: no Parquet files")
     return pa.concat_tables(tables, promote_options="default").sort_by("id")
@@ -379,57 +379,23 @@ def _prepare(chunk: Any, copies: int, hosts: int) -> list[tuple[int, Any]]:
     return out
 
 
-def _write_run(run: tuple[int, Any], out: Path, hosts: int, shards: dict[int, _Shard]) -> None:
+def _write_run(run: tuple[int, Any], out: Path, hosts: int, shards: dict[int, SliceFile]) -> None:
     import pyarrow.compute as pc
+    import pyarrow.parquet as pq
 
     key, rows = run
+    host = host_name(key % hosts)
     shard = shards.get(key)
     if shard is None:  # keys are distinct within a chunk: one thread per shard at a time
-        shard = shards[key] = _Shard(out, host_name(key % hosts), key // hosts, rows.schema)
+        shard = shards[key] = SliceFile(
+            out, host, source_id(host), key // hosts, rows.schema, pq, ZSTD_LEVEL
+        )
     index = rows.schema.get_field_index("worker_id")
     if index >= 0:  # each host's workers are its own
-        worker = pc.binary_join_element_wise(shard.host, rows.column(index), "/")
+        worker = pc.binary_join_element_wise(host, rows.column(index), "/")
         rows = rows.set_column(index, "worker_id", worker)
-    shard.write(rows)
-
-
-class _Shard:
-    """One host's file of one hour, written under a temporary name, renamed when closed
-    to export's name for it (the id range is known only then)."""
-
-    def __init__(self, out: Path, host: str, slice_no: int, schema: Any) -> None:
-        import pyarrow.parquet as pq
-
-        self.host = host
-        self.label = slice_label(slice_no)
-        day = datetime.fromtimestamp(slice_no * SLICE_S, UTC).strftime("%Y-%m-%d")
-        self.dir = out / f"server={host}" / f"date={day}"
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.dir / f".{self.label}.tmp"
-        self.writer = pq.ParquetWriter(
-            self.tmp, schema, compression="zstd", compression_level=ZSTD_LEVEL
-        )
-        self.lo = self.hi = 0
-        self.rows = 0
-
-    def write(self, rows: Any) -> None:
-        ids = rows.column("id")
-        self.lo = self.lo or ids[0].as_py()
-        self.hi = ids[-1].as_py()
-        self.rows += rows.num_rows
-        self.writer.write_table(rows)
-
-    def close(self) -> Path:
-        self.writer.close()
-        final = self.dir / f"{source_id(self.host)}_{self.label}_{self.lo}-{self.hi}.parquet"
-        os.replace(self.tmp, final)
-        return final
-
-    def abandon(self) -> None:
-        try:
-            self.writer.close()
-        finally:
-            self.tmp.unlink(missing_ok=True)
+    ids = rows.column("id")
+    shard.write(rows, ids[0].as_py(), ids[-1].as_py())
 
 
 def unfollowed_hits(base_dir: Path) -> dict[str, dict[str, int]]:
@@ -445,7 +411,7 @@ def unfollowed_hits(base_dir: Path) -> dict[str, dict[str, int]]:
         found = con.execute(
             "select route, user_agent, count(*) from read_parquet(?, hive_partitioning = false) "
             "where method = 'POST' and status = 307 group by all",
-            [str(base_dir / "**" / "*.parquet")],
+            [[str(p) for p in find_shards(base_dir)]],
         ).fetchall()
     finally:
         con.close()
@@ -486,6 +452,6 @@ def check_shards(out: Path) -> None:
     """Every file under ``out`` named as ``export`` names it (fails loudly otherwise)."""
     from auditor.sources.export import SHARD_NAME
 
-    bad = [p for p in out.rglob("*.parquet") if not SHARD_NAME.match(p.name)]
+    bad = [p for p in find_shards(out) if not SHARD_NAME.match(p.name)]
     if bad:
         raise SystemExit(f"{bad[0]}: not a shard name export would write")

@@ -195,7 +195,7 @@ def export(
         fcntl.flock(lock, fcntl.LOCK_EX)
         done = exported_up_to(out, result.source_id)
         resume = [_resume_id(out, result.source_id) if done else 0]
-        writers: dict[int, _SliceFile] = {}
+        writers: dict[int, SliceFile] = {}
         try:
             for batch in _new_rows(db, done, closed_slice, resume):
                 try:
@@ -212,7 +212,7 @@ def export(
                     part = records.filter(pc.equal(slices, slice_no))
                     sink = writers.get(slice_no)
                     if sink is None:
-                        sink = writers[slice_no] = _SliceFile(
+                        sink = writers[slice_no] = SliceFile(
                             out, partition_host, result.source_id, slice_no, schema, pq
                         )
                     ids = part.column("id")
@@ -281,11 +281,19 @@ def _write_stats(db: Path, out: Path, source: str, host: str, pa: Any, pq: Any) 
         tmp.unlink(missing_ok=True)
 
 
-class _SliceFile:
-    """One slice's new rows, written under a temporary name, renamed when complete."""
+class SliceFile:
+    """One slice's new rows of one database, in export's layout, written under a
+    temporary name and renamed when complete (the id range is known only then)."""
 
     def __init__(
-        self, out: Path, host: str, source: str, slice_no: int, schema: Any, pq: Any
+        self,
+        out: Path,
+        host: str,
+        source: str,
+        slice_no: int,
+        schema: Any,
+        pq: Any,
+        compression_level: int | None = None,
     ) -> None:
         self.label = slice_label(slice_no)
         day = datetime.fromtimestamp(slice_no * SLICE_S, UTC).strftime("%Y-%m-%d")
@@ -293,14 +301,19 @@ class _SliceFile:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.source = source
         self.tmp = self.dir / f".{source}_{self.label}.{os.getpid()}.tmp"
-        self.writer = pq.ParquetWriter(self.tmp, schema, compression="zstd")
+        self.writer = pq.ParquetWriter(
+            self.tmp, schema, compression="zstd", compression_level=compression_level
+        )
         self.lo: int | None = None
         self.hi = 0
+        self.rows = 0
 
     def write(self, batch: Any, first_id: int, last_id: int) -> None:
-        self.writer.write_batch(batch)
+        """Append a record batch or table whose ids run from ``first_id`` to ``last_id``."""
+        self.writer.write(batch)
         self.lo = first_id if self.lo is None else self.lo
         self.hi = last_id
+        self.rows += batch.num_rows
 
     def close(self) -> Path:
         self.writer.close()
