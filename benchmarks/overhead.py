@@ -12,7 +12,9 @@ servers stopped (lifespan shutdown flushes), rows written against requests serve
 redirects served). On these VMs throughput follows CPU, so CPU per request is the figure.
 
 Usage: ``python -m benchmarks.overhead [--rounds 3] [--duration 6] [--variants a,b] [--json OUT]``
-Installs ``wrk`` with apt-get when missing (as root).
+``--baseline DIR`` (a checkout of another commit, e.g. ``git worktree add /tmp/base HEAD~1``)
+also runs each of the recorder's variants from that code, as ``VARIANT@base``, in the same
+rounds: an A/B in one run. Installs ``wrk`` with apt-get when missing (as root).
 """
 
 from __future__ import annotations
@@ -163,17 +165,24 @@ def pinned(cpu: str, cmd: list[str]) -> list[str]:
     return ["taskset", "-c", cpu, *cmd] if shutil.which("taskset") and cpu else cmd
 
 
+BASE_SUFFIX = "@base"
+
+
 @contextlib.contextmanager
-def server(variant: str, db: Path, log: Path, cpu: str) -> Iterator[tuple[int, int]]:
-    """A uvicorn subprocess serving one variant; stopped with SIGINT (lifespan shutdown)."""
+def server(
+    variant: str, db: Path, log: Path, cpu: str, root: Path = ROOT
+) -> Iterator[tuple[int, int]]:
+    """A uvicorn subprocess serving one variant (``VARIANT@base``: the code in ``root``);
+    stopped with SIGINT (lifespan shutdown)."""
     port = free_port()
-    cmd = [sys.executable, "-m", "uvicorn", f"benchmarks.apps:{apps.FACTORIES[variant]}"]
+    factory = apps.FACTORIES[variant.removesuffix(BASE_SUFFIX)]
+    cmd = [sys.executable, "-m", "uvicorn", f"benchmarks.apps:{factory}"]
     cmd += ["--factory", "--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop"]
     cmd += ["--http", "httptools", "--no-access-log", "--log-level", "warning"]
     cmd += ["--lifespan", "on"]
-    env = {**os.environ, apps.DB_ENV: str(db), "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, apps.DB_ENV: str(db), "PYTHONPATH": str(root)}
     with log.open("ab") as out:
-        proc = subprocess.Popen(pinned(cpu, cmd), cwd=ROOT, env=env, stdout=out, stderr=out)
+        proc = subprocess.Popen(pinned(cpu, cmd), cwd=root, env=env, stdout=out, stderr=out)
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -210,6 +219,7 @@ class Run:
 def check_rows(variant: str, db: Path, served: int, slack: int) -> str:
     """Rows written against requests served (wrk may stop with one request per
     connection answered but not counted)."""
+    variant = variant.removesuffix(BASE_SUFFIX)
     if variant in ("bare", "noop"):
         return ""
     conn = sqlite3.connect(db)
@@ -246,10 +256,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server-cpu", default="0")
     parser.add_argument("--wrk-cpu", default="1")
     parser.add_argument("--json", type=Path, metavar="OUT")
+    parser.add_argument(
+        "--baseline", type=Path, metavar="DIR", help="also run the recorder from this checkout"
+    )
     args = parser.parse_args(argv)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     if variants[0] != "bare":
         variants.insert(0, "bare")
+    if args.baseline:
+        recorders = [v for v in variants if v.startswith("recorder")]
+        variants += [v + BASE_SUFFIX for v in recorders]
     wrk = ensure_wrk()
     tmp = Path(tempfile.mkdtemp(prefix="overhead-"))
     script = tmp / "mix.lua"
@@ -264,7 +280,15 @@ def main(argv: list[str] | None = None) -> int:
     checks: dict[str, str] = {}
     with contextlib.ExitStack() as stack:
         servers = {
-            v: stack.enter_context(server(v, tmp / f"{i}.db", tmp / "uvicorn.log", args.server_cpu))
+            v: stack.enter_context(
+                server(
+                    v,
+                    tmp / f"{i}.db",
+                    tmp / "uvicorn.log",
+                    args.server_cpu,
+                    args.baseline.resolve() if v.endswith(BASE_SUFFIX) else ROOT,
+                )
+            )
             for i, v in enumerate(variants)
         }
         for v, (port, pid) in servers.items():  # warm-up, not measured

@@ -53,6 +53,9 @@ SECRET_ENV = "REDIRECT_AUDITOR_SECRET"
 MAX_BATCH = 5000
 RECKON_EVERY = 1.0  # seconds between looks for killed workers' lost requests
 PRUNE_EVERY = 60.0  # seconds between retention passes when max_rows/max_age is set
+# Seconds between the thread's saves of counts alone (no rows to write: record="redirects"
+# skipping everything); ``flush`` and ``close`` save them at once.
+COUNTS_EVERY = 1.0
 _STATUS = ROW_COLUMNS.index("status")
 _STARTED = ROW_COLUMNS.index("started_at")
 _CLIENT = ROW_COLUMNS.index("client_key")
@@ -128,6 +131,7 @@ class Writer:
         self.dropped = dict.fromkeys(DROP_REASONS, 0)
         self._saved_totals: tuple[int, ...] = (0,) * (2 + len(DROP_REASONS))
         self._saved_framework: str | None = None
+        self._counts_due = 0.0  # monotonic time the thread may next save counts alone
         # Written only by the event loop (submit); the writer folds in what is new since
         # it last looked, so no increment is lost between a read and a reset.
         self.dropped_queue_full = 0
@@ -162,10 +166,6 @@ class Writer:
             self._queue.append(exchange)
         else:
             self.dropped_queue_full += 1
-
-    def skip(self) -> None:
-        """Hot path, record="redirects": a request that can never be needed, counted only."""
-        self.rows_skipped += 1
 
     def flush(self) -> None:
         """Write everything pending now."""
@@ -236,7 +236,7 @@ class Writer:
             if time.monotonic() >= next_reckon:
                 next_reckon = time.monotonic() + RECKON_EVERY
                 self._reckon()
-            self._drain()
+            self._drain(periodic=True)
             if time.monotonic() >= next_prune:
                 next_prune = time.monotonic() + PRUNE_EVERY
                 self.prune()
@@ -266,11 +266,13 @@ class Writer:
                 self.last_error = f"prune: {exc}"[:500]
                 return 0
 
-    def _drain(self) -> None:
+    def _drain(self, periodic: bool = False) -> None:
         with self._lock:
             try:
                 while True:
                     batch = [self._queue.popleft() for _ in range(min(len(self._queue), MAX_BATCH))]
+                    if not batch and periodic and time.monotonic() < self._counts_due:
+                        break  # counts alone wait a little: not a transaction per interval
                     self._write(batch)
                     if not self._queue:
                         break
@@ -346,6 +348,7 @@ class Writer:
                     restore_sidecar_modes(self.db_path)
             return
         self.rows_written += len(rows)
+        self._counts_due = time.monotonic() + COUNTS_EVERY
         self._saved_totals = totals
         self._saved_framework = framework
         if self._ledger is not None:
