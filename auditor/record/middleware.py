@@ -1,8 +1,8 @@
 """RedirectRecorder: the pure ASGI middleware. The hot path, and nothing else.
 
-On the event loop it only captures references (the scope, status, response
-headers, byte counts, two timestamps) and appends them to the writer's bounded
-queue. Decoding, URL resolution, hashing, redaction and SQLite happen in the
+On the event loop it only captures references (the scope's values, status, response
+headers, byte counts, two timestamps) and appends them, as one flat tuple, to the
+writer's bounded queue (the scope itself is let go with the request). Decoding, URL resolution, hashing, redaction and SQLite happen in the
 writer's thread (``writer.py``). With ``record="redirects"`` it also decides here
 what can never be needed (``targets.py``), as early and as cheaply as it can: a
 request that is not sampled and not an expected follow-up (decided before the app

@@ -137,7 +137,7 @@ class Writer:
         self.dropped_queue_full = 0
         self._queue_full_folded = 0
         self.last_error: str | None = None
-        self._queue: deque[CapturedExchange] = deque()
+        self._queue: deque[tuple[Any, ...]] = deque()  # to_portable's tuples
         self._limit = options.queue_size
         self._conn: sqlite3.Connection | None = None
         self._file_id: tuple[int, int] | None = None
@@ -158,12 +158,20 @@ class Writer:
         self._thread.start()
 
     def submit(self, exchange: CapturedExchange) -> None:
-        """Hot path: enqueue or count the drop. Never blocks, never raises."""
+        """Hot path: enqueue or count the drop. Never blocks, never raises.
+
+        The capture is queued as ``to_portable``'s flat tuple of references, so the
+        request's scope dict (and everything the framework hung on it) and the capture
+        object are freed as soon as the request ends. Queued whole, they kept ~8 more
+        gc-tracked objects alive per request for up to ``flush_interval``: the cyclic
+        collector then ran every ~80 requests, each time promoting the requests in
+        flight to older generations (~2.4 us a request in a uvicorn server).
+        """
         if len(self._queue) < self._limit:
             queued = self._queued
             if queued is not None:
                 queued[0] += 1  # before the append: a kill in between over-counts
-            self._queue.append(exchange)
+            self._queue.append(to_portable(exchange))
         else:
             self.dropped_queue_full += 1
 
@@ -322,7 +330,7 @@ class Writer:
         rows = []
         for item in batch:
             try:
-                rows.append(build(to_portable(item)))
+                rows.append(build(item))
             except Exception as exc:
                 self._count_drop("other", 1, exc)
         seen = self._queue_full_seen()
