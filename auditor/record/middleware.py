@@ -2,13 +2,13 @@
 
 On the event loop it only captures references (the scope's values, status, response
 headers, byte counts, two timestamps) and appends them, as one flat tuple, to the
-writer's bounded queue (the scope itself is let go with the request). Decoding, URL resolution, hashing, redaction and SQLite happen in the
-writer's thread (``writer.py``). With ``record="redirects"`` it also decides here
-what can never be needed (``targets.py``), as early and as cheaply as it can: a
-request that is not sampled and not an expected follow-up (decided before the app
-runs, with no lookup at all while no redirect was noted within the window) is only
-watched for a 3xx status; unless one comes, it is counted as skipped, never
-captured or queued.
+writer's bounded queue (the scope itself is let go with the request). Decoding, URL
+resolution, hashing, redaction and SQLite happen in the writer's thread
+(``writer.py``). With ``record="redirects"`` it also decides here what can never be
+needed (``targets.py``), as early and as cheaply as it can: a request that is not
+sampled and not an expected follow-up (decided before the app runs, with no lookup
+at all while no redirect was noted within the window) is only watched for a 3xx
+status; unless one comes, it is counted as skipped, never captured or queued.
 """
 
 from __future__ import annotations
@@ -306,13 +306,16 @@ class RedirectRecorder:
             exchange.error = exc
             raise
         finally:
-            self._submit(exchange)
+            if not exchange.ended_at:
+                exchange.ended_at = time()
+            # Let go of the server's send (its request cycle, transport and buffers).
+            exchange._send = _sent_after_return
+            self.writer.submit(exchange)
 
     def _submit(self, exchange: Exchange) -> None:
+        """``__call__``'s ``finally``, for a watched request that turned out a redirect."""
         if not exchange.ended_at:
             exchange.ended_at = time()
-        # Let go of the server's send (its request cycle, transport and buffers) now:
-        # the capture waits in the queue for up to flush_interval.
         exchange._send = _sent_after_return
         self.writer.submit(exchange)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from hashlib import blake2b
+from operator import itemgetter
 from typing import Any, Protocol
 from urllib.parse import quote, unquote
 
@@ -137,6 +138,8 @@ def route_template(scope: Any) -> str | None:
         litestar = scope.get("path_template")
         return litestar if isinstance(litestar, str) and litestar else None
     root_path = scope.get("root_path", "")
+    if not root_path:
+        return template  # not under a Mount (most requests): nothing to join
     app_root = scope.get("app_root_path", root_path)
     prefix = root_path[len(app_root) :] if root_path.startswith(app_root) else ""
     is_mount = isinstance(route, Mount)
@@ -170,6 +173,20 @@ def _mount_templates(router: Any, prefix: str) -> str | None:
     return None
 
 
+SCOPE_KEYS = (
+    "method",
+    "scheme",
+    "server",
+    "client",
+    "path",
+    "raw_path",
+    "query_string",
+    "headers",
+    "http_version",
+)
+_scope_values = itemgetter(*SCOPE_KEYS)
+
+
 def to_portable(exchange: CapturedExchange) -> tuple[Any, ...]:
     """The capture as the flat, marshal-able tuple rows are built from.
 
@@ -178,21 +195,15 @@ def to_portable(exchange: CapturedExchange) -> tuple[Any, ...]:
     template is read here, where the scope's route is.
     """
     scope = exchange.scope
-    get = scope.get
+    try:
+        values = _scope_values(scope)  # one C call: it runs on the event loop
+    except KeyError:  # a server that leaves optional keys out
+        get = scope.get
+        values = tuple(get(key) for key in SCOPE_KEYS)
     error = exchange.error
     headers = exchange.headers
     return (
-        (  # spelled out: a generator here costs the shipping thread ~1 us a request
-            get("method"),
-            get("scheme"),
-            get("server"),
-            get("client"),
-            get("path"),
-            get("raw_path"),
-            get("query_string"),
-            get("headers"),
-            get("http_version"),
-        ),
+        values,
         route_template(scope),
         exchange.started_at,
         exchange.ended_at,
@@ -220,6 +231,10 @@ class RowBuilder:
         self.trusted = trusted
         self.store_client_ip = store_client_ip
         self._keys: dict[str, str] = {}
+        # Per (address, port) tuple: the connection's keyed hash; per server tuple: its
+        # "host:port" (no string formatting per row for what repeats).
+        self._connections: dict[tuple[str, int], str] = {}
+        self._servers: dict[tuple[Any, ...], str | None] = {}
         self._urls: dict[tuple[Any, ...], tuple[str, str, str, str]] = {}
         # Secrets in URLs become markers keyed like the client hash (auditor.redaction).
         self.redactor = Redactor(self.redaction_marker, redaction)
@@ -233,6 +248,22 @@ class RowBuilder:
             digest = blake2b(value.encode("utf-8", "surrogatepass"), key=self.secret, digest_size=8)
             cached = self._keys[value] = digest.hexdigest()
         return cached
+
+    def _connection_key(self, client: Any) -> str:
+        key = self.keyed_hash(f"{client[0]}:{client[1]}")
+        if type(client) is tuple and type(client[1]) is int:
+            if len(self._connections) >= MAX_CACHE_ENTRIES:
+                self._connections.clear()
+            self._connections[client] = key
+        return key
+
+    def _server_addr(self, server: Any) -> str | None:
+        addr: str | None = f"{server[0]}:{server[1]}" if server[1] else server[0]
+        if type(server) is tuple and type(server[1]) is int:
+            if len(self._servers) >= 64:
+                self._servers.clear()
+            self._servers[server] = addr
+        return addr
 
     def redaction_marker(self, secret: str) -> str:
         """The marker a secret in a URL is replaced by: the same for the same secret."""
@@ -375,6 +406,15 @@ class RowBuilder:
             if content_length and content_length.isascii() and content_length.isdigit()
             else None
         )
+        connection_key = server_addr = None
+        if type(client) is tuple:
+            connection_key = self._connections.get(client)
+        if connection_key is None and client[0]:
+            connection_key = self._connection_key(client)
+        if type(server) is tuple:
+            server_addr = self._servers.get(server)
+        if server_addr is None:
+            server_addr = self._server_addr(server)
         transfer_encoding = req[_TRANSFER_ENCODING]
         chunked = 1 if transfer_encoding and "chunked" in transfer_encoding.lower() else 0
         if (
@@ -408,9 +448,9 @@ class RowBuilder:
                 1 if complete else 0,
                 server_scheme,
                 server_host,
-                f"{server[0]}:{server[1]}" if server[1] else server[0],
+                server_addr,
                 self.keyed_hash(client_ip) if client_ip else None,
-                self.keyed_hash(f"{client[0]}:{client[1]}") if client[0] else None,
+                connection_key,
                 req[_USER_AGENT],
                 version,
                 self.worker_id,
@@ -443,9 +483,9 @@ class RowBuilder:
             req[_FORWARDED],
             server_scheme,
             server_host,
-            f"{server[0]}:{server[1]}" if server[1] else server[0],
+            server_addr,
             self.keyed_hash(client_ip) if client_ip else None,
-            self.keyed_hash(f"{client[0]}:{client[1]}") if client[0] else None,
+            connection_key,
             client_ip if self.store_client_ip else None,
             req[_USER_AGENT],
             req[_REQUEST_ID],
