@@ -132,6 +132,14 @@ def route_template(scope: Any) -> str | None:
     Litestar gives it: the full path with parameters named, types dropped
     (``/users/{user_id}/profile-old`` for ``/users/{user_id:int}/profile-old``).
     """
+    found = route_reference(scope)
+    return mounted_template(*found) if isinstance(found, tuple) else found
+
+
+def route_reference(scope: Any) -> str | tuple[Any, ...] | None:
+    """``route_template``'s answer where it is cheap (the request is not under a
+    Mount), else the references ``mounted_template`` needs to work it out: the event
+    loop calls this, the writer finishes it (``RowBuilder.build_row``)."""
     route = scope.get("route")
     template = getattr(route, "path", None) if route is not None else None
     if not isinstance(template, str):
@@ -140,11 +148,15 @@ def route_template(scope: Any) -> str | None:
     root_path = scope.get("root_path", "")
     if not root_path:
         return template  # not under a Mount (most requests): nothing to join
-    app_root = scope.get("app_root_path", root_path)
+    return (route, template, root_path, scope.get("app_root_path", root_path), scope.get("router"))
+
+
+def mounted_template(route: Any, template: str, root_path: str, app_root: str, router: Any) -> str:
+    """The template of a route reached through Mounts (``route_template``)."""
     prefix = root_path[len(app_root) :] if root_path.startswith(app_root) else ""
     is_mount = isinstance(route, Mount)
     if prefix:
-        mounts = _mount_templates(scope.get("router"), prefix)
+        mounts = _mount_templates(router, prefix)
         if mounts is not None:
             return mounts + ("/{path:path}" if is_mount else template)
         # Unknown router layout: the concrete prefix, without repeating the mount's path.
@@ -188,11 +200,12 @@ _scope_values = itemgetter(*SCOPE_KEYS)
 
 
 def to_portable(exchange: CapturedExchange) -> tuple[Any, ...]:
-    """The capture as the flat, marshal-able tuple rows are built from.
+    """The capture as the flat tuple rows are built from (``Writer.submit`` queues it).
 
     Every capture goes through it, so ``RowBuilder`` has one input (probe hops, HAR
-    import and tests build from it too). Route objects do not travel: the
-    template is read here, where the scope's route is.
+    import and tests build from it too). The route template is read here, where the
+    scope's route is; under a Mount, its references travel and the writer finishes it
+    (``route_reference``): joining mount templates is no work for the event loop.
     """
     scope = exchange.scope
     try:
@@ -204,7 +217,7 @@ def to_portable(exchange: CapturedExchange) -> tuple[Any, ...]:
     headers = exchange.headers
     return (
         values,
-        route_template(scope),
+        route_reference(scope),
         exchange.started_at,
         exchange.ended_at,
         exchange.status,
@@ -324,6 +337,8 @@ class RowBuilder:
             complete,
             error,
         ) = item
+        if type(route) is tuple:  # under a Mount: ``route_reference``'s references
+            route = mounted_template(*route)
         # Values are decoded as found; credentials never are (only whether they were sent).
         req: list[str | None] = [None] * _N_REQUEST_FIELDS
         index_of = _REQUEST_HEADER_INDEX.get

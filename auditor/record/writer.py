@@ -136,6 +136,8 @@ class Writer:
         # it last looked, so no increment is lost between a read and a reset.
         self.dropped_queue_full = 0
         self._queue_full_folded = 0
+        self.dropped_unreadable = 0  # captures to_portable could not read (a bug): "other"
+        self._unreadable_folded = 0
         self.last_error: str | None = None
         self._queue: deque[tuple[Any, ...]] = deque()  # to_portable's tuples
         self._limit = options.queue_size
@@ -168,10 +170,15 @@ class Writer:
         flight to older generations (~2.4 us a request in a uvicorn server).
         """
         if len(self._queue) < self._limit:
+            try:
+                item = to_portable(exchange)
+            except Exception:  # never into the app: counted (as "other") with the next batch
+                self.dropped_unreadable += 1
+                return
             queued = self._queued
             if queued is not None:
                 queued[0] += 1  # before the append: a kill in between over-counts
-            self._queue.append(to_portable(exchange))
+            self._queue.append(item)
         else:
             self.dropped_queue_full += 1
 
@@ -204,6 +211,7 @@ class Writer:
         ``recorder_stats`` does not show yet; or a framework noted after one was saved."""
         return (
             self._queue_full_seen() != self._queue_full_folded
+            or self.dropped_unreadable != self._unreadable_folded
             or self._stats_totals(0) != self._saved_totals
             or (self._saved_framework is not None and self.framework != self._saved_framework)
         )
@@ -337,6 +345,10 @@ class Writer:
         queue_full, self._queue_full_folded = seen - self._queue_full_folded, seen
         if queue_full:
             self._count_drop("queue_full", queue_full, OverflowError(f"{self._limit} rows queued"))
+        seen = self.dropped_unreadable
+        unreadable, self._unreadable_folded = seen - self._unreadable_folded, seen
+        if unreadable:
+            self._count_drop("other", unreadable, ValueError("a capture could not be read"))
         totals = self._stats_totals(len(rows))
         framework = self.framework
         if not rows and totals == self._saved_totals and framework == self._saved_framework:
@@ -361,9 +373,10 @@ class Writer:
         self._saved_framework = framework
         if self._ledger is not None:
             # Queued requests the database now accounts for: written, or dropped after
-            # they were queued (not queue_full, never queued; not other workers' losses).
+            # they were queued (not queue_full or unreadable, never queued; not other
+            # workers' losses).
             written, _skipped, _queue_full, *dropped = totals
-            self._ledger.settled(written + sum(dropped) - self._reckoned)
+            self._ledger.settled(written + sum(dropped) - self._reckoned - self._unreadable_folded)
 
     def _stats_totals(self, written_now: int) -> tuple[int, ...]:
         d = self.dropped
