@@ -104,3 +104,36 @@ def test_redirects_mode_records_a_redirect_whose_app_then_raises(make_recorder: 
     ]
     (stats,) = fetch_rows(recorder.writer.db_path, "select * from recorder_stats")
     assert (stats["rows_written"], stats["rows_skipped"]) == (1, 1)
+
+
+def test_a_location_on_a_response_that_is_no_redirect_is_still_recorded(
+    make_recorder: Recorder,
+) -> None:
+    """Headers of a non-3xx response are kept only when a Location is among them."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        headers = [(b"content-type", b"text/plain")]
+        if scope["path"] == "/created":
+            headers.append((b"Location", b"/items/7"))
+        await send({"type": "http.response.start", "status": 201, "headers": headers})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: Any) -> None:
+        return None
+
+    recorder = make_recorder(app)
+    for path in ("/created", "/plain"):
+        scope = {"type": "http", "method": "POST", "path": path, "raw_path": path.encode(),
+                 "query_string": b"", "headers": [], "client": ("198.51.100.1", 1)}  # fmt: skip
+        asyncio.run(recorder(scope, receive, send))
+    recorder.writer.flush()
+    rows = fetch_rows(
+        recorder.writer.db_path, "select path, status, location from requests order by id"
+    )
+    assert rows == [
+        {"path": "/created", "status": 201, "location": "/items/7"},
+        {"path": "/plain", "status": 201, "location": None},
+    ]

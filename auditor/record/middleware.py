@@ -72,9 +72,18 @@ class Exchange:
             if type(headers) is not list:  # an iterator would be consumed by the server
                 headers = list(headers)
                 message = {**message, "headers": headers}
-            self.headers = headers
-            if 300 <= status < 400 and self.recorder is not None:
-                self.recorder.note_redirect(self, headers)  # before the client can follow
+            if 300 <= status < 400:
+                self.headers = headers
+                if self.recorder is not None:
+                    self.recorder.note_redirect(self, headers)  # before the client can follow
+            else:
+                # Of a response that is no redirect the row reads only a Location: keep
+                # the headers only when one is there (what a queued capture holds on to
+                # costs the cyclic collector; see Writer.submit).
+                for name, _ in headers:
+                    if len(name) == 8 and name.lower() == b"location":
+                        self.headers = headers
+                        break
         return self._send(message)
 
 

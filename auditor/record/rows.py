@@ -216,8 +216,9 @@ def to_portable(exchange: CapturedExchange) -> tuple[Any, ...]:
         values = tuple(get(key) for key in SCOPE_KEYS)
     error = exchange.error
     headers = exchange.headers
-    return (
-        values,
+    # One flat tuple, the only object the queue adds per request. Concatenated: half
+    # the time of unpacking (*values, ...), which builds a list first.
+    return values + (  # noqa: RUF005
         route_reference(scope),
         exchange.started_at,
         exchange.ended_at,
@@ -328,7 +329,15 @@ class RowBuilder:
         common case avoids dicts, urllib and repeated decoding.
         """
         (
-            (method, server_scheme, server, client, path, raw_path, query_string, headers, version),
+            method,
+            server_scheme,
+            server,
+            client,
+            path,
+            raw_path,
+            query_string,
+            headers,
+            version,
             route,
             started_at,
             ended_at,
