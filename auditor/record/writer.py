@@ -1,8 +1,9 @@
 """The writer: bounded queue -> rows -> batched SQLite transactions, in one thread.
 
 The event loop appends each capture to the writer's deque. Every ``flush_interval``
-seconds the writer thread drains what is queued, builds rows, and inserts them in one
-transaction with the worker's ``recorder_stats`` row. Rows it cannot write are counted
+seconds, or as soon as ``WAKE_AT`` captures wait, the writer thread drains what is
+queued, builds rows, and inserts them in one transaction with the worker's
+``recorder_stats`` row. Rows it cannot write are counted
 per reason and a warning is logged once per reason; nothing here ever raises into the
 app. What a SIGKILL takes with it (the queue) is counted by the next writer on the
 database from the page of counters in ``ledger.py``.
@@ -56,6 +57,12 @@ PRUNE_EVERY = 60.0  # seconds between retention passes when max_rows/max_age is 
 # Seconds between the thread's saves of counts alone (no rows to write: record="redirects"
 # skipping everything); ``flush`` and ``close`` save them at once.
 COUNTS_EVERY = 1.0
+# Captures queued that wake the writer before flush_interval is up. A queued capture
+# holds gc-tracked objects (the request's header list and tuples), and the cyclic
+# collector runs once 700 more such objects are alive than when it last ran, each run
+# promoting the requests in flight: drained in smaller batches, the captures are
+# freed before they add up to a collection.
+WAKE_AT = 256
 _STATUS = ROW_COLUMNS.index("status")
 _STARTED = ROW_COLUMNS.index("started_at")
 _CLIENT = ROW_COLUMNS.index("client_key")
@@ -154,6 +161,7 @@ class Writer:
         self._queued = self._ledger.queued if self._ledger is not None else None
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._wake = threading.Event()  # set by submit at WAKE_AT captures, and by close
         self._thread = threading.Thread(
             target=self._run, name="redirect-auditor-writer", daemon=True
         )
@@ -169,7 +177,8 @@ class Writer:
         collector then ran every ~80 requests, each time promoting the requests in
         flight to older generations (~2.4 us a request in a uvicorn server).
         """
-        if len(self._queue) < self._limit:
+        waiting = len(self._queue)
+        if waiting < self._limit:
             try:
                 item = to_portable(exchange)
             except Exception:  # never into the app: counted (as "other") with the next batch
@@ -179,6 +188,8 @@ class Writer:
             if queued is not None:
                 queued[0] += 1  # before the append: a kill in between over-counts
             self._queue.append(item)
+            if waiting == WAKE_AT - 1:
+                self._wake.set()
         else:
             self.dropped_queue_full += 1
 
@@ -238,6 +249,7 @@ class Writer:
         if self._stop.is_set():
             return
         self._stop.set()
+        self._wake.set()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout=10)
         self.flush()
@@ -248,7 +260,11 @@ class Writer:
     def _run(self) -> None:
         next_prune = time.monotonic() + PRUNE_EVERY
         next_reckon = 0.0
-        while not self._stop.wait(self.options.flush_interval):
+        while True:
+            self._wake.wait(self.options.flush_interval)
+            self._wake.clear()  # a wake missed here is harmless: the drain empties the queue
+            if self._stop.is_set():
+                break
             if time.monotonic() >= next_reckon:
                 next_reckon = time.monotonic() + RECKON_EVERY
                 self._reckon()
