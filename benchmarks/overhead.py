@@ -14,7 +14,8 @@ redirects served). On these VMs throughput follows CPU, so CPU per request is th
 Usage: ``python -m benchmarks.overhead [--rounds 3] [--duration 6] [--variants a,b] [--json OUT]``
 ``--baseline DIR`` (a checkout of another commit, e.g. ``git worktree add /tmp/base HEAD~1``)
 also runs each of the recorder's variants from that code, as ``VARIANT@base``, in the same
-rounds: an A/B in one run. Installs ``wrk`` with apt-get when missing (as root).
+rounds: an A/B in one run. ``--browser-headers`` sends 11 browser-like request headers
+besides Host. Installs ``wrk`` with apt-get when missing (as root).
 """
 
 from __future__ import annotations
@@ -46,6 +47,22 @@ from benchmarks import apps
 ROOT = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 REDIRECT_EVERY = 10
+# --browser-headers: what a browser sends beside Host (wrk sends only Host): each header
+# is a tuple a queued capture keeps alive until the writer takes it.
+BROWSER_HEADERS = (
+    "User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/131.0 Safari/537.36",
+    "Accept: text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+    "Accept-Language: en-US,en;q=0.9",
+    "Accept-Encoding: gzip, deflate, br",
+    "Cookie: session=abc123def456; theme=dark",
+    "Referer: http://127.0.0.1/home",
+    "Sec-Fetch-Dest: document",
+    "Sec-Fetch-Mode: navigate",
+    "Sec-Fetch-Site: same-origin",
+    "Upgrade-Insecure-Requests: 1",
+    "Cache-Control: max-age=0",
+)
 WRK_SCRIPT = f"""
 local i = 0
 request = function()
@@ -103,9 +120,17 @@ def _ms(value: str) -> float:
 
 
 def run_wrk(
-    wrk: str, url: str, seconds: float, connections: int, script: Path, cpu: str = ""
+    wrk: str,
+    url: str,
+    seconds: float,
+    connections: int,
+    script: Path,
+    cpu: str = "",
+    headers: tuple[str, ...] = (),
 ) -> Wrk:
     cmd = [wrk, "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency"]
+    for header in headers:
+        cmd += ["-H", header]
     cmd += ["-s", str(script), url]
     out = subprocess.run(
         pinned(cpu, cmd), capture_output=True, text=True, timeout=seconds + 60
@@ -259,6 +284,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--baseline", type=Path, metavar="DIR", help="also run the recorder from this checkout"
     )
+    parser.add_argument(
+        "--browser-headers", action="store_true", help="send 11 browser-like headers too"
+    )
     args = parser.parse_args(argv)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     if variants[0] != "bare":
@@ -272,9 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     script.write_text(WRK_SCRIPT)
     runs: list[Run] = []
 
-    def load(port: int, seconds: float) -> Wrk:
-        url = f"http://127.0.0.1:{port}/"
-        return run_wrk(wrk, url, seconds, args.connections, script, args.wrk_cpu)
+    headers = BROWSER_HEADERS if args.browser_headers else ()
 
     served = dict.fromkeys(variants, 0)
     checks: dict[str, str] = {}
@@ -294,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         for v, (port, pid) in servers.items():  # warm-up, not measured
             wait_idle(pid)
             served[v] += run_wrk(
-                wrk, f"http://127.0.0.1:{port}/", 1, args.connections, script, args.wrk_cpu
+                wrk, f"http://127.0.0.1:{port}/", 1, args.connections, script, args.wrk_cpu, headers
             ).requests
         for r in range(args.rounds):
             for v in variants[r % len(variants) :] + variants[: r % len(variants)]:
@@ -308,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
                     args.connections,
                     script,
                     args.wrk_cpu,
+                    headers,
                 )
                 wait_idle(pid)
                 cpu_us = 1e6 * (tree_cpu(pid) - before) / w.requests
@@ -348,7 +375,8 @@ def summarize(runs: list[Run], variants: list[str], checks: dict[str, str]) -> l
 def print_table(table: list[dict[str, Any]], args: argparse.Namespace) -> None:
     print(f"\nuvicorn uvloop+httptools on CPU {args.server_cpu}, wrk -c{args.connections} on CPU "
           f"{args.wrk_cpu}, {args.rounds} rounds x {args.duration} s, 1 request in "
-          f"{REDIRECT_EVERY} a redirect; medians")  # fmt: skip
+          f"{REDIRECT_EVERY} a redirect{', browser headers' if args.browser_headers else ''}; "
+          "medians")  # fmt: skip
     print("| stack | req/s | x bare | CPU us/req | over bare | p50 ms | p99 ms | rows |")
     print("|---|---|---|---|---|---|---|---|")
     for t in table:
