@@ -33,6 +33,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -62,7 +63,9 @@ class _QueueOnly(Writer):
         self._limit = 1 << 30
         self._queued = memoryview(bytearray(8)).cast("Q")
         self.dropped_queue_full = 0
+        self.dropped_unreadable = 0
         self.rows_skipped = 0
+        self._wake = threading.Event()  # set at WAKE_AT captures, as the writer's is
 
 
 def _app(variant: str) -> Any:
