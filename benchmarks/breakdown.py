@@ -118,8 +118,8 @@ def hot_path(n: int) -> dict[str, float]:
     scope = scope_templates()[0]
     out: dict[str, float] = {}
     out["time.time()"] = cpu_ns(time.time, n)
-    out["Exchange(scope, send)"] = cpu_ns(lambda: Exchange(scope, _send), n)
-    ex = Exchange(scope, _send)
+    out["Exchange(scope, send, time())"] = cpu_ns(lambda: Exchange(scope, _send, time.time()), n)
+    ex = Exchange(scope, _send, time.time())
     out["await _send(start)+(body) direct"] = acpu_ns(lambda: _two(_send), n)
     out["await exchange.send(start)+(body)"] = acpu_ns(lambda: _two(ex.send), n)
     lex = LeanExchange(scope, _send)
@@ -207,9 +207,14 @@ def writer_parts(rows_n: int, profile: bool) -> dict[str, float]:
     out["RowBuilder.build, per row (1 in 10 a 302)"] = cpu_ns(
         lambda: builder.build(next(it)), rows_n
     )
-    it2 = iter(captures * 6)
-    out["RowBuilder.build_row (the writer's: short rows short)"] = cpu_ns(
-        lambda: builder.build_row(to_portable(next(it2))), rows_n
+    portables = [to_portable(c) for c in captures]
+    it2 = iter(portables * 6)
+    out["RowBuilder.build_row (the writer's, from queued tuples)"] = cpu_ns(
+        lambda: builder.build_row(next(it2)), rows_n
+    )
+    it3 = iter(captures * 6)
+    out["to_portable (event loop, in Writer.submit)"] = cpu_ns(
+        lambda: to_portable(next(it3)), rows_n
     )
     out["  build_url (normalize_url)"] = cpu_ns(
         lambda: build_url("http", "127.0.0.1:8000", "/", ""), rows_n
@@ -234,7 +239,7 @@ def writer_parts(rows_n: int, profile: bool) -> dict[str, float]:
         print(buf.getvalue())
 
     rows = [builder.build(c) for c in captures]
-    built = [builder.build_row(to_portable(c)) for c in captures]
+    built = [builder.build_row(p) for p in portables]
 
     def insert(
         label: str,

@@ -12,7 +12,10 @@ servers stopped (lifespan shutdown flushes), rows written against requests serve
 redirects served). On these VMs throughput follows CPU, so CPU per request is the figure.
 
 Usage: ``python -m benchmarks.overhead [--rounds 3] [--duration 6] [--variants a,b] [--json OUT]``
-Installs ``wrk`` with apt-get when missing (as root).
+``--baseline DIR`` (a checkout of another commit, e.g. ``git worktree add /tmp/base HEAD~1``)
+also runs each of the recorder's variants from that code, as ``VARIANT@base``, in the same
+rounds: an A/B in one run. ``--browser-headers`` sends 11 browser-like request headers
+besides Host. Installs ``wrk`` with apt-get when missing (as root).
 """
 
 from __future__ import annotations
@@ -44,6 +47,22 @@ from benchmarks import apps
 ROOT = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 REDIRECT_EVERY = 10
+# --browser-headers: what a browser sends beside Host (wrk sends only Host): each header
+# is a tuple a queued capture keeps alive until the writer takes it.
+BROWSER_HEADERS = (
+    "User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/131.0 Safari/537.36",
+    "Accept: text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+    "Accept-Language: en-US,en;q=0.9",
+    "Accept-Encoding: gzip, deflate, br",
+    "Cookie: session=abc123def456; theme=dark",
+    "Referer: http://127.0.0.1/home",
+    "Sec-Fetch-Dest: document",
+    "Sec-Fetch-Mode: navigate",
+    "Sec-Fetch-Site: same-origin",
+    "Upgrade-Insecure-Requests: 1",
+    "Cache-Control: max-age=0",
+)
 WRK_SCRIPT = f"""
 local i = 0
 request = function()
@@ -101,9 +120,17 @@ def _ms(value: str) -> float:
 
 
 def run_wrk(
-    wrk: str, url: str, seconds: float, connections: int, script: Path, cpu: str = ""
+    wrk: str,
+    url: str,
+    seconds: float,
+    connections: int,
+    script: Path,
+    cpu: str = "",
+    headers: tuple[str, ...] = (),
 ) -> Wrk:
     cmd = [wrk, "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency"]
+    for header in headers:
+        cmd += ["-H", header]
     cmd += ["-s", str(script), url]
     out = subprocess.run(
         pinned(cpu, cmd), capture_output=True, text=True, timeout=seconds + 60
@@ -163,17 +190,24 @@ def pinned(cpu: str, cmd: list[str]) -> list[str]:
     return ["taskset", "-c", cpu, *cmd] if shutil.which("taskset") and cpu else cmd
 
 
+BASE_SUFFIX = "@base"
+
+
 @contextlib.contextmanager
-def server(variant: str, db: Path, log: Path, cpu: str) -> Iterator[tuple[int, int]]:
-    """A uvicorn subprocess serving one variant; stopped with SIGINT (lifespan shutdown)."""
+def server(
+    variant: str, db: Path, log: Path, cpu: str, root: Path = ROOT
+) -> Iterator[tuple[int, int]]:
+    """A uvicorn subprocess serving one variant (``VARIANT@base``: the code in ``root``);
+    stopped with SIGINT (lifespan shutdown)."""
     port = free_port()
-    cmd = [sys.executable, "-m", "uvicorn", f"benchmarks.apps:{apps.FACTORIES[variant]}"]
+    factory = apps.FACTORIES[variant.removesuffix(BASE_SUFFIX)]
+    cmd = [sys.executable, "-m", "uvicorn", f"benchmarks.apps:{factory}"]
     cmd += ["--factory", "--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop"]
     cmd += ["--http", "httptools", "--no-access-log", "--log-level", "warning"]
     cmd += ["--lifespan", "on"]
-    env = {**os.environ, apps.DB_ENV: str(db), "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, apps.DB_ENV: str(db), "PYTHONPATH": str(root)}
     with log.open("ab") as out:
-        proc = subprocess.Popen(pinned(cpu, cmd), cwd=ROOT, env=env, stdout=out, stderr=out)
+        proc = subprocess.Popen(pinned(cpu, cmd), cwd=root, env=env, stdout=out, stderr=out)
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -210,6 +244,7 @@ class Run:
 def check_rows(variant: str, db: Path, served: int, slack: int) -> str:
     """Rows written against requests served (wrk may stop with one request per
     connection answered but not counted)."""
+    variant = variant.removesuffix(BASE_SUFFIX)
     if variant in ("bare", "noop"):
         return ""
     conn = sqlite3.connect(db)
@@ -246,31 +281,46 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server-cpu", default="0")
     parser.add_argument("--wrk-cpu", default="1")
     parser.add_argument("--json", type=Path, metavar="OUT")
+    parser.add_argument(
+        "--baseline", type=Path, metavar="DIR", help="also run the recorder from this checkout"
+    )
+    parser.add_argument(
+        "--browser-headers", action="store_true", help="send 11 browser-like headers too"
+    )
     args = parser.parse_args(argv)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     if variants[0] != "bare":
         variants.insert(0, "bare")
+    if args.baseline:
+        recorders = [v for v in variants if v.startswith("recorder")]
+        variants += [v + BASE_SUFFIX for v in recorders]
     wrk = ensure_wrk()
     tmp = Path(tempfile.mkdtemp(prefix="overhead-"))
     script = tmp / "mix.lua"
     script.write_text(WRK_SCRIPT)
     runs: list[Run] = []
 
-    def load(port: int, seconds: float) -> Wrk:
-        url = f"http://127.0.0.1:{port}/"
-        return run_wrk(wrk, url, seconds, args.connections, script, args.wrk_cpu)
+    headers = BROWSER_HEADERS if args.browser_headers else ()
 
     served = dict.fromkeys(variants, 0)
     checks: dict[str, str] = {}
     with contextlib.ExitStack() as stack:
         servers = {
-            v: stack.enter_context(server(v, tmp / f"{i}.db", tmp / "uvicorn.log", args.server_cpu))
+            v: stack.enter_context(
+                server(
+                    v,
+                    tmp / f"{i}.db",
+                    tmp / "uvicorn.log",
+                    args.server_cpu,
+                    args.baseline.resolve() if v.endswith(BASE_SUFFIX) else ROOT,
+                )
+            )
             for i, v in enumerate(variants)
         }
         for v, (port, pid) in servers.items():  # warm-up, not measured
             wait_idle(pid)
             served[v] += run_wrk(
-                wrk, f"http://127.0.0.1:{port}/", 1, args.connections, script, args.wrk_cpu
+                wrk, f"http://127.0.0.1:{port}/", 1, args.connections, script, args.wrk_cpu, headers
             ).requests
         for r in range(args.rounds):
             for v in variants[r % len(variants) :] + variants[: r % len(variants)]:
@@ -284,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
                     args.connections,
                     script,
                     args.wrk_cpu,
+                    headers,
                 )
                 wait_idle(pid)
                 cpu_us = 1e6 * (tree_cpu(pid) - before) / w.requests
@@ -324,7 +375,8 @@ def summarize(runs: list[Run], variants: list[str], checks: dict[str, str]) -> l
 def print_table(table: list[dict[str, Any]], args: argparse.Namespace) -> None:
     print(f"\nuvicorn uvloop+httptools on CPU {args.server_cpu}, wrk -c{args.connections} on CPU "
           f"{args.wrk_cpu}, {args.rounds} rounds x {args.duration} s, 1 request in "
-          f"{REDIRECT_EVERY} a redirect; medians")  # fmt: skip
+          f"{REDIRECT_EVERY} a redirect{', browser headers' if args.browser_headers else ''}; "
+          "medians")  # fmt: skip
     print("| stack | req/s | x bare | CPU us/req | over bare | p50 ms | p99 ms | rows |")
     print("|---|---|---|---|---|---|---|---|")
     for t in table:

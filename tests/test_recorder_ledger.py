@@ -8,8 +8,9 @@ import sys
 import textwrap
 from pathlib import Path
 
-from auditor.record.ledger import Ledger, ledger_path
+from auditor.record.ledger import QUEUED, SETTLED, WORDS, Ledger, ledger_path
 from auditor.record.options import RecorderOptions
+from auditor.record.rows import Capture
 from auditor.record.writer import Writer
 from tests.servers import ROOT, fetch_rows
 
@@ -80,3 +81,25 @@ def test_a_clean_exit_frees_its_slot_and_leaves_nothing_to_count(tmp_path: Path)
     finally:
         ledger.close(clean=True)
     assert ledger_path(db).stat().st_mode & 0o077 == 0
+
+
+def test_a_capture_that_cannot_be_read_is_counted_never_raised_and_leaves_the_ledger_even(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "traffic.db"
+    writer = Writer(db, _options())
+    scope = {"type": "http", "method": "GET", "path": "/", "headers": [], "query_string": b""}
+    try:
+        writer.submit(Capture(scope, 1.0, 1.1, 200, [], 0, True))
+        writer.submit(Capture(None, 1.0, 1.1, 200, [], 0, True))  # a bug's capture: no scope
+        writer.flush()
+        assert writer.dropped["other"] == 1 and writer.rows_written == 1
+        ledger = writer._ledger
+        assert ledger is not None
+        base = ledger.slot * WORDS
+        # Never queued, so not in the ledger's reckoning: queued == settled == 1.
+        assert ledger._words[base + QUEUED] == ledger._words[base + SETTLED] == 1
+    finally:
+        writer.close()
+    (stats,) = fetch_rows(db, "select rows_written, dropped_other from recorder_stats")
+    assert (stats["rows_written"], stats["dropped_other"]) == (1, 1)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
+from typing import Any
 
 import httpx
+import pytest
 
 from auditor import RedirectRecorder
 from tests.servers import fetch_rows, serve_in_thread
@@ -59,3 +62,78 @@ def test_all_mode_records_every_request(make_recorder: Recorder) -> None:
     assert len(fetch_rows(recorder.writer.db_path, "select id from requests")) == 20
     (stats,) = fetch_rows(recorder.writer.db_path, "select * from recorder_stats")
     assert (stats["rows_written"], stats["rows_skipped"]) == (20, 0)
+
+
+def test_redirects_mode_records_a_redirect_whose_app_then_raises(make_recorder: Recorder) -> None:
+    """A request not known to be needed is only watched; its 3xx start makes it a
+    capture, which keeps the rest of the exchange, the exception included."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["path"] == "/moved":
+            await send({"type": "http.response.start", "status": 307, "headers": [
+                (b"location", b"/there")]})  # fmt: skip
+            await send({"type": "http.response.body", "body": b"moved", "more_body": True})
+        raise RuntimeError("boom")
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: Any) -> None:
+        return None
+
+    recorder = make_recorder(app, record="redirects")
+    for path in ("/moved", "/broken"):
+        scope = {"type": "http", "method": "GET", "path": path, "raw_path": path.encode(),
+                 "query_string": b"", "headers": [], "client": ("198.51.100.1", 1)}  # fmt: skip
+        with pytest.raises(RuntimeError):
+            asyncio.run(recorder(scope, receive, send))
+    recorder.writer.flush()
+    rows = fetch_rows(
+        recorder.writer.db_path,
+        "select path, status, location, response_body_size, response_complete, error from requests",
+    )
+    assert rows == [
+        {
+            "path": "/moved",
+            "status": 307,
+            "location": "/there",
+            "response_body_size": 5,
+            "response_complete": 0,
+            "error": "RuntimeError",
+        }
+    ]
+    (stats,) = fetch_rows(recorder.writer.db_path, "select * from recorder_stats")
+    assert (stats["rows_written"], stats["rows_skipped"]) == (1, 1)
+
+
+def test_a_location_on_a_response_that_is_no_redirect_is_still_recorded(
+    make_recorder: Recorder,
+) -> None:
+    """Headers of a non-3xx response are kept only when a Location is among them."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        headers = [(b"content-type", b"text/plain")]
+        if scope["path"] == "/created":
+            headers.append((b"Location", b"/items/7"))
+        await send({"type": "http.response.start", "status": 201, "headers": headers})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: Any) -> None:
+        return None
+
+    recorder = make_recorder(app)
+    for path in ("/created", "/plain"):
+        scope = {"type": "http", "method": "POST", "path": path, "raw_path": path.encode(),
+                 "query_string": b"", "headers": [], "client": ("198.51.100.1", 1)}  # fmt: skip
+        asyncio.run(recorder(scope, receive, send))
+    recorder.writer.flush()
+    rows = fetch_rows(
+        recorder.writer.db_path, "select path, status, location from requests order by id"
+    )
+    assert rows == [
+        {"path": "/created", "status": 201, "location": "/items/7"},
+        {"path": "/plain", "status": 201, "location": None},
+    ]

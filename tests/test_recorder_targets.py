@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from auditor.record.targets import RecentTargets, location_path, targets_path
+from auditor.record.targets import SIZE, SLOTS, RecentTargets, location_path, targets_path
 
 SECRET = b"k" * 32
 
@@ -46,3 +46,37 @@ def test_location_path_is_the_path_the_follow_up_will_request(
     location: bytes, request_path: str, expected: str
 ) -> None:
     assert location_path(location, request_path) == expected
+
+
+def test_the_newest_redirect_any_process_noted_tells_when_no_lookup_is_needed(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "traffic.db"
+    worker_a = RecentTargets(db, SECRET, window=30)
+    worker_b = RecentTargets(db, SECRET, window=30)
+    assert not worker_b.active(1000.0)  # nothing noted yet: no request can be a follow-up
+    worker_a.note("198.51.100.1", b"/landing/thanks", 1000.0)
+    assert worker_b.active(1001.0) and worker_b.active(1000.0 + 30)
+    assert not worker_b.active(1000.0 + 60)  # every target noted has expired
+    worker_a.note("198.51.100.1", b"/x", 990.0)  # a late note never moves it back
+    assert worker_b.newest[0] == 1000
+
+
+def test_a_table_of_the_previous_size_grows_and_keeps_its_targets(tmp_path: Path) -> None:
+    db = tmp_path / "traffic.db"
+    RecentTargets(db, SECRET, window=30).note("198.51.100.1", b"/landing/thanks", 1000.0)
+    with targets_path(db).open("r+b") as table:
+        table.truncate(8 * SLOTS)  # as the release before the newest-redirect word made it
+    worker = RecentTargets(db, SECRET, window=30)
+    assert targets_path(db).stat().st_size == SIZE
+    assert worker.expected("198.51.100.1", b"/landing/thanks", 1001.0)
+
+
+def test_follows_reads_the_client_and_path_from_the_scope(tmp_path: Path) -> None:
+    worker = RecentTargets(tmp_path / "traffic.db", SECRET, window=30)
+    worker.note("198.51.100.1", "/a b/é".encode(), 1000.0)
+    scope = {"client": ("198.51.100.1", 5000), "path": "/a b/é", "raw_path": b"/a%20b/%C3%A9"}
+    assert worker.follows(scope, None, 1001.0)
+    assert not worker.follows({**scope, "client": ("198.51.100.2", 5000)}, None, 1001.0)
+    worker.note("198.51.100.1", b"/plain", 1000.0)
+    assert worker.follows({"client": ("198.51.100.1", 1), "raw_path": b"/plain"}, None, 1001.0)

@@ -113,3 +113,25 @@ def test_short_and_full_rows_store_every_column_in_batch_order(tmp_path: Path) -
     ]
     assert [tuple(r[1:]) for r in stored] == expected
     assert rows[143][ROW_COLUMNS.index("location")] is not None  # a redirect before the run
+
+
+def test_a_full_batch_wakes_the_writer_before_the_flush_interval(tmp_path: Path) -> None:
+    """WAKE_AT captures are written without waiting for flush_interval (an hour here)."""
+    import time
+
+    from auditor.record.writer import WAKE_AT
+
+    writer = Writer(tmp_path / "t.db", _options(), worker_id="test:1")
+    try:
+        for path in _paths(WAKE_AT - 1, bad_at=-1):
+            writer.submit(_capture(path))
+        time.sleep(0.2)
+        assert writer.rows_written == 0  # fewer than WAKE_AT wait for the interval
+        writer.submit(_capture("/last"))
+        deadline = time.monotonic() + 10
+        while writer.rows_written < WAKE_AT and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert writer.rows_written == WAKE_AT
+        assert len(_stored(tmp_path / "t.db")) == WAKE_AT
+    finally:
+        writer.close()

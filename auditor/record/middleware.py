@@ -1,11 +1,14 @@
 """RedirectRecorder: the pure ASGI middleware. The hot path, and nothing else.
 
-On the event loop it only captures references (the scope, status, response
-headers, byte counts, two timestamps) and appends them to the writer's bounded
-queue. Decoding, URL resolution, hashing, redaction and SQLite happen in the
-writer's thread (``writer.py``). With
-``record="redirects"`` it also decides here what can never be needed
-(``targets.py``): such a request is counted as skipped and never queued.
+On the event loop it only captures references (the scope's values, status, response
+headers, byte counts, two timestamps) and appends them, as one flat tuple, to the
+writer's bounded queue (the scope itself is let go with the request). Decoding, URL
+resolution, hashing, redaction and SQLite happen in the writer's thread
+(``writer.py``). With ``record="redirects"`` it also decides here what can never be
+needed (``targets.py``), as early and as cheaply as it can: a request that is not
+sampled and not an expected follow-up (decided before the app runs, with no lookup
+at all while no redirect was noted within the window) is only watched for a 3xx
+status; unless one comes, it is counted as skipped, never captured or queued.
 """
 
 from __future__ import annotations
@@ -20,12 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from auditor.record.options import RecorderOptions
 from auditor.record.registry import TrafficWriter, writer_for
-from auditor.record.targets import (
-    RecentTargets,
-    effective_client,
-    location_path,
-    request_path_key,
-)
+from auditor.record.targets import RecentTargets, effective_client, location_path
 from auditor.record.writer import load_secret
 from auditor.redaction import app_token_routes
 from auditor.urls import TrustedProxies
@@ -48,9 +46,9 @@ class Exchange:
 
     recorder: RedirectRecorder | None = None  # record="redirects" (RedirectsExchange)
 
-    def __init__(self, scope: Scope, send: Send) -> None:
+    def __init__(self, scope: Scope, send: Send, started_at: float) -> None:
         self.scope = scope
-        self.started_at = time()
+        self.started_at = started_at
         self.ended_at = 0.0
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] | None = None
@@ -74,9 +72,18 @@ class Exchange:
             if type(headers) is not list:  # an iterator would be consumed by the server
                 headers = list(headers)
                 message = {**message, "headers": headers}
-            self.headers = headers
-            if 300 <= status < 400 and self.recorder is not None:
-                self.recorder.note_redirect(self, headers)  # before the client can follow
+            if 300 <= status < 400:
+                self.headers = headers
+                if self.recorder is not None:
+                    self.recorder.note_redirect(self, headers)  # before the client can follow
+            else:
+                # Of a response that is no redirect the row reads only a Location: keep
+                # the headers only when one is there (what a queued capture holds on to
+                # costs the cyclic collector; see Writer.submit).
+                for name, _ in headers:
+                    if len(name) == 8 and name.lower() == b"location":
+                        self.headers = headers
+                        break
         return self._send(message)
 
 
@@ -86,9 +93,39 @@ class RedirectsExchange(Exchange):
 
     __slots__ = ("recorder",)
 
-    def __init__(self, scope: Scope, send: Send, recorder: RedirectRecorder) -> None:
-        Exchange.__init__(self, scope, send)
+    def __init__(
+        self, scope: Scope, send: Send, started_at: float, recorder: RedirectRecorder
+    ) -> None:
+        Exchange.__init__(self, scope, send, started_at)
         self.recorder = recorder
+
+
+class Watch:
+    """record="redirects": a request not known to be needed. Its ``send`` passes the
+    server's messages through and reads only the response status; a 3xx makes it a
+    capture (``exchange``) from the response start on, before the client can follow."""
+
+    __slots__ = ("_send", "exchange", "recorder", "scope", "started_at")
+
+    def __init__(
+        self, scope: Scope, send: Send, started_at: float, recorder: RedirectRecorder
+    ) -> None:
+        self.scope = scope
+        self._send = send
+        self.started_at = started_at
+        self.recorder = recorder
+        self.exchange: RedirectsExchange | None = None
+
+    def send(self, message: Message) -> Awaitable[None]:
+        exchange = self.exchange
+        if exchange is not None:
+            return exchange.send(message)
+        if message["type"] == "http.response.start" and 300 <= message["status"] < 400:
+            exchange = self.exchange = RedirectsExchange(
+                self.scope, self._send, self.started_at, self.recorder
+            )
+            return exchange.send(message)
+        return self._send(message)
 
 
 async def _sent_after_return(message: Message) -> None:
@@ -249,9 +286,29 @@ class RedirectRecorder:
         if self._framework_pending:  # the only per-request cost of framework detection
             self._settle_framework(scope)
         targets = self.targets
-        exchange = (
-            Exchange(scope, send) if targets is None else RedirectsExchange(scope, send, self)
-        )
+        if targets is None:
+            exchange: Exchange = Exchange(scope, send, time())
+        else:
+            started_at = time()
+            if (
+                targets.newest[0] < started_at - targets.span  # nothing noted in the window
+                or not targets.follows(scope, self._trusted, started_at)
+            ) and not (self._sample_rate and random() < self._sample_rate):
+                # Not known to be needed: watched for a 3xx status, else only counted.
+                watch = Watch(scope, send, started_at, self)
+                try:
+                    await self.app(scope, receive, watch.send)
+                except BaseException as exc:
+                    if watch.exchange is not None:
+                        watch.exchange.error = exc
+                    raise
+                finally:
+                    if watch.exchange is None:
+                        self.writer.rows_skipped += 1  # saved with the writer's counts
+                    else:
+                        self._submit(watch.exchange)
+                return
+            exchange = RedirectsExchange(scope, send, started_at, self)
         try:
             await self.app(scope, receive, exchange.send)
         except BaseException as exc:
@@ -260,26 +317,16 @@ class RedirectRecorder:
         finally:
             if not exchange.ended_at:
                 exchange.ended_at = time()
-            # Let go of the server's send (its request cycle, transport and buffers) now:
-            # the capture waits in the queue for up to flush_interval.
+            # Let go of the server's send (its request cycle, transport and buffers).
             exchange._send = _sent_after_return
-            if targets is None or self._needed(exchange):
-                self.writer.submit(exchange)
-            else:
-                self.writer.skip()
+            self.writer.submit(exchange)
 
-    def _needed(self, exchange: Exchange) -> bool:
-        """record="redirects": a redirect, a possible follow-up of one, or sampled."""
-        if 300 <= exchange.status < 400 or (self._sample_rate and random() < self._sample_rate):
-            return True
-        scope = exchange.scope
-        if self._trusted is None:
-            client = scope.get("client")
-            address = client[0] if client else ""
-        else:
-            address = effective_client(scope, self._trusted)
-        assert self.targets is not None
-        return self.targets.expected(address, request_path_key(scope), exchange.started_at)
+    def _submit(self, exchange: Exchange) -> None:
+        """``__call__``'s ``finally``, for a watched request that turned out a redirect."""
+        if not exchange.ended_at:
+            exchange.ended_at = time()
+        exchange._send = _sent_after_return
+        self.writer.submit(exchange)
 
     def note_redirect(self, exchange: Exchange, headers: list[tuple[bytes, bytes]]) -> None:
         """record="redirects": a redirect is being sent (event loop): note its target."""

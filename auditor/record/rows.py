@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from hashlib import blake2b
+from operator import itemgetter
 from typing import Any, Protocol
 from urllib.parse import quote, unquote
 
@@ -31,13 +32,14 @@ INSERT_SQL = (
     f"values ({', '.join('?' for _ in ROW_COLUMNS)})"
 )
 
-# Columns an ordinary request leaves NULL (no redirect, no proxy headers, no body,
-# no error, client_ip not stored): such a row is built and inserted as the other
-# columns only (SHORT_COLUMNS). Binding NULLs costs sqlite3 per value: a 23-value
-# row inserts ~0.9 us faster than 37.
+# Columns an ordinary request or a plain redirect leaves NULL (no proxy headers, no
+# body, no error, at most one Location, no cache headers, client_ip not stored): such
+# a row is built and inserted as the other columns only (SHORT_COLUMNS). Binding NULLs
+# costs sqlite3 per value: a 23-value row inserted ~0.9 us faster than 37. Location and
+# its resolution are in the short shape: a redirect among ordinary rows would otherwise
+# split the batch into a statement per run of one shape (1 redirect in 10: 3.48 ->
+# 3.03 us a row to insert; two more NULLs cost an ordinary row ~0.1 us).
 SHORT_OMITS = (
-    "location",
-    "location_url",
     "locations",
     "request_body_size",
     "request_content_type",
@@ -131,17 +133,31 @@ def route_template(scope: Any) -> str | None:
     Litestar gives it: the full path with parameters named, types dropped
     (``/users/{user_id}/profile-old`` for ``/users/{user_id:int}/profile-old``).
     """
+    found = route_reference(scope)
+    return mounted_template(*found) if isinstance(found, tuple) else found
+
+
+def route_reference(scope: Any) -> str | tuple[Any, ...] | None:
+    """``route_template``'s answer where it is cheap (the request is not under a
+    Mount), else the references ``mounted_template`` needs to work it out: the event
+    loop calls this, the writer finishes it (``RowBuilder.build_row``)."""
     route = scope.get("route")
     template = getattr(route, "path", None) if route is not None else None
     if not isinstance(template, str):
         litestar = scope.get("path_template")
         return litestar if isinstance(litestar, str) and litestar else None
     root_path = scope.get("root_path", "")
-    app_root = scope.get("app_root_path", root_path)
+    if not root_path:
+        return template  # not under a Mount (most requests): nothing to join
+    return (route, template, root_path, scope.get("app_root_path", root_path), scope.get("router"))
+
+
+def mounted_template(route: Any, template: str, root_path: str, app_root: str, router: Any) -> str:
+    """The template of a route reached through Mounts (``route_template``)."""
     prefix = root_path[len(app_root) :] if root_path.startswith(app_root) else ""
     is_mount = isinstance(route, Mount)
     if prefix:
-        mounts = _mount_templates(scope.get("router"), prefix)
+        mounts = _mount_templates(router, prefix)
         if mounts is not None:
             return mounts + ("/{path:path}" if is_mount else template)
         # Unknown router layout: the concrete prefix, without repeating the mount's path.
@@ -170,30 +186,40 @@ def _mount_templates(router: Any, prefix: str) -> str | None:
     return None
 
 
+SCOPE_KEYS = (
+    "method",
+    "scheme",
+    "server",
+    "client",
+    "path",
+    "raw_path",
+    "query_string",
+    "headers",
+    "http_version",
+)
+_scope_values = itemgetter(*SCOPE_KEYS)
+
+
 def to_portable(exchange: CapturedExchange) -> tuple[Any, ...]:
-    """The capture as the flat, marshal-able tuple rows are built from.
+    """The capture as the flat tuple rows are built from (``Writer.submit`` queues it).
 
     Every capture goes through it, so ``RowBuilder`` has one input (probe hops, HAR
-    import and tests build from it too). Route objects do not travel: the
-    template is read here, where the scope's route is.
+    import and tests build from it too). The route template is read here, where the
+    scope's route is; under a Mount, its references travel and the writer finishes it
+    (``route_reference``): joining mount templates is no work for the event loop.
     """
     scope = exchange.scope
-    get = scope.get
+    try:
+        values = _scope_values(scope)  # one C call: it runs on the event loop
+    except KeyError:  # a server that leaves optional keys out
+        get = scope.get
+        values = tuple(get(key) for key in SCOPE_KEYS)
     error = exchange.error
     headers = exchange.headers
-    return (
-        (  # spelled out: a generator here costs the shipping thread ~1 us a request
-            get("method"),
-            get("scheme"),
-            get("server"),
-            get("client"),
-            get("path"),
-            get("raw_path"),
-            get("query_string"),
-            get("headers"),
-            get("http_version"),
-        ),
-        route_template(scope),
+    # One flat tuple, the only object the queue adds per request. Concatenated: half
+    # the time of unpacking (*values, ...), which builds a list first.
+    return values + (  # noqa: RUF005
+        route_reference(scope),
         exchange.started_at,
         exchange.ended_at,
         exchange.status,
@@ -220,6 +246,10 @@ class RowBuilder:
         self.trusted = trusted
         self.store_client_ip = store_client_ip
         self._keys: dict[str, str] = {}
+        # Per (address, port) tuple: the connection's keyed hash; per server tuple: its
+        # "host:port" (no string formatting per row for what repeats).
+        self._connections: dict[tuple[str, int], str] = {}
+        self._servers: dict[tuple[Any, ...], str | None] = {}
         self._urls: dict[tuple[Any, ...], tuple[str, str, str, str]] = {}
         # Secrets in URLs become markers keyed like the client hash (auditor.redaction).
         self.redactor = Redactor(self.redaction_marker, redaction)
@@ -233,6 +263,22 @@ class RowBuilder:
             digest = blake2b(value.encode("utf-8", "surrogatepass"), key=self.secret, digest_size=8)
             cached = self._keys[value] = digest.hexdigest()
         return cached
+
+    def _connection_key(self, client: Any) -> str:
+        key = self.keyed_hash(f"{client[0]}:{client[1]}")
+        if type(client) is tuple and type(client[1]) is int:
+            if len(self._connections) >= MAX_CACHE_ENTRIES:
+                self._connections.clear()
+            self._connections[client] = key
+        return key
+
+    def _server_addr(self, server: Any) -> str | None:
+        addr: str | None = f"{server[0]}:{server[1]}" if server[1] else server[0]
+        if type(server) is tuple and type(server[1]) is int:
+            if len(self._servers) >= 64:
+                self._servers.clear()
+            self._servers[server] = addr
+        return addr
 
     def redaction_marker(self, secret: str) -> str:
         """The marker a secret in a URL is replaced by: the same for the same secret."""
@@ -283,7 +329,15 @@ class RowBuilder:
         common case avoids dicts, urllib and repeated decoding.
         """
         (
-            (method, server_scheme, server, client, path, raw_path, query_string, headers, version),
+            method,
+            server_scheme,
+            server,
+            client,
+            path,
+            raw_path,
+            query_string,
+            headers,
+            version,
             route,
             started_at,
             ended_at,
@@ -293,6 +347,8 @@ class RowBuilder:
             complete,
             error,
         ) = item
+        if type(route) is tuple:  # under a Mount: ``route_reference``'s references
+            route = mounted_template(*route)
         # Values are decoded as found; credentials never are (only whether they were sent).
         req: list[str | None] = [None] * _N_REQUEST_FIELDS
         index_of = _REQUEST_HEADER_INDEX.get
@@ -375,10 +431,19 @@ class RowBuilder:
             if content_length and content_length.isascii() and content_length.isdigit()
             else None
         )
+        connection_key = server_addr = None
+        if type(client) is tuple:
+            connection_key = self._connections.get(client)
+        if connection_key is None and client[0]:
+            connection_key = self._connection_key(client)
+        if type(server) is tuple:
+            server_addr = self._servers.get(server)
+        if server_addr is None:
+            server_addr = self._server_addr(server)
         transfer_encoding = req[_TRANSFER_ENCODING]
         chunked = 1 if transfer_encoding and "chunked" in transfer_encoding.lower() else 0
         if (
-            not locations
+            locations_json is None
             and body_size is None
             and cache_control is None
             and expires is None
@@ -403,14 +468,16 @@ class RowBuilder:
                 url,
                 route,
                 status,
+                location,
+                location_url,
                 chunked,
                 response_body_size,
                 1 if complete else 0,
                 server_scheme,
                 server_host,
-                f"{server[0]}:{server[1]}" if server[1] else server[0],
+                server_addr,
                 self.keyed_hash(client_ip) if client_ip else None,
-                self.keyed_hash(f"{client[0]}:{client[1]}") if client[0] else None,
+                connection_key,
                 req[_USER_AGENT],
                 version,
                 self.worker_id,
@@ -443,9 +510,9 @@ class RowBuilder:
             req[_FORWARDED],
             server_scheme,
             server_host,
-            f"{server[0]}:{server[1]}" if server[1] else server[0],
+            server_addr,
             self.keyed_hash(client_ip) if client_ip else None,
-            self.keyed_hash(f"{client[0]}:{client[1]}") if client[0] else None,
+            connection_key,
             client_ip if self.store_client_ip else None,
             req[_USER_AGENT],
             req[_REQUEST_ID],

@@ -10,7 +10,10 @@ redirect answered by worker A and its follow-up served by worker B are both kept
 and the 9 in 10 requests that can never be needed cost a hash and a lookup.
 
 A slot is one 64-bit word, ``crc32 << 32 | seconds``, written and read whole; a
-bucket is two slots (the older one is replaced). Keys are crc32s of the client
+bucket is two slots (the older one is replaced). One more word after the slots holds
+the second of the newest redirect any process noted: while it is older than the
+window, no request can be a follow-up and none is looked up (the serving process
+then pays one read for it). Keys are crc32s of the client
 address and the percent-decoded path, seeded from the database's key: no path,
 secret or address is written. A collision keeps a request that was not needed
 (linking at audit time decides); only more than two live targets per bucket
@@ -32,7 +35,8 @@ from auditor.urls import TrustedProxies, first_value, parse_forwarded
 
 BUCKETS = 1 << 15
 SLOTS = 2 * BUCKETS
-SIZE = 8 * SLOTS
+NEWEST = SLOTS  # the word after the slots: the second of the newest redirect noted
+SIZE = 8 * (SLOTS + 1)
 _MASK = BUCKETS - 1
 _SECONDS = 0xFFFFFFFF
 
@@ -67,20 +71,28 @@ class RecentTargets:
         self._seed = crc32(secret)
         self._clients: dict[str, int] = {}  # client -> its crc32 seeded with the key
         self.window = int(window) + 1  # whole seconds; one more for the truncation
+        # The newest redirect's second, and how long it keeps requests worth a lookup:
+        # one second more, as two processes noting at once may leave the older second.
+        self.newest = self._slots[NEWEST : NEWEST + 1]
+        self.span = self.window + 1
 
     def close(self) -> None:
+        self.newest.release()
         self._slots.release()
         with contextlib.suppress(BufferError):
             self._map.close()
 
-    def _key(self, client: str, path: bytes) -> int:
+    def _client_seed(self, client: str) -> int:
         seed = self._clients.get(client)
         if seed is None:
             if len(self._clients) >= 4096:
                 self._clients.clear()
             seed = crc32(client.encode("utf-8", "surrogatepass"), self._seed)
             self._clients[client] = seed
-        return crc32(path, seed)
+        return seed
+
+    def _key(self, client: str, path: bytes) -> int:
+        return crc32(path, self._client_seed(client))
 
     def note(self, client: str, path: bytes, now: float) -> None:
         """A redirect to ``path`` (``request_path_key``'s form) answered ``client`` at ``now``."""
@@ -94,6 +106,38 @@ class RecentTargets:
             slots[i] = entry
         else:
             slots[i + 1] = entry
+        second_now = int(now) & _SECONDS
+        if slots[NEWEST] < second_now:
+            slots[NEWEST] = second_now
+
+    def active(self, at: float) -> bool:
+        """Whether any process noted a redirect within the window before ``at``: if
+        not, no request at ``at`` can be expected (the middleware reads ``newest``)."""
+        return self.newest[0] >= at - self.span
+
+    def follows(self, scope: Any, trusted: TrustedProxies | None, at: float) -> bool:
+        """``expected`` for the request in ``scope`` (its ``effective_client`` and
+        ``request_path_key``), in one call: the serving process asks it per request."""
+        if trusted is None:
+            client = scope.get("client")
+            address = client[0] if client else ""
+        else:
+            address = effective_client(scope, trusted)
+        seed = self._clients.get(address)
+        if seed is None:
+            seed = self._client_seed(address)
+        raw = scope.get("raw_path")
+        if raw and b"%" not in raw and raw.isascii():
+            key = crc32(raw, seed)
+        else:
+            key = crc32(request_path_key(scope), seed)
+        slots = self._slots
+        i = (key & _MASK) << 1
+        first, second = slots[i], slots[i + 1]
+        now = int(at) - self.window
+        return (first >> 32 == key and (first & _SECONDS) >= now) or (
+            second >> 32 == key and (second & _SECONDS) >= now
+        )
 
     def expected(self, client: str, path: bytes, at: float) -> bool:
         """Whether a redirect sent ``client`` to ``path`` within the window before ``at``."""

@@ -1,8 +1,9 @@
 """The writer: bounded queue -> rows -> batched SQLite transactions, in one thread.
 
 The event loop appends each capture to the writer's deque. Every ``flush_interval``
-seconds the writer thread drains what is queued, builds rows, and inserts them in one
-transaction with the worker's ``recorder_stats`` row. Rows it cannot write are counted
+seconds, or as soon as ``WAKE_AT`` captures wait, the writer thread drains what is
+queued, builds rows, and inserts them in one transaction with the worker's
+``recorder_stats`` row. Rows it cannot write are counted
 per reason and a warning is logged once per reason; nothing here ever raises into the
 app. What a SIGKILL takes with it (the queue) is counted by the next writer on the
 database from the page of counters in ``ledger.py``.
@@ -53,6 +54,15 @@ SECRET_ENV = "REDIRECT_AUDITOR_SECRET"
 MAX_BATCH = 5000
 RECKON_EVERY = 1.0  # seconds between looks for killed workers' lost requests
 PRUNE_EVERY = 60.0  # seconds between retention passes when max_rows/max_age is set
+# Seconds between the thread's saves of counts alone (no rows to write: record="redirects"
+# skipping everything); ``flush`` and ``close`` save them at once.
+COUNTS_EVERY = 1.0
+# Captures queued that wake the writer before flush_interval is up. A queued capture
+# holds gc-tracked objects (the request's header list and tuples), and the cyclic
+# collector runs once 700 more such objects are alive than when it last ran, each run
+# promoting the requests in flight: drained in smaller batches, the captures are
+# freed before they add up to a collection.
+WAKE_AT = 256
 _STATUS = ROW_COLUMNS.index("status")
 _STARTED = ROW_COLUMNS.index("started_at")
 _CLIENT = ROW_COLUMNS.index("client_key")
@@ -128,12 +138,15 @@ class Writer:
         self.dropped = dict.fromkeys(DROP_REASONS, 0)
         self._saved_totals: tuple[int, ...] = (0,) * (2 + len(DROP_REASONS))
         self._saved_framework: str | None = None
+        self._counts_due = 0.0  # monotonic time the thread may next save counts alone
         # Written only by the event loop (submit); the writer folds in what is new since
         # it last looked, so no increment is lost between a read and a reset.
         self.dropped_queue_full = 0
         self._queue_full_folded = 0
+        self.dropped_unreadable = 0  # captures to_portable could not read (a bug): "other"
+        self._unreadable_folded = 0
         self.last_error: str | None = None
-        self._queue: deque[CapturedExchange] = deque()
+        self._queue: deque[tuple[Any, ...]] = deque()  # to_portable's tuples
         self._limit = options.queue_size
         self._conn: sqlite3.Connection | None = None
         self._file_id: tuple[int, int] | None = None
@@ -148,24 +161,37 @@ class Writer:
         self._queued = self._ledger.queued if self._ledger is not None else None
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._wake = threading.Event()  # set by submit at WAKE_AT captures, and by close
         self._thread = threading.Thread(
             target=self._run, name="redirect-auditor-writer", daemon=True
         )
         self._thread.start()
 
     def submit(self, exchange: CapturedExchange) -> None:
-        """Hot path: enqueue or count the drop. Never blocks, never raises."""
-        if len(self._queue) < self._limit:
+        """Hot path: enqueue or count the drop. Never blocks, never raises.
+
+        The capture is queued as ``to_portable``'s flat tuple of references, so the
+        request's scope dict (and everything the framework hung on it) and the capture
+        object are freed as soon as the request ends. Queued whole, they kept ~8 more
+        gc-tracked objects alive per request for up to ``flush_interval``: the cyclic
+        collector then ran every ~80 requests, each time promoting the requests in
+        flight to older generations (~2.4 us a request in a uvicorn server).
+        """
+        waiting = len(self._queue)
+        if waiting < self._limit:
+            try:
+                item = to_portable(exchange)
+            except Exception:  # never into the app: counted (as "other") with the next batch
+                self.dropped_unreadable += 1
+                return
             queued = self._queued
             if queued is not None:
                 queued[0] += 1  # before the append: a kill in between over-counts
-            self._queue.append(exchange)
+            self._queue.append(item)
+            if waiting == WAKE_AT - 1:
+                self._wake.set()
         else:
             self.dropped_queue_full += 1
-
-    def skip(self) -> None:
-        """Hot path, record="redirects": a request that can never be needed, counted only."""
-        self.rows_skipped += 1
 
     def flush(self) -> None:
         """Write everything pending now."""
@@ -196,6 +222,7 @@ class Writer:
         ``recorder_stats`` does not show yet; or a framework noted after one was saved."""
         return (
             self._queue_full_seen() != self._queue_full_folded
+            or self.dropped_unreadable != self._unreadable_folded
             or self._stats_totals(0) != self._saved_totals
             or (self._saved_framework is not None and self.framework != self._saved_framework)
         )
@@ -222,6 +249,7 @@ class Writer:
         if self._stop.is_set():
             return
         self._stop.set()
+        self._wake.set()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout=10)
         self.flush()
@@ -232,11 +260,15 @@ class Writer:
     def _run(self) -> None:
         next_prune = time.monotonic() + PRUNE_EVERY
         next_reckon = 0.0
-        while not self._stop.wait(self.options.flush_interval):
+        while True:
+            self._wake.wait(self.options.flush_interval)
+            self._wake.clear()  # a wake missed here is harmless: the drain empties the queue
+            if self._stop.is_set():
+                break
             if time.monotonic() >= next_reckon:
                 next_reckon = time.monotonic() + RECKON_EVERY
                 self._reckon()
-            self._drain()
+            self._drain(periodic=True)
             if time.monotonic() >= next_prune:
                 next_prune = time.monotonic() + PRUNE_EVERY
                 self.prune()
@@ -266,11 +298,13 @@ class Writer:
                 self.last_error = f"prune: {exc}"[:500]
                 return 0
 
-    def _drain(self) -> None:
+    def _drain(self, periodic: bool = False) -> None:
         with self._lock:
             try:
                 while True:
                     batch = [self._queue.popleft() for _ in range(min(len(self._queue), MAX_BATCH))]
+                    if not batch and periodic and time.monotonic() < self._counts_due:
+                        break  # counts alone wait a little: not a transaction per interval
                     self._write(batch)
                     if not self._queue:
                         break
@@ -320,13 +354,17 @@ class Writer:
         rows = []
         for item in batch:
             try:
-                rows.append(build(to_portable(item)))
+                rows.append(build(item))
             except Exception as exc:
                 self._count_drop("other", 1, exc)
         seen = self._queue_full_seen()
         queue_full, self._queue_full_folded = seen - self._queue_full_folded, seen
         if queue_full:
             self._count_drop("queue_full", queue_full, OverflowError(f"{self._limit} rows queued"))
+        seen = self.dropped_unreadable
+        unreadable, self._unreadable_folded = seen - self._unreadable_folded, seen
+        if unreadable:
+            self._count_drop("other", unreadable, ValueError("a capture could not be read"))
         totals = self._stats_totals(len(rows))
         framework = self.framework
         if not rows and totals == self._saved_totals and framework == self._saved_framework:
@@ -346,13 +384,15 @@ class Writer:
                     restore_sidecar_modes(self.db_path)
             return
         self.rows_written += len(rows)
+        self._counts_due = time.monotonic() + COUNTS_EVERY
         self._saved_totals = totals
         self._saved_framework = framework
         if self._ledger is not None:
             # Queued requests the database now accounts for: written, or dropped after
-            # they were queued (not queue_full, never queued; not other workers' losses).
+            # they were queued (not queue_full or unreadable, never queued; not other
+            # workers' losses).
             written, _skipped, _queue_full, *dropped = totals
-            self._ledger.settled(written + sum(dropped) - self._reckoned)
+            self._ledger.settled(written + sum(dropped) - self._reckoned - self._unreadable_folded)
 
     def _stats_totals(self, written_now: int) -> tuple[int, ...]:
         d = self.dropped
@@ -486,8 +526,12 @@ def _insert(
     for size in _CHUNK_SIZES:
         while len(rows) - start >= size:
             chunk = rows[start : start + size]
+            params: list[Any] = []
+            extend = params.extend  # ~3x faster than list(chain.from_iterable(chunk))
+            for row in chunk:
+                extend(row)
             try:
-                conn.execute(statements[size], list(chain.from_iterable(chunk)))
+                conn.execute(statements[size], params)
             except UnicodeEncodeError:
                 encodable = [_encodable(row) for row in chunk]
                 conn.execute(statements[size], list(chain.from_iterable(encodable)))
