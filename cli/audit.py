@@ -28,7 +28,13 @@ from auditor.analysis.rules.base import Severity, all_rules
 from auditor.merge import merge
 from auditor.schema import SchemaError
 from auditor.sources.export import FleetMissing
-from auditor.sources.fleet import default_report, is_fleet_source, load_shards
+from auditor.sources.fleet import (
+    compact_report,
+    default_report,
+    is_fleet_report,
+    is_fleet_source,
+    load_shards,
+)
 from auditor.sources.fleet_select import DEFAULT_MAX_ROWS
 
 from .common import console, err_console, fail, require_traffic_db
@@ -207,12 +213,19 @@ def audit(
         options = build_options(overrides, use_pyproject=not no_config and not stored)
     except ConfigError as exc:
         fail(str(exc))
-    if any(is_fleet_source(db) for db in dbs):
+    fleet = any(is_fleet_source(db) for db in dbs)
+    if fleet:
         dbs = [_fleet_report(dbs, report, combined, stored, sample_above)]
     elif report is not None:
         fail("--report is for a directory or glob of Parquet shards")
     for db in dbs:  # check every file before writing to any
         require_traffic_db(db)
+        if not fleet and not stored and is_fleet_report(db):
+            fail(
+                f"{db}: is the report of a fleet audit (only the requests its findings "
+                "cite); audit the shards again (redirect-auditor audit DIR) or show it "
+                "with --stored"
+            )
     if combined is not None:
         try:
             merge(combined, list(dbs))
@@ -238,6 +251,13 @@ def audit(
                 fail(f"{db}: no audit stored yet; run: redirect-auditor audit {db}")
         else:
             result = _audit_one(db, options)
+            if fleet:
+                try:
+                    compact_report(db)
+                except sqlite3.Error as exc:
+                    fail(
+                        f"{db}: the findings are stored; keeping only what they cite failed ({exc})"
+                    )
         results.append(result)
         if view == "table":
             hint = f"--limit 0 shows them all, or browse them: redirect-auditor explore {db}"

@@ -139,6 +139,11 @@ def test_the_hop_across_hosts_links_from_parquet_as_from_combined(
     result = run_cli("audit", *map(str, three_hosts), "--combined", str(combined))
     assert result.returncode == 0, result.stderr
     assert fleet == findings(combined)
+    # The report keeps what its findings cite; auditing it alone would judge a part.
+    again = run_cli("audit", str(report))
+    assert again.returncode == 2 and again.stderr.count("\n") == 1
+    assert "report of a fleet audit" in again.stderr
+    assert run_cli("audit", str(report), "--stored").returncode == 0
     # The report keeps the rows the audit reads (the redirect, its follow-up, one row per
     # host), and counts every row.
     total = sum(map(count_rows, three_hosts))

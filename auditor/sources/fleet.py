@@ -5,8 +5,9 @@ one in four, and past a size those of a sample of clients); they go into a new S
 traffic database (the schema of ``auditor.schema``) with the whole traffic's totals
 and route templates beside them, and the ordinary ``audit()`` runs on it. So linking
 across hosts and every problem of the finding model have one implementation, the
-SQLite path's. The database stays as the report that ``explore`` opens (findings,
-chains, and the requests they cite).
+SQLite path's. After the audit, ``compact_report`` keeps in it only what the
+findings cite: the report that ``explore`` opens (findings, chains, and the requests
+they cite).
 """
 
 from __future__ import annotations
@@ -291,6 +292,67 @@ def _write_report(
                     f"insert into {SAMPLED_PLACES} values (?, ?, ?, ?)", selection.places
                 )
         conn.execute("pragma journal_mode = wal")
+    finally:
+        conn.close()
+
+
+def is_fleet_report(path: str | Path) -> bool:
+    """A report this module made (its rows are a selection of some shards')."""
+    try:
+        conn = connect_read_only(path)
+        try:
+            return (
+                conn.execute(
+                    f"select 1 from {META_TABLE} where key = ?", (REPORT_MARKER_KEY,)
+                ).fetchone()
+                is not None
+            )
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return False
+
+
+def compact_report(path: str | Path) -> tuple[int, int]:
+    """After the audit: keep only the requests and chains the findings cite (each
+    example request, every hop of each example chain, and the hops they are linked
+    to), then VACUUM. Returns (requests, chains) kept."""
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute("create temp table cited (id integer primary key)")
+        with conn:
+            conn.execute(
+                """insert or ignore into temp.cited select example_request_id from findings
+                   where example_request_id is not null"""
+            )
+            conn.execute(
+                """insert or ignore into temp.cited
+                   select json_extract(h.value, '$.request_id')
+                   from chains c, json_each(c.hops) h
+                   where c.id in (select example_chain_id from findings)"""
+            )
+            conn.execute(
+                """insert or ignore into temp.cited select follow_up_of from requests
+                   where id in (select id from temp.cited) and follow_up_of is not null"""
+            )
+            conn.execute(
+                """insert or ignore into temp.cited select id from requests
+                   where follow_up_of in (select id from temp.cited)"""
+            )
+            conn.execute(
+                """delete from chains where id not in (
+                     select example_chain_id from findings where example_chain_id is not null)"""
+            )
+            conn.execute("delete from requests where id not in (select id from temp.cited)")
+            conn.execute(
+                """update requests set follow_up_of = null, link_confidence = null
+                   where follow_up_of not in (select id from requests)"""
+            )
+        conn.execute("vacuum")
+        kept = conn.execute(
+            "select (select count(*) from requests), (select count(*) from chains)"
+        ).fetchone()
+        return int(kept[0]), int(kept[1])
     finally:
         conn.close()
 
