@@ -251,7 +251,8 @@ def main() -> None:
     ).fetchone()
     per_worker = conn.execute(
         """select worker_id, rows_written, dropped_queue_full, dropped_locked,
-                  dropped_disk_full, dropped_read_only, dropped_other from recorder_stats"""
+                  dropped_disk_full, dropped_read_only, dropped_other, last_error
+           from recorder_stats"""
     ).fetchall()
     integrity = conn.execute("pragma integrity_check").fetchone()[0]
     conn.close()
@@ -284,6 +285,7 @@ def main() -> None:
                             "disk_full",
                             "read_only",
                             "other",
+                            "last_error",
                         ),
                         row,
                         strict=True,
