@@ -5,19 +5,23 @@ Two steps, over every shard at once:
 1. **The rows the audit reads** (exact). The audit reads the responses an audit step
    can be about (``_subset.RESPONSE_ROWS_SQL``: redirects, Locations, bodies where none
    may be...) and, to link, the requests whose (client key, path and query) is some
-   redirect's target (``linking``'s candidate scan). Every other row (nine in ten)
-   can change no finding: it is counted, not loaded. One real row per recorded host
-   is kept too, since chains ask which hosts the traffic reached.
-2. **A sample of clients** (only past ``max_rows``). A place (source, method, status)
-   is judged on what the clients did there, client family by client family. For each
-   place and family the clients are taken in the order of a hash of their key until
-   ``per_place`` of its responses are covered, with the clients of its first and last
-   one (so the span a place was seen over is exact): every place and every family at
-   it is audited, rare ones whole, and a client is kept with all its rows, so its
-   links and chains are what they were. The hash order is the same for every place,
-   so one kept client covers many. Thresholds on counts (``unfollowed_min_hits``,
-   ``temporary_min_hits``) stay below ``per_place``; hits are scaled back afterwards
-   (``analysis/sampled.py``).
+   redirect's target (``linking``'s candidate scan). Every other row (about three in
+   four) can change no finding: it is counted, not loaded. One real row per recorded
+   host is kept too, since chains ask which hosts the traffic reached.
+2. **A sample** (only past ``max_rows``), made of *link units*: one client's hops to
+   one path, i.e. the redirects pointing there and every request to it. Linking pairs
+   only within a unit, so a unit kept whole links as in the whole traffic. Kept:
+
+   - for every place (source, method, status), client family and target, the units
+     of ``per_place`` of its responses, smallest units first, then in hash order;
+   - the units of each place's first and last response (the span it was seen over);
+   - one unit for every distinct redirect that is a hop of a static chain or loop
+     (the graph's chains run through concrete URLs);
+   - the units a kept follow-up redirects into, along chains.
+
+   Every place, family and target is audited, rare ones whole. Count thresholds
+   (``unfollowed_min_hits``, ``temporary_min_hits``) compare counts weighted by place,
+   and hits are scaled back afterwards (``analysis/sampled.py``).
 
 Templates are inferred here over every response path of the fleet (the same set the
 audit of one combined file would infer from) and handed to the audit as a table.
@@ -114,6 +118,18 @@ def select_rows(
             where status between 300 and 399 and status != 304
               and location_url is not null and client_key is not null"""
     )
+    # The URLs that redirect and the URLs redirected to: a redirect from one of the
+    # second or to one of the first is a hop of a static chain or loop (``graph``).
+    con.execute(
+        """create temp table redirect_urls as
+           select distinct hash(url) as h from shards
+           where status between 300 and 399 and status != 304"""
+    )
+    con.execute(
+        """create temp table redirect_targets as
+           select distinct hash(location_url) as h from shards
+           where status between 300 and 399 and status != 304 and location_url is not null"""
+    )
     # Step 1, with what step 2 needs: each response's stratum (place, client family,
     # target) and place as hashes, and the link units the row belongs to (below).
     place = "coalesce(q.route, t.template, q.path), q.method, q.status"
@@ -130,6 +146,8 @@ def select_rows(
                         then hash(q.client_key, {target_path_sql("q.location_url")})
                    end as as_redirect,
                    case when q.status between 300 and 399 and q.status != 304
+                         and (hash(q.location_url) in (select h from redirect_urls)
+                              or hash(q.url) in (select h from redirect_targets))
                         then hash(q.method, q.url, q.status, q.location_url)
                    end as edge,
                    false as always
@@ -181,8 +199,8 @@ def select_rows(
               join unit_rows u on u.unit = r.unit)
             where nth <= {int(per_place)} or edge"""
     )
-    # Every distinct redirect (method, URL, status, Location) once: the static graph's
-    # chains and loops run through concrete URLs.
+    # Every distinct redirect (method, URL, status, Location) that is a hop of a static
+    # chain or loop, once: the graph's chains run through concrete URLs.
     con.execute(
         """insert into units
            select distinct unit from (
