@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterable
+from functools import lru_cache
 from urllib.parse import SplitResult, quote, urljoin, urlsplit, urlunsplit
 
 from auditor.redaction import DEFAULT as _DEFAULT_REDACTOR
@@ -187,3 +188,21 @@ class TrustedProxies:
         except ValueError:
             return False
         return any(ip in net for net in self.networks)
+
+
+@lru_cache(maxsize=65536)
+def short(url: str | None) -> str:
+    """A target as a reader wants it: path and query when it is a URL."""
+    if not url:
+        return "(no Location)"
+    if "://" not in url:
+        return url
+    simple = _SIMPLE_URL.match(url)
+    if simple:  # what path_and_query returns, without urlsplit
+        path, _, query = simple.group(1).partition("?")
+        return f"{path or '/'}?{query}" if query else (path or "/")
+    return path_and_query(url)
+
+
+# An http(s) URL that urlsplit would not alter: no fragment, white space, controls or brackets.
+_SIMPLE_URL = re.compile(r"https?://[^/?#\[\]\x00-\x20\x7f]+([^#\x00-\x20\x7f]*)\Z")

@@ -25,7 +25,7 @@ from rich.text import Text
 
 from auditor.analysis.audit import AuditResult, tool_version
 from auditor.analysis.rules.base import SEVERITIES, AuditOptions, Finding, Severity
-from auditor.analysis.rules.method import short
+from auditor.urls import short
 
 JSON_SCHEMA_VERSION = 2
 SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}

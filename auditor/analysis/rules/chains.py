@@ -24,9 +24,9 @@ from auditor.analysis.rules._groups import (
 from auditor.analysis.rules._hops import client_evidence, describe_evidence, places, redirect_hops
 from auditor.analysis.rules._subset import FOLLOW_UPS, RESPONSES, ensure_responses
 from auditor.analysis.rules.base import AuditContext, Finding, StaticGraph, rule
-from auditor.analysis.rules.method import short
 from auditor.analysis.sampled import weight_of, weight_sql
 from auditor.redirects import FOLLOWED_SQL, client_family, next_hop, redirect_sql
+from auditor.urls import short
 
 FAMILY = "chains"
 PERMANENT, TEMPORARY = (301, 308), (302, 303, 307)

@@ -19,9 +19,8 @@ from auditor.analysis.rules._groups import Group, finding, framework_fix, groupe
 from auditor.analysis.rules._hops import client_evidence, places, redirect_hops
 from auditor.analysis.rules._subset import RESPONSES
 from auditor.analysis.rules.base import AuditContext, Finding, rule
-from auditor.analysis.rules.method import short
 from auditor.redirects import FOLLOWED_SQL
-from auditor.urls import parse_forwarded
+from auditor.urls import parse_forwarded, short
 
 # Statuses on which a Location means something (RFC 9110 §10.2.2): 201 names the
 # created resource, every 3xx the redirect target (300: the preferred choice), and

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from functools import lru_cache
 
 from auditor.analysis.fixes import (
     default_remark,
@@ -33,7 +32,7 @@ from auditor.analysis.rules._hops import (
 )
 from auditor.analysis.rules.base import AuditContext, Finding, Severity, rule
 from auditor.redirects import MEASURED_CLIENTS, next_hop
-from auditor.urls import path_and_query
+from auditor.urls import short
 
 FAMILY = "method"
 
@@ -52,24 +51,6 @@ CREDENTIAL_ROUTE = re.compile(
 )
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 NON_GET = "r.method not in ('GET', 'HEAD')"
-
-
-@lru_cache(maxsize=65536)
-def short(url: str | None) -> str:
-    """A target as a reader wants it: path and query when it is a URL."""
-    if not url:
-        return "(no Location)"
-    if "://" not in url:
-        return url
-    simple = _SIMPLE_URL.match(url)
-    if simple:  # what path_and_query returns, without urlsplit
-        path, _, query = simple.group(1).partition("?")
-        return f"{path or '/'}?{query}" if query else (path or "/")
-    return path_and_query(url)
-
-
-# An http(s) URL that urlsplit would not alter: no fragment, white space, controls or brackets.
-_SIMPLE_URL = re.compile(r"https?://[^/?#\[\]\x00-\x20\x7f]+([^#\x00-\x20\x7f]*)\Z")
 
 
 def spec_for(status: int | None, *more: int) -> str:

@@ -29,9 +29,9 @@ from auditor.analysis.rules._groups import (
 )
 from auditor.analysis.rules._hops import client_evidence, places, redirect_hops
 from auditor.analysis.rules.base import SOURCE_SQL, AuditContext, Finding, rule
-from auditor.analysis.rules.method import short
 from auditor.analysis.sampled import weight_sql
 from auditor.redirects import FOLLOWED_SQL
+from auditor.urls import short
 
 FAMILY = "permanence"
 DAY = 86400.0
