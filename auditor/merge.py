@@ -21,9 +21,9 @@ from auditor.schema import (
     RECORDER_STATS_COLUMNS,
     SchemaError,
     check_traffic_db,
-    connect_read_only,
     create_private_file,
     ensure_schema,
+    has_meta_key,
 )
 
 # auditor_meta row that marks a file made by merge: only such a file is merged into
@@ -97,17 +97,7 @@ def merge(out_path: str | Path, shard_paths: list[str | Path]) -> MergeResult:
 
 def is_merged_database(path: str | Path) -> bool:
     """True when ``path`` is a traffic database that ``merge`` made (read-only check)."""
-    try:
-        conn = connect_read_only(path)
-        try:
-            row = conn.execute(
-                f"select 1 from {META_TABLE} where key = ?", (MERGED_MARKER_KEY,)
-            ).fetchone()
-        finally:
-            conn.close()
-    except sqlite3.Error:
-        return False
-    return row is not None
+    return has_meta_key(path, MERGED_MARKER_KEY)
 
 
 def _merge_one(conn: sqlite3.Connection, shard: Path) -> int:

@@ -334,6 +334,20 @@ def connect_read_only(db_path: str | Path) -> sqlite3.Connection:
     return sqlite3.connect(uri, uri=True)
 
 
+def has_meta_key(db_path: str | Path, key: str) -> bool:
+    """True when ``auditor_meta`` of the file holds ``key`` (a read-only look; False for
+    a file that cannot be read as such)."""
+    try:
+        conn = connect_read_only(db_path)
+        try:
+            row = conn.execute(f"select 1 from {META_TABLE} where key = ?", (key,)).fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return False
+    return row is not None
+
+
 def check_sqlite_file(db_path: str | Path) -> None:
     """Raise SchemaError with a one-line reason unless the file is a readable, intact
     SQLite database (header, then ``pragma quick_check``: about 0.1 s per 100 MB).

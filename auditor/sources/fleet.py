@@ -30,9 +30,9 @@ from auditor.schema import (
     RECORDER_STATS_COLUMNS,
     SchemaError,
     check_traffic_db,
-    connect_read_only,
     create_private_file,
     ensure_schema,
+    has_meta_key,
 )
 from auditor.sources.export import SHARD_NAME, STATS_DIR, require_fleet
 from auditor.sources.fleet_select import (
@@ -298,19 +298,7 @@ def _write_report(
 
 def is_fleet_report(path: str | Path) -> bool:
     """A report this module made (its rows are a selection of some shards')."""
-    try:
-        conn = connect_read_only(path)
-        try:
-            return (
-                conn.execute(
-                    f"select 1 from {META_TABLE} where key = ?", (REPORT_MARKER_KEY,)
-                ).fetchone()
-                is not None
-            )
-        finally:
-            conn.close()
-    except sqlite3.Error:
-        return False
+    return has_meta_key(path, REPORT_MARKER_KEY)
 
 
 def compact_report(path: str | Path) -> tuple[int, int]:
@@ -373,17 +361,7 @@ def _first_line(exc: BaseException) -> str:
 
 def _require_report(path: Path) -> None:
     check_traffic_db(path)
-    try:
-        conn = connect_read_only(path)
-        try:
-            marked = conn.execute(
-                f"select 1 from {META_TABLE} where key = ?", (REPORT_MARKER_KEY,)
-            ).fetchone()
-        finally:
-            conn.close()
-    except sqlite3.Error:
-        marked = None
-    if marked is None:
+    if not is_fleet_report(path):
         raise SchemaError(
             f"{path}: exists and is not a fleet audit report; refusing to replace it "
             "(name another file with --report)"
