@@ -136,26 +136,27 @@ def select_rows(
     con.execute(
         f"""create temp table reduced as
             select hash(q.filename) as fh, q.id, q.started_at,
-                   case when {RESPONSE_SQL} then hash({place}) end as place,
-                   case when {RESPONSE_SQL}
+                   case when q.response then hash({place}) end as place,
+                   case when q.response
                         then hash({place}, coalesce(f.family, ''), {TARGET_SQL})
                    end as stratum,
-                   hash(q.client_key, {PATH_SQL}) as as_follow_up,
-                   case when q.status between 300 and 399 and q.status != 304
-                         and q.location_url is not null
+                   q.as_follow_up,
+                   case when q.redirect and q.location_url is not null
                         then hash(q.client_key, {target_path_sql("q.location_url")})
                    end as as_redirect,
-                   case when q.status between 300 and 399 and q.status != 304
+                   case when q.redirect
                          and (hash(q.location_url) in (select h from redirect_urls)
                               or hash(q.url) in (select h from redirect_targets))
                         then hash(q.method, q.url, q.status, q.location_url)
                    end as edge,
                    false as always
-            from shards q
+            from (select *, {RESPONSE_SQL} as response,
+                         status between 300 and 399 and status != 304 as redirect,
+                         hash(client_key, {PATH_SQL}) as as_follow_up
+                  from shards q) q
             left join path_templates_in t on t.path = q.path
             left join agent_families f on f.user_agent is not distinct from q.user_agent
-            where {RESPONSE_SQL}
-               or hash(q.client_key, {PATH_SQL}) in (select unit from link_targets)"""
+            where q.response or q.as_follow_up in (select unit from link_targets)"""
     )
     con.execute(
         """insert into reduced
