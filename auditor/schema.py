@@ -334,6 +334,14 @@ def connect_read_only(db_path: str | Path) -> sqlite3.Connection:
     return sqlite3.connect(uri, uri=True)
 
 
+def has_table(conn: sqlite3.Connection, name: str, *, schema: str = "main") -> bool:
+    """True when ``schema`` (``main`` or ``temp``) of the connection has table ``name``."""
+    row = conn.execute(
+        f"select 1 from {schema}.sqlite_master where type = 'table' and name = ?", (name,)
+    ).fetchone()
+    return row is not None
+
+
 def has_meta_key(db_path: str | Path, key: str) -> bool:
     """True when ``auditor_meta`` of the file holds ``key`` (a read-only look; False for
     a file that cannot be read as such)."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import sqlite3
 from typing import TYPE_CHECKING
 
-from auditor.schema import META_TABLE
+from auditor.schema import META_TABLE, has_table
 
 if TYPE_CHECKING:
     from auditor.analysis.rules.base import Finding
@@ -66,10 +66,7 @@ def fill_weights(conn: sqlite3.Connection, responses: str) -> None:
         "requests integer, audited integer, weight real, "
         "primary key (source, method, status))"
     )
-    exists = conn.execute(
-        "select 1 from main.sqlite_master where type = 'table' and name = ?", (SAMPLED_PLACES,)
-    ).fetchone()
-    if exists:
+    if has_table(conn, SAMPLED_PLACES):
         conn.execute(
             f"""insert into temp.{WEIGHTS}
                 select p.source, p.method, p.status, p.requests, a.audited,

@@ -104,10 +104,7 @@ def _fill_sources(conn: sqlite3.Connection) -> None:
 
     conn.execute(f"drop table if exists temp.{TEMPLATES}")
     conn.execute(f"create temp table {TEMPLATES} (path text primary key, template text)")
-    given = conn.execute(
-        "select 1 from main.sqlite_master where type = 'table' and name = ?", (PATH_TEMPLATES,)
-    ).fetchone()
-    if given:
+    if schema.has_table(conn, PATH_TEMPLATES):
         conn.execute(f"insert into {TEMPLATES} select path, template from main.{PATH_TEMPLATES}")
     else:
         paths = [p for (p,) in conn.execute(f"select distinct path from {RESPONSES}")]
@@ -142,9 +139,7 @@ def ensure_responses(ctx: AuditContext) -> None:
     if ctx.responses_only:  # linking still runs: the rules then read responses only
         return
     conn = ctx.conn
-    built = conn.execute(
-        "select 1 from temp.sqlite_master where type = 'table' and name = ?", (_BUILT,)
-    ).fetchone()
+    built = schema.has_table(conn, _BUILT, schema="temp")
     if built and conn.execute(f"select max_id from temp.{_BUILT}").fetchone()[0] == _newest(conn):
         return
     copy_follow_ups(conn, copy_responses(conn))
