@@ -241,11 +241,20 @@ def _resume_id(out: Path, source: str) -> int:
 
 
 def _save_resume_id(out: Path, source: str, value: int) -> None:
-    folder = out / STATE_DIR
+    text = json.dumps({"resume_id": value})
+    _replace_whole(out / STATE_DIR, f"{source}.json", lambda tmp: tmp.write_text(text))
+
+
+def _replace_whole(folder: Path, name: str, write: Callable[[Path], object]) -> None:
+    """``folder/name`` replaced by what ``write`` puts in a temporary file beside it:
+    a reader sees the old file or the new one, never half of one."""
     folder.mkdir(exist_ok=True)
-    tmp = folder / f".{source}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps({"resume_id": value}))
-    os.replace(tmp, folder / f"{source}.json")
+    tmp = folder / f".{name}.{os.getpid()}.tmp"
+    try:
+        write(tmp)
+        os.replace(tmp, folder / name)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _write_stats(db: Path, out: Path, source: str, host: str, pa: Any, pq: Any) -> None:
@@ -271,14 +280,7 @@ def _write_stats(db: Path, out: Path, source: str, host: str, pa: Any, pq: Any) 
             },
         }
     )
-    folder = out / STATS_DIR
-    folder.mkdir(exist_ok=True)
-    tmp = folder / f".{source}.{os.getpid()}.tmp"
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, folder / f"{source}.parquet")
-    finally:
-        tmp.unlink(missing_ok=True)
+    _replace_whole(out / STATS_DIR, f"{source}.parquet", lambda tmp: pq.write_table(table, tmp))
 
 
 class SliceFile:
