@@ -131,17 +131,14 @@ class RecentTargets:
             key = crc32(raw, seed)
         else:
             key = crc32(request_path_key(scope), seed)
-        slots = self._slots
-        i = (key & _MASK) << 1
-        first, second = slots[i], slots[i + 1]
-        now = int(at) - self.window
-        return (first >> 32 == key and (first & _SECONDS) >= now) or (
-            second >> 32 == key and (second & _SECONDS) >= now
-        )
+        return self._holds(key, at)
 
     def expected(self, client: str, path: bytes, at: float) -> bool:
         """Whether a redirect sent ``client`` to ``path`` within the window before ``at``."""
-        key = self._key(client, path)
+        return self._holds(self._key(client, path), at)
+
+    def _holds(self, key: int, at: float) -> bool:
+        """Whether the bucket of ``key`` holds it, noted within the window before ``at``."""
         slots = self._slots
         i = (key & _MASK) << 1
         first, second = slots[i], slots[i + 1]
