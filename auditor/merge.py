@@ -24,6 +24,7 @@ from auditor.schema import (
     create_private_file,
     ensure_schema,
     has_meta_key,
+    remove_database_files,
 )
 
 # auditor_meta row that marks a file made by merge: only such a file is merged into
@@ -88,8 +89,7 @@ def merge(out_path: str | Path, shard_paths: list[str | Path]) -> MergeResult:
     except BaseException:
         conn.close()
         if created:  # leave nothing behind for an output that never got made
-            for suffix in ("", "-wal", "-shm", "-journal"):
-                Path(f"{out}{suffix}").unlink(missing_ok=True)
+            remove_database_files(out)
         raise
     conn.close()
     return MergeResult(added, total)

@@ -334,6 +334,16 @@ def connect_read_only(db_path: str | Path) -> sqlite3.Connection:
     return sqlite3.connect(uri, uri=True)
 
 
+SIDECAR_SUFFIXES = ("-wal", "-shm", "-journal")
+
+
+def remove_database_files(db_path: str | Path, *, main: bool = True) -> None:
+    """Delete a database file (unless ``main`` is False) and its -wal, -shm and -journal
+    files, those that exist: a stale sidecar beside a new file would be read as its own."""
+    for suffix in ("", *SIDECAR_SUFFIXES) if main else SIDECAR_SUFFIXES:
+        Path(f"{db_path}{suffix}").unlink(missing_ok=True)
+
+
 def has_table(conn: sqlite3.Connection, name: str, *, schema: str = "main") -> bool:
     """True when ``schema`` (``main`` or ``temp``) of the connection has table ``name``."""
     row = conn.execute(

@@ -42,15 +42,16 @@ from auditor.demo.traffic import (
 from auditor.record.middleware import RedirectRecorder
 from auditor.schema import (
     META_TABLE,
+    SIDECAR_SUFFIXES,
     SchemaError,
     check_traffic_db,
     connect,
     create_private_file,
     ensure_schema,
+    has_meta_key,
 )
 
 DEMO_MARKER_KEY = "demo"  # auditor_meta row that marks a database the demo may replace
-SIDE_FILES = ("-wal", "-shm", "-journal")
 STARTUP_TIMEOUT = 30.0
 
 # progress(what is happening, steps done, steps in total)
@@ -68,16 +69,9 @@ def is_demo_database(db_path: Path) -> bool:
     """True when the file is a traffic database that the demo created (read-only check)."""
     try:
         check_traffic_db(db_path)
-        conn = sqlite3.connect(f"{db_path.resolve().as_uri()}?mode=ro", uri=True)
-        try:
-            row = conn.execute(
-                f"select 1 from {META_TABLE} where key = ?", (DEMO_MARKER_KEY,)
-            ).fetchone()
-        finally:
-            conn.close()
-    except (SchemaError, sqlite3.Error):
+    except SchemaError:
         return False
-    return row is not None
+    return has_meta_key(db_path, DEMO_MARKER_KEY)
 
 
 def prepare_database(db_path: Path) -> None:
@@ -90,7 +84,7 @@ def prepare_database(db_path: Path) -> None:
         raise DemoError(f"{db_path}: is a directory; --db takes a SQLite file path")
     if not db_path.absolute().parent.is_dir():
         raise DemoError(f"{db_path}: directory {db_path.absolute().parent} does not exist")
-    side_files = [db_path.with_name(db_path.name + suffix) for suffix in SIDE_FILES]
+    side_files = [db_path.with_name(db_path.name + suffix) for suffix in SIDECAR_SUFFIXES]
     if db_path.exists():
         if not is_demo_database(db_path):
             try:

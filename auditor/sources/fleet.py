@@ -33,6 +33,7 @@ from auditor.schema import (
     create_private_file,
     ensure_schema,
     has_meta_key,
+    remove_database_files,
 )
 from auditor.sources.export import SHARD_NAME, STATS_DIR, require_fleet
 from auditor.sources.fleet_select import (
@@ -206,18 +207,15 @@ def load_shards(
                     semi join keep k on k.fh = hash(q.filename) and k.id = q.id
                     order by q.started_at, q.filename, q.id"""
             )
-            for suffix in ("", "-wal", "-shm", "-journal"):
-                Path(f"{tmp}{suffix}").unlink(missing_ok=True)
+            remove_database_files(tmp)
             create_private_file(tmp)
             _write_report(tmp, cursor, selection, stats, progress)
         except duckdb.Error as exc:
             raise SchemaError(f"reading the shards failed: {_first_line(exc)}") from None
-        for suffix in ("-wal", "-shm", "-journal"):  # an old report's, never the new one's
-            Path(f"{out}{suffix}").unlink(missing_ok=True)
+        remove_database_files(out, main=False)  # an old report's, never the new one's
         os.replace(tmp, out)
     except BaseException:
-        for suffix in ("", "-wal", "-shm", "-journal"):
-            Path(f"{tmp}{suffix}").unlink(missing_ok=True)
+        remove_database_files(tmp)
         raise
     finally:
         con.close()

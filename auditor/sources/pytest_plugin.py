@@ -121,14 +121,13 @@ def _database(value: str, worker: bool) -> Path:
             "or put the option after the test paths"
         )
     if path.exists() and not worker:
-        from auditor.schema import SchemaError, check_traffic_db
+        from auditor.schema import SchemaError, check_traffic_db, remove_database_files
 
         try:
             check_traffic_db(path)
         except SchemaError as exc:
             raise pytest.UsageError(f"--redirect-audit: {exc}") from None
-        for suffix in ("", "-wal", "-shm"):  # a fresh database for this run
-            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        remove_database_files(path)  # a fresh database for this run
     return path.absolute()
 
 
