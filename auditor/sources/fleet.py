@@ -100,7 +100,7 @@ def recorder_stats(con: Any, duckdb: Any, source: str | Path) -> list[tuple[Any,
         values = [
             "server || '/' || source_id || ':' || worker_id"
             if c == "worker_id"
-            else (f'"{c}"' if c in names else "null")
+            else _column_or_null(c, names)
             for c in RECORDER_STATS_COLUMNS
         ]
         return list(con.execute(f"select {', '.join(values)} from stats_in").fetchall())
