@@ -33,7 +33,7 @@ from auditor.record import registry
 from auditor.record.middleware import Exchange
 from auditor.record.rows import INSERT_SQL, ROW_COLUMNS, RowBuilder, to_portable
 from auditor.record.writer import _FULL, _insert, bind_none_directly, insert_rows
-from auditor.schema import connect, ensure_schema
+from auditor.store.schema import connect, ensure_schema
 from auditor.urls import TrustedProxies, build_url, redact_query, resolve_location
 from benchmarks import apps
 from benchmarks.inprocess import Collector, _receive, _send, capture, drive, scope_templates

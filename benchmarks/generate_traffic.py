@@ -42,7 +42,7 @@ from typing import Any
 from auditor.analysis.rules.base import AuditOptions
 from auditor.record.rows import ROW_COLUMNS
 from auditor.redirects import client_family
-from auditor.schema import connect, ensure_schema
+from auditor.store.schema import connect, ensure_schema
 
 HOSTS = ("shop.example.com", "api.example.com")
 AGENTS = (

@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from auditor.schema import connect, create_private_file, ensure_schema
+from auditor.store.schema import connect, create_private_file, ensure_schema
 
 RULES = (
     ("error", "method-change-on-move", "POST", 301),

@@ -25,8 +25,6 @@ from auditor.analysis.report import (
     to_rich,
 )
 from auditor.analysis.rules.base import Severity, all_rules
-from auditor.merge import merge
-from auditor.schema import SchemaError
 from auditor.sources.export import FleetMissing
 from auditor.sources.fleet import (
     compact_report,
@@ -36,6 +34,8 @@ from auditor.sources.fleet import (
     load_shards,
 )
 from auditor.sources.fleet_select import DEFAULT_MAX_ROWS
+from auditor.store.merge import merge
+from auditor.store.schema import SchemaError
 
 from .common import console, err_console, fail, require_traffic_db
 

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from auditor.schema import SchemaError, check_traffic_db
+from auditor.store.schema import SchemaError, check_traffic_db
 
 console = Console()
 err_console = Console(stderr=True)

@@ -9,8 +9,8 @@ from typing import Annotated
 import typer
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from auditor.schema import SchemaError
 from auditor.sources.export import DEFAULT_WINDOW_S, FleetMissing, export, require_fleet
+from auditor.store.schema import SchemaError
 
 from .common import console, err_console, fail
 

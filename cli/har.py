@@ -7,9 +7,9 @@ from typing import Annotated
 
 import typer
 
-from auditor.schema import SchemaError
 from auditor.sources.har import HarError
 from auditor.sources.har import import_har as import_har_file
+from auditor.store.schema import SchemaError
 
 from .common import console, err_console, fail
 

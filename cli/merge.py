@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from auditor.merge import merge
-from auditor.schema import SchemaError
+from auditor.store.merge import merge
+from auditor.store.schema import SchemaError
 
 from .common import console, fail
 

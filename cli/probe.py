@@ -14,9 +14,9 @@ from rich.table import Table
 
 from auditor.record.middleware import RedirectRecorder
 from auditor.record.serve import AppImportError, import_app
-from auditor.schema import SchemaError, check_traffic_db
 from auditor.sources.probe import HopRecorder, ProbeResult, sweep_targets
 from auditor.sources.probe import probe as run_probe
+from auditor.store.schema import SchemaError, check_traffic_db
 
 from .common import console, fail
 

@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from auditor.retention import parse_duration, prune
-from auditor.schema import connect
+from auditor.store.retention import parse_duration, prune
+from auditor.store.schema import connect
 
 from .common import console, fail, require_traffic_db
 

@@ -20,7 +20,7 @@ from uvicorn.config import LIFESPAN
 
 from auditor.record.serve import AppImportError, import_app, settings_env
 from auditor.redaction import RedactionRules
-from auditor.schema import (
+from auditor.store.schema import (
     SchemaError,
     check_sqlite_file,
     connect,

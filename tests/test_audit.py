@@ -11,7 +11,7 @@ import pytest
 
 from auditor import audit
 from auditor.analysis.config import ConfigError
-from auditor.schema import SchemaError
+from auditor.store.schema import SchemaError
 from tests.traffic import scenario_db
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from auditor.merge import merge
-from auditor.schema import connect, create_private_file, ensure_schema
+from auditor.store.merge import merge
+from auditor.store.schema import connect, create_private_file, ensure_schema
 from redirect_auditor_cli.main import app
 from tests.servers import free_port
 

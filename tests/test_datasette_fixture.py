@@ -19,7 +19,7 @@ from starlette.routing import Route
 
 from auditor import RedirectRecorder
 from auditor.analysis.audit import audit
-from auditor.schema import connect
+from auditor.store.schema import connect
 from tests.servers import serve_in_thread
 
 XSS_PATH = "/<script>alert(1)</script>"

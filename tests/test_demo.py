@@ -30,7 +30,7 @@ from auditor.analysis.rules.base import AuditOptions
 from auditor.demo.app import CORRECT_ROUTES, PLANTED, Planted
 from auditor.demo.run import is_demo_database
 from auditor.demo.traffic import CLIENTS, client_addresses
-from auditor.schema import connect, ensure_schema
+from auditor.store.schema import connect, ensure_schema
 from redirect_auditor_cli.main import app
 from tests.servers import cli_command
 

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from auditor.analysis import linking
 from auditor.analysis.linking import _augment, _unforced, link_requests
-from auditor.schema import ensure_schema
+from auditor.store.schema import ensure_schema
 
 ORIGIN = "http://shop.test"
 PATHS = ["/a", "/b", "/c", "/login", "/account"]  # a small pool: journeys collide on URLs

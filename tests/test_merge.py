@@ -12,8 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from auditor import audit
-from auditor.merge import merge
 from auditor.record.writer import SECRET_ENV
+from auditor.store.merge import merge
 from redirect_auditor_cli.main import app as cli_app
 from tests.servers import ROOT, cli_command, free_port, serve_in_process, wait_for
 

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from auditor.record.rows import INSERT_SQL, ROW_COLUMNS, Capture, RowBuilder
-from auditor.schema import ensure_schema
+from auditor.store.schema import ensure_schema
 from auditor.urls import (
     REDACTED,
     TrustedProxies,

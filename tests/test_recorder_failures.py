@@ -15,7 +15,7 @@ import pytest
 from starlette.types import Receive, Scope, Send
 
 from auditor import RedirectRecorder
-from auditor.schema import restore_sidecar_modes
+from auditor.store.schema import restore_sidecar_modes
 from tests.apps import site
 from tests.servers import fetch_rows, raw_request, serve_in_thread
 

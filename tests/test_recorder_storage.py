@@ -13,7 +13,13 @@ import pytest
 from typer.testing import CliRunner
 
 from auditor import RedirectRecorder
-from auditor.schema import META_TABLE, SCHEMA_VERSION, connect, create_private_file, ensure_schema
+from auditor.store.schema import (
+    META_TABLE,
+    SCHEMA_VERSION,
+    connect,
+    create_private_file,
+    ensure_schema,
+)
 from redirect_auditor_cli.main import app as cli_app
 from tests.servers import fetch_rows, serve_in_thread
 

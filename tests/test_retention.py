@@ -15,8 +15,8 @@ from starlette.routing import Route
 from typer.testing import CliRunner
 
 from auditor import RedirectRecorder
-from auditor.retention import parse_duration, prune
-from auditor.schema import connect
+from auditor.store.retention import parse_duration, prune
+from auditor.store.schema import connect
 from redirect_auditor_cli.main import app as cli_app
 from tests.servers import serve_in_thread
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from auditor.schema import META_TABLE, connect, create_private_file, ensure_schema
+from auditor.store.schema import META_TABLE, connect, create_private_file, ensure_schema
 from redirect_auditor_cli.main import app
 
 

@@ -74,7 +74,7 @@ def test_short_and_full_rows_store_every_column_in_batch_order(tmp_path: Path) -
     proxied rows with all of them: every value is the built row's, ids in batch order."""
     from auditor.record.rows import ROW_COLUMNS, RowBuilder, to_portable
     from auditor.record.writer import SHORT_COLUMNS, insert_rows
-    from auditor.schema import connect, ensure_schema
+    from auditor.store.schema import connect, ensure_schema
     from auditor.urls import TrustedProxies
 
     assert len(SHORT_COLUMNS) < len(ROW_COLUMNS)

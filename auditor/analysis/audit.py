@@ -24,7 +24,6 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from auditor import schema
 from auditor.analysis import linking, sampled
 from auditor.analysis.config import build_options, validate
 from auditor.analysis.rules import _subset as subset
@@ -39,6 +38,7 @@ from auditor.analysis.rules.base import (
     Severity,
     all_rules,
 )
+from auditor.store import schema
 
 logger = logging.getLogger(__name__)
 

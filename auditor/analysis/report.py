@@ -379,7 +379,7 @@ def to_rich(
 def stored_result(db_path: str | Path) -> AuditResult | None:
     """The last audit of ``db_path`` as stored in it (audit_runs + findings), without
     auditing again; None when it was never audited. Read-only."""
-    from auditor.schema import connect_read_only
+    from auditor.store.schema import connect_read_only
 
     conn = connect_read_only(db_path)
     conn.row_factory = sqlite3.Row

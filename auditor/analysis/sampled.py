@@ -14,7 +14,7 @@ from __future__ import annotations
 import sqlite3
 from typing import TYPE_CHECKING
 
-from auditor.schema import META_TABLE, has_table
+from auditor.store.schema import META_TABLE, has_table
 
 if TYPE_CHECKING:
     from auditor.analysis.rules.base import Finding

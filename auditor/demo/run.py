@@ -40,7 +40,7 @@ from auditor.demo.traffic import (
     proxy_address,
 )
 from auditor.record.middleware import RedirectRecorder
-from auditor.schema import (
+from auditor.store.schema import (
     META_TABLE,
     SIDECAR_SUFFIXES,
     SchemaError,

@@ -16,7 +16,7 @@ from markupsafe import Markup
 
 from auditor.explore.pictures import Hop, origin_of, short_url, status_colour
 from auditor.redirects import is_redirect
-from auditor.schema import FRAMEWORKS
+from auditor.store.schema import FRAMEWORKS
 
 SEVERITIES = ("error", "warning", "info")
 FIX_LENGTH = 160

@@ -18,7 +18,7 @@ from starlette.routing import Mount
 
 from auditor.redaction import DEFAULT as DEFAULT_REDACTOR
 from auditor.redaction import MARKER_FORMAT, RedactionRules, Redactor, redacted_path
-from auditor.schema import REQUEST_COLUMNS
+from auditor.store.schema import REQUEST_COLUMNS
 from auditor.urls import TrustedProxies, build_url, first_value, parse_forwarded, resolve_location
 
 MAX_VALUE_CHARS = 8192  # longer header values are cut; the row is still written

@@ -37,8 +37,8 @@ from auditor.record.rows import (
     RowBuilder,
     to_portable,
 )
-from auditor.retention import prune
-from auditor.schema import (
+from auditor.store.retention import prune
+from auditor.store.schema import (
     DROP_REASONS,
     SchemaError,
     connect,

@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from auditor.record.rows import LINKING_COLUMNS
-from auditor.schema import (
+from auditor.store.schema import (
     BUSY_TIMEOUT_MS,
     META_TABLE,
     RECORDER_STATS_COLUMNS,

@@ -2,7 +2,7 @@
 
 DuckDB reads every shard and picks the rows the audit reads (``fleet_select``: about
 one in four, and past a size those of a sample of clients); they go into a new SQLite
-traffic database (the schema of ``auditor.schema``) with the whole traffic's totals
+traffic database (the schema of ``auditor.store.schema``) with the whole traffic's totals
 and route templates beside them, and the ordinary ``audit()`` runs on it. So linking
 across hosts and every problem of the finding model have one implementation, the
 SQLite path's. After the audit, ``compact_report`` keeps in it only what the
@@ -25,7 +25,14 @@ from typing import Any
 from auditor.analysis.rules._subset import PATH_TEMPLATES
 from auditor.analysis.sampled import SAMPLED_PLACES, TRAFFIC_REDIRECTS, TRAFFIC_ROWS
 from auditor.record.rows import INSERT_SQL, ROW_COLUMNS
-from auditor.schema import (
+from auditor.sources.export import SHARD_NAME, STATS_DIR, require_fleet
+from auditor.sources.fleet_select import (
+    DEFAULT_MAX_ROWS,
+    DEFAULT_PER_PLACE,
+    Selection,
+    select_rows,
+)
+from auditor.store.schema import (
     META_TABLE,
     RECORDER_STATS_COLUMNS,
     SchemaError,
@@ -34,13 +41,6 @@ from auditor.schema import (
     ensure_schema,
     has_meta_key,
     remove_database_files,
-)
-from auditor.sources.export import SHARD_NAME, STATS_DIR, require_fleet
-from auditor.sources.fleet_select import (
-    DEFAULT_MAX_ROWS,
-    DEFAULT_PER_PLACE,
-    Selection,
-    select_rows,
 )
 
 REPORT_NAME = "report.db"

@@ -27,7 +27,7 @@ from urllib.parse import unquote, urlsplit
 from auditor.record.rows import INSERT_SQL, ROW_COLUMNS, RowBuilder
 from auditor.record.writer import load_secret
 from auditor.redaction import redacted_path
-from auditor.schema import (
+from auditor.store.schema import (
     SchemaError,
     check_traffic_db,
     connect,

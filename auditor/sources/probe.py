@@ -31,7 +31,7 @@ import httpx
 from auditor.record.rows import INSERT_SQL, Capture, RowBuilder
 from auditor.record.writer import load_secret
 from auditor.redirects import FOLLOWED_STATUSES, is_redirect, next_hop
-from auditor.schema import (
+from auditor.store.schema import (
     SchemaError,
     check_traffic_db,
     connect,

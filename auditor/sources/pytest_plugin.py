@@ -121,7 +121,7 @@ def _database(value: str, worker: bool) -> Path:
             "or put the option after the test paths"
         )
     if path.exists() and not worker:
-        from auditor.schema import SchemaError, check_traffic_db, remove_database_files
+        from auditor.store.schema import SchemaError, check_traffic_db, remove_database_files
 
         try:
             check_traffic_db(path)
@@ -385,7 +385,7 @@ class RedirectAudit:
             return
         from auditor.analysis.audit import audit
         from auditor.analysis.report import failed
-        from auditor.schema import connect
+        from auditor.store.schema import connect
 
         try:
             conn = connect(self.db_path)

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import sqlite3
 
-from auditor import schema
 from auditor.analysis.rules.base import AuditContext
 from auditor.analysis.sampled import fill_weights
+from auditor.store import schema
 
 RESPONSES = "audit_responses"
 TEMPLATES = "audit_templates"  # path -> inferred route template

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from auditor.record.rows import ROW_COLUMNS
-from auditor.schema import (
+from auditor.store.schema import (
     BUSY_TIMEOUT_MS,
     META_TABLE,
     RECORDER_STATS_COLUMNS,

@@ -1,0 +1,1 @@
+"""The traffic database: schema and migrations, the request journal, merge, retention."""
