@@ -31,8 +31,15 @@ if __package__ in (None, ""):
 
 from auditor.record import registry
 from auditor.record.middleware import Exchange
-from auditor.record.rows import INSERT_SQL, ROW_COLUMNS, RowBuilder, to_portable
-from auditor.record.writer import _FULL, _insert, bind_none_directly, insert_rows
+from auditor.record.rows import RowBuilder, to_portable
+from auditor.store.requests import (
+    _FULL,
+    INSERT_SQL,
+    ROW_COLUMNS,
+    _insert,
+    bind_none_directly,
+    insert_rows,
+)
 from auditor.store.schema import connect, ensure_schema
 from auditor.urls import TrustedProxies, build_url, redact_query, resolve_location
 from benchmarks import apps

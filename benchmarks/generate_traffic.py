@@ -40,8 +40,8 @@ from pathlib import Path
 from typing import Any
 
 from auditor.analysis.rules.base import AuditOptions
-from auditor.record.rows import ROW_COLUMNS
 from auditor.redirects import client_family
+from auditor.store.requests import ROW_COLUMNS
 from auditor.store.schema import connect, ensure_schema
 
 HOSTS = ("shop.example.com", "api.example.com")

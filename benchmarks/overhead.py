@@ -42,6 +42,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from auditor.store.journal import recorded_rows
 from benchmarks import apps
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -249,7 +250,7 @@ def check_rows(variant: str, db: Path, served: int, slack: int) -> str:
         return ""
     conn = sqlite3.connect(db)
     try:
-        rows = conn.execute("select count(*) from requests").fetchone()[0]
+        rows = recorded_rows(conn)  # unpacked or still in the recorder's batches
         stats = (
             conn.execute(
                 "select sum(rows_skipped), sum(dropped_queue_full + dropped_locked + "

@@ -40,6 +40,8 @@ import threading
 import time
 from pathlib import Path
 
+from auditor.store.journal import unpack_file
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -242,6 +244,7 @@ def main() -> None:
             server.kill()
         db.chmod(0o600)
 
+    unpack_file(db)  # every batch read back into requests: counted there
     conn = sqlite3.connect(db)
     written = conn.execute("select count(*) from requests").fetchone()[0]
     stats = conn.execute(

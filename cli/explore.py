@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from auditor import explore as exploring
+from auditor.store import journal
 
 from .common import console, err_console, fail, require_traffic_db
 
 
 def _audit_if_needed(db: Path) -> None:
     if not exploring.needs_audit(db):
+        try:
+            journal.unpack_file(db)  # what was recorded since the last audit
+        except (sqlite3.Error, OSError) as exc:  # shown as it stands; the follower retries
+            err_console.print(f"Warning: {db}: {exc}", highlight=False)
         return
     try:
         from auditor.analysis.audit import audit
@@ -39,7 +45,8 @@ def explore(
 ) -> None:
     """Open traffic databases in Datasette: findings, redirect chains and requests.
 
-    Runs the audit first on a database that has no findings yet.
+    Runs the audit first on a database that has no findings yet; requests recorded
+    meanwhile show up within seconds.
 
     Example: redirect-auditor explore traffic.db --port 8001
     """
@@ -57,6 +64,7 @@ def explore(
             highlight=False,
         )
     ds = exploring.build_datasette(dbs)
+    journal.follow(dbs)  # a live recording keeps showing up
     bound_port = sock.getsockname()[1]
     url_host = f"[{host}]" if ":" in host else host
     names = exploring.database_names(dbs)

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from auditor.store.journal import recorded_rows
 from auditor.store.retention import parse_duration, prune
 from auditor.store.schema import connect
 
@@ -37,7 +38,7 @@ def prune_command(
     conn = connect(db)
     try:
         deleted = prune(conn, max_rows=max_rows, max_age=age)
-        remaining = conn.execute("select count(*) from requests").fetchone()[0]
+        remaining = recorded_rows(conn)
     except sqlite3.Error as exc:
         fail(f"{db}: {exc}")
     finally:

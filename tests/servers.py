@@ -86,11 +86,19 @@ def cli_command(*args: str) -> list[str]:
 
 
 def fetch_rows(db_path: Path | str, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
-    """Rows of a query on a traffic database as dicts (an empty list while the file is absent)."""
+    """Rows of a query on a traffic database as dicts (an empty list while the file is
+    absent), after the recorder's batches are unpacked into ``requests``."""
     import sqlite3
+
+    from auditor.store.journal import unpack_file
 
     if not Path(db_path).exists():
         return []
+    try:
+        unpack_file(db_path)
+    except sqlite3.OperationalError as exc:
+        if "no such table" not in str(exc):
+            raise
     conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5)
     try:
         conn.row_factory = sqlite3.Row

@@ -19,6 +19,7 @@ from starlette.routing import Route
 
 from auditor import RedirectRecorder
 from auditor.analysis.audit import audit
+from auditor.store.journal import unpack_file
 from auditor.store.schema import connect
 from tests.servers import serve_in_thread
 
@@ -118,6 +119,7 @@ def record_traffic(db_path: Path) -> None:
                 browser.get("/xss")
     finally:
         recorder.writer.close()
+    unpack_file(db_path)  # the recorder's batches into requests, as any reader does first
 
 
 @pytest.fixture(scope="session")

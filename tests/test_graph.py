@@ -13,6 +13,7 @@ from starlette.routing import Route
 
 from auditor import RedirectRecorder
 from auditor.analysis.graph import edges_from_rows, redirect_edges, static_chains, static_loops
+from auditor.store.journal import recorded_rows
 from tests.servers import serve_in_thread, wait_for
 
 MakeRecorder = Callable[..., RedirectRecorder]
@@ -53,7 +54,7 @@ def record(make_recorder: MakeRecorder, requests: list[tuple[str, str]]) -> sqli
     def all_written() -> bool:
         recorder.writer.flush()
         with sqlite3.connect(recorder.writer.db_path) as conn:
-            return conn.execute("select count(*) from requests").fetchone()[0] >= len(requests)
+            return recorded_rows(conn) >= len(requests)
 
     wait_for(all_written, what="every request to be recorded")
     return sqlite3.connect(recorder.writer.db_path)

@@ -26,6 +26,7 @@ from starlette.routing import Route
 
 from auditor import RedirectRecorder
 from auditor.analysis.linking import build_chains, link_and_build_chains, link_requests
+from auditor.store.journal import recorded_rows
 from tests.servers import serve_in_thread, wait_for
 
 AGENT = "walker/1.0"  # every client below shares it (and 127.0.0.1)
@@ -133,7 +134,7 @@ class Traffic:
         def all_written() -> bool:
             self.recorder.writer.flush()
             with sqlite3.connect(path) as conn:
-                return conn.execute("select count(*) from requests").fetchone()[0] >= self.sent
+                return recorded_rows(conn) >= self.sent
 
         wait_for(all_written, what="every request to be recorded")
         conn = sqlite3.connect(path)

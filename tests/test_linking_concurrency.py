@@ -25,6 +25,7 @@ from starlette.routing import Route
 
 from auditor import RedirectRecorder, audit
 from auditor.analysis.linking import link_and_build_chains, link_requests
+from auditor.store.journal import recorded_rows
 from tests.servers import serve_in_thread, wait_for
 
 THREADS = 16
@@ -117,7 +118,7 @@ def record(path: Path, *, forwarded: bool, direct: bool) -> Path:
             def all_written() -> bool:
                 recorder.writer.flush()
                 with sqlite3.connect(path) as conn:
-                    return conn.execute("select count(*) from requests").fetchone()[0] >= sum(sent)
+                    return recorded_rows(conn) >= sum(sent)
 
             wait_for(all_written, timeout=30, what="every request to be recorded")
     finally:

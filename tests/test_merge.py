@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from auditor import audit
 from auditor.record.writer import SECRET_ENV
+from auditor.store.journal import recorded_rows
 from auditor.store.merge import merge
 from redirect_auditor_cli.main import app as cli_app
 from tests.servers import ROOT, cli_command, free_port, serve_in_process, wait_for
@@ -25,7 +26,7 @@ def wait_for_rows(db: Path, count: int) -> None:
         # closing(): a connection left to the garbage collector would, as the last one
         # open, checkpoint the shard's WAL later and change its bytes mid-test.
         with closing(sqlite3.connect(db)) as conn:
-            return bool(conn.execute("select count(*) from requests").fetchone()[0] >= count)
+            return recorded_rows(conn) >= count  # unpacked or still in batches
 
     wait_for(written, timeout=20, what=f"{count} row(s) in {db.name}")
 

@@ -9,7 +9,8 @@ from urllib.parse import parse_qsl, urljoin, urlsplit, urlunsplit
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from auditor.record.rows import INSERT_SQL, ROW_COLUMNS, Capture, RowBuilder
+from auditor.record.rows import Capture, RowBuilder
+from auditor.store.requests import INSERT_SQL, ROW_COLUMNS
 from auditor.store.schema import ensure_schema
 from auditor.urls import (
     REDACTED,

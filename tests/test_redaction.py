@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from auditor.record.options import RecorderOptions
-from auditor.record.rows import ROW_COLUMNS, Capture, RowBuilder
+from auditor.record.rows import Capture, RowBuilder
 from auditor.redaction import (
     MAX_DEPTH,
     RedactionRules,
@@ -30,6 +30,7 @@ from auditor.redaction import (
     is_token_param,
     looks_like_secret,
 )
+from auditor.store.requests import ROW_COLUMNS
 from auditor.urls import TrustedProxies, normalize_url, redact_query, resolve_location
 
 ORIGIN = "https://shop.example"

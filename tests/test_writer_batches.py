@@ -72,8 +72,8 @@ def test_an_unencodable_string_late_in_a_batch_is_escaped_not_duplicated(tmp_pat
 def test_short_and_full_rows_store_every_column_in_batch_order(tmp_path: Path) -> None:
     """Ordinary rows are inserted naming only the columns they set, redirects and
     proxied rows with all of them: every value is the built row's, ids in batch order."""
-    from auditor.record.rows import ROW_COLUMNS, RowBuilder, to_portable
-    from auditor.record.writer import SHORT_COLUMNS, insert_rows
+    from auditor.record.rows import RowBuilder, to_portable
+    from auditor.store.requests import ROW_COLUMNS, SHORT_COLUMNS, insert_rows
     from auditor.store.schema import connect, ensure_schema
     from auditor.urls import TrustedProxies
 

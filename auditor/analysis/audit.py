@@ -2,8 +2,9 @@
 
 ``audit(db_path, **options)`` is what ``redirect-auditor audit`` runs. It checks
 the file first (a wrong file is never created, touched or migrated), then
-writes only ``requests.follow_up_of`` (linking), ``chains``, ``findings`` and
-one ``audit_runs`` row. The previous findings are replaced in one transaction.
+moves the recorder's batches into ``requests`` (``store/journal.py``), then writes
+only ``requests.follow_up_of`` (linking), ``chains``, ``findings`` and one
+``audit_runs`` row. The previous findings are replaced in one transaction.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from auditor.analysis.rules.base import (
     Severity,
     all_rules,
 )
-from auditor.store import schema
+from auditor.store import journal, schema
 
 logger = logging.getLogger(__name__)
 
@@ -110,8 +111,6 @@ def audit(
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        # The hosts chains compare Locations with, read on another connection meanwhile.
-        hosts = background.submit(_recorded_hosts, db_path)
         # The audit's temp tables (a copy of the redirects, linking's scratch) in memory.
         conn.execute("pragma temp_store = memory")
         # Linking rewrites pages all over the table: our commits do not copy them back
@@ -121,6 +120,10 @@ def audit(
         # last commit, never corrupt): the checkpoint that copies them back does sync.
         conn.execute("pragma synchronous = normal")
         schema.ensure_schema(conn)
+        report("unpacking recorded batches", 0, total)
+        journal.unpack(conn)
+        # The hosts chains compare Locations with, read on another connection meanwhile.
+        hosts = background.submit(_recorded_hosts, db_path)
         report("linking follow-up requests", 0, total)
         # One scan copies the rows linking, chains and the rules read (see rules._subset).
         newest = subset.copy_responses(conn)

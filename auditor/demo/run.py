@@ -40,6 +40,7 @@ from auditor.demo.traffic import (
     proxy_address,
 )
 from auditor.record.middleware import RedirectRecorder
+from auditor.store.journal import recorded_rows
 from auditor.store.schema import (
     META_TABLE,
     SIDECAR_SUFFIXES,
@@ -189,10 +190,10 @@ class TrafficSummary:
 
 
 def count_rows(db_path: Path) -> int:
-    """Rows in ``requests``."""
+    """Requests recorded (unpacked or still in the recorder's batches)."""
     conn = sqlite3.connect(f"{db_path.resolve().as_uri()}?mode=ro", uri=True)
     try:
-        return int(conn.execute("select count(*) from requests").fetchone()[0])
+        return recorded_rows(conn)
     finally:
         conn.close()
 

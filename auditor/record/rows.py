@@ -18,44 +18,11 @@ from starlette.routing import Mount
 
 from auditor.redaction import DEFAULT as DEFAULT_REDACTOR
 from auditor.redaction import MARKER_FORMAT, RedactionRules, Redactor, redacted_path
-from auditor.store.schema import REQUEST_COLUMNS
+from auditor.store.requests import full_row
 from auditor.urls import TrustedProxies, build_url, first_value, parse_forwarded, resolve_location
 
 MAX_VALUE_CHARS = 8192  # longer header values are cut; the row is still written
 MAX_CACHE_ENTRIES = 65536
-
-# Columns the writer inserts: every requests column but the rowid and linking's.
-LINKING_COLUMNS = ("follow_up_of", "link_confidence")
-ROW_COLUMNS = tuple(c for c in REQUEST_COLUMNS if c != "id" and c not in LINKING_COLUMNS)
-INSERT_SQL = (
-    f"insert into requests ({', '.join(ROW_COLUMNS)}) "
-    f"values ({', '.join('?' for _ in ROW_COLUMNS)})"
-)
-
-# Columns an ordinary request or a plain redirect leaves NULL (no proxy headers, no
-# body, no error, at most one Location, no cache headers, client_ip not stored): such
-# a row is built and inserted as the other columns only (SHORT_COLUMNS). Binding NULLs
-# costs sqlite3 per value: a 23-value row inserted ~0.9 us faster than 37. Location and
-# its resolution are in the short shape: a redirect among ordinary rows would otherwise
-# split the batch into a statement per run of one shape (1 redirect in 10: 3.48 ->
-# 3.03 us a row to insert; two more NULLs cost an ordinary row ~0.1 us).
-SHORT_OMITS = (
-    "locations",
-    "request_body_size",
-    "request_content_type",
-    "cache_control",
-    "expires",
-    "x_forwarded_proto",
-    "x_forwarded_host",
-    "forwarded",
-    "client_ip",
-    "request_id",
-    "error",
-    "forwarded_for_key",
-)
-OMIT_INDEXES = tuple(ROW_COLUMNS.index(c) for c in SHORT_OMITS)
-SHORT_INDEXES = tuple(i for i in range(len(ROW_COLUMNS)) if i not in OMIT_INDEXES)
-SHORT_COLUMNS = tuple(ROW_COLUMNS[i] for i in SHORT_INDEXES)
 
 # Request headers the row needs, each to a slot; the first occurrence wins.
 (
@@ -313,13 +280,7 @@ class RowBuilder:
 
     def build_portable(self, item: tuple[Any, ...]) -> tuple[Any, ...]:
         """One row, values in ``ROW_COLUMNS`` order, from ``to_portable``'s tuple."""
-        row = self.build_row(item)
-        if len(row) == len(ROW_COLUMNS):
-            return row
-        full: list[Any] = [None] * len(ROW_COLUMNS)
-        for index, value in zip(SHORT_INDEXES, row, strict=True):
-            full[index] = value
-        return tuple(full)
+        return full_row(self.build_row(item))
 
     def build_row(self, item: tuple[Any, ...]) -> tuple[Any, ...]:
         """``build_portable``'s row, or, when its ``SHORT_OMITS`` columns are all NULL,

@@ -1,4 +1,4 @@
-"""The writer: bounded queue -> rows -> batched SQLite transactions, in one thread.
+"""The writer: bounded queue -> rows -> journal batches in SQLite transactions, in one thread.
 
 The event loop appends each capture to the writer's deque. Every ``flush_interval``
 seconds, or as soon as ``WAKE_AT`` captures wait, the writer thread drains what is
@@ -20,23 +20,14 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
-from itertools import chain
-from operator import itemgetter
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from auditor.record.ledger import Ledger
 from auditor.record.options import RecorderOptions
-from auditor.record.rows import (
-    OMIT_INDEXES,
-    ROW_COLUMNS,
-    SHORT_COLUMNS,
-    SHORT_INDEXES,
-    CapturedExchange,
-    RowBuilder,
-    to_portable,
-)
+from auditor.record.rows import CapturedExchange, RowBuilder, to_portable
+from auditor.store import journal
+from auditor.store.requests import bind_none_directly
 from auditor.store.retention import prune
 from auditor.store.schema import (
     DROP_REASONS,
@@ -63,11 +54,6 @@ COUNTS_EVERY = 1.0
 # promoting the requests in flight: drained in smaller batches, the captures are
 # freed before they add up to a collection.
 WAKE_AT = 256
-_STATUS = ROW_COLUMNS.index("status")
-_STARTED = ROW_COLUMNS.index("started_at")
-_CLIENT = ROW_COLUMNS.index("client_key")
-_URL = ROW_COLUMNS.index("url")
-_LOCATION_URL = ROW_COLUMNS.index("location_url")
 
 
 def classify_error(exc: BaseException) -> str:
@@ -371,7 +357,7 @@ class Writer:
             return  # idle: no empty transaction (and fsync) every flush interval
         try:
             with conn:
-                insert_rows(conn, rows)
+                journal.append(conn, self.worker_id, rows)
                 self._save_stats(conn, totals, framework)
         except (sqlite3.Error, OSError) as exc:
             reason = classify_error(exc)
@@ -453,93 +439,9 @@ class Writer:
         self._conn = None
 
 
-def bind_none_directly() -> None:
-    """Make ``sqlite3`` bind None without its adapter search (two failed attribute
-    lookups per NULL value): about 2.4 of the 6.6 us a row of mostly-NULL columns
-    costs to insert. Binding is unchanged (None still binds NULL); process-wide, but an
-    adapter for None is one no app registers."""
-    null: Callable[[None], None] = cast(Any, {}.get)  # {}.get(None) is None, all in C
-    sqlite3.register_adapter(type(None), null)
-
-
 def _file_id(path: Path) -> tuple[int, int] | None:
     try:
         st = os.stat(path)
     except OSError:
         return None
     return (st.st_dev, st.st_ino)
-
-
-_omitted = itemgetter(*OMIT_INDEXES)
-_short = itemgetter(*SHORT_INDEXES)
-_ALL_NULL = (None,) * len(OMIT_INDEXES)
-_N_SHORT = len(SHORT_COLUMNS)
-
-
-def _multi_row_insert(columns: tuple[str, ...], count: int) -> str:
-    one = "(" + ", ".join("?" * len(columns)) + ")"
-    rows = ", ".join([one] * count)
-    return f"insert into requests ({', '.join(columns)}) values {rows}"
-
-
-# Statement sizes: powers of two up to 512 rows (512 x 38 columns stays under SQLite's
-# 32766 variables), for two column lists: at most 20 statements in the cache.
-_CHUNK_SIZES = tuple(2**i for i in range(9, -1, -1))
-_FULL = {size: _multi_row_insert(ROW_COLUMNS, size) for size in _CHUNK_SIZES}
-_SHORT = {size: _multi_row_insert(SHORT_COLUMNS, size) for size in _CHUNK_SIZES}
-
-
-def insert_rows(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
-    """Insert rows with multi-row INSERT statements of up to 512 rows each.
-
-    ``executemany`` releases and re-takes the GIL around every row; with the event
-    loop busy each re-take waits for the interpreter's switch interval. One statement
-    per 512 rows waits 512x less often. Rows of ``SHORT_COLUMNS`` values only
-    (``RowBuilder.build_row``'s, most) and full rows whose ``SHORT_OMITS`` columns are
-    all NULL go through a statement naming those columns only; each run of rows of one
-    shape in its turn, so ids still follow the batch's order (retention and the
-    analysis read them as time order).
-    """
-    run: list[tuple[Any, ...]] = []
-    run_short = True
-    for row in rows:
-        is_short = len(row) == _N_SHORT
-        if not is_short and _omitted(row) == _ALL_NULL:
-            row, is_short = _short(row), True
-        if is_short is not run_short:
-            if run:
-                _insert(conn, _SHORT if run_short else _FULL, run)
-                run = []
-            run_short = is_short
-        run.append(row)
-    if run:
-        _insert(conn, _SHORT if run_short else _FULL, run)
-
-
-def _insert(
-    conn: sqlite3.Connection, statements: dict[int, str], rows: list[tuple[Any, ...]]
-) -> None:
-    """``rows`` (all of one shape) through ``statements``, the largest sizes first. A
-    string SQLite cannot take as UTF-8 (a lone surrogate) fails its statement before
-    any row of it is inserted; that statement is retried with such strings escaped."""
-    start = 0
-    for size in _CHUNK_SIZES:
-        while len(rows) - start >= size:
-            chunk = rows[start : start + size]
-            params: list[Any] = []
-            extend = params.extend  # ~3x faster than list(chain.from_iterable(chunk))
-            for row in chunk:
-                extend(row)
-            try:
-                conn.execute(statements[size], params)
-            except UnicodeEncodeError:
-                encodable = [_encodable(row) for row in chunk]
-                conn.execute(statements[size], list(chain.from_iterable(encodable)))
-            start += size
-
-
-def _encodable(row: tuple[Any, ...]) -> tuple[Any, ...]:
-    return tuple(
-        v.encode("utf-8", "backslashreplace").decode("utf-8") if isinstance(v, str) else v
-        for v in row
-    )

@@ -52,7 +52,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from auditor.record.rows import LINKING_COLUMNS
+from auditor.store.journal import unpack_file
+from auditor.store.requests import LINKING_COLUMNS
 from auditor.store.schema import (
     BUSY_TIMEOUT_MS,
     META_TABLE,
@@ -181,6 +182,10 @@ def export(
     now = time.time() if until is None else until
     closed_slice = int((now - window) // SLICE_S)  # slices before this one are closed
     result = ExportResult(source_id=source_id(db), closed_before=closed_slice * SLICE_S)
+    try:
+        unpack_file(db)  # the recorder's batches into requests, where the slices are read
+    except sqlite3.Error as exc:
+        raise SchemaError(f"{db}: cannot unpack its recorded batches ({exc})") from None
     out.mkdir(parents=True, exist_ok=True)
 
     schema = pa.schema(

@@ -24,7 +24,6 @@ from typing import Any
 
 from auditor.analysis.rules._subset import PATH_TEMPLATES
 from auditor.analysis.sampled import SAMPLED_PLACES, TRAFFIC_REDIRECTS, TRAFFIC_ROWS
-from auditor.record.rows import INSERT_SQL, ROW_COLUMNS
 from auditor.sources.export import SHARD_NAME, STATS_DIR, require_fleet
 from auditor.sources.fleet_select import (
     DEFAULT_MAX_ROWS,
@@ -32,6 +31,7 @@ from auditor.sources.fleet_select import (
     Selection,
     select_rows,
 )
+from auditor.store.requests import INSERT_SQL, ROW_COLUMNS
 from auditor.store.schema import (
     META_TABLE,
     RECORDER_STATS_COLUMNS,

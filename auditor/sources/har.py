@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from auditor.record.rows import INSERT_SQL, ROW_COLUMNS, RowBuilder
+from auditor.record.rows import RowBuilder
 from auditor.record.writer import load_secret
 from auditor.redaction import redacted_path
+from auditor.store.requests import INSERT_SQL, ROW_COLUMNS
 from auditor.store.schema import (
     SchemaError,
     check_traffic_db,

@@ -28,9 +28,10 @@ from urllib.parse import unquote
 
 import httpx
 
-from auditor.record.rows import INSERT_SQL, Capture, RowBuilder
+from auditor.record.rows import Capture, RowBuilder
 from auditor.record.writer import load_secret
 from auditor.redirects import FOLLOWED_STATUSES, is_redirect, next_hop
+from auditor.store.requests import INSERT_SQL
 from auditor.store.schema import (
     SchemaError,
     check_traffic_db,

@@ -385,11 +385,13 @@ class RedirectAudit:
             return
         from auditor.analysis.audit import audit
         from auditor.analysis.report import failed
+        from auditor.store.journal import unpack
         from auditor.store.schema import connect
 
         try:
             conn = connect(self.db_path)
             try:
+                unpack(conn)  # the recorder's batches, before partitions are read
                 with conn:
                     self.hosts = separate_partitions(conn)
             finally:

@@ -14,8 +14,10 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from auditor.record.rows import ROW_COLUMNS
+from auditor.store.journal import stored_batches
+from auditor.store.requests import ROW_COLUMNS, full_row
 from auditor.store.schema import (
+    BATCHES_TABLE,
     BUSY_TIMEOUT_MS,
     META_TABLE,
     RECORDER_STATS_COLUMNS,
@@ -24,6 +26,7 @@ from auditor.store.schema import (
     create_private_file,
     ensure_schema,
     has_meta_key,
+    has_table,
     remove_database_files,
 )
 
@@ -100,6 +103,16 @@ def is_merged_database(path: str | Path) -> bool:
     return has_meta_key(path, MERGED_MARKER_KEY)
 
 
+# Rows of ``source`` not in main.requests yet (a shard merged twice adds nothing).
+_NEW_ROWS = """insert into main.requests ({columns})
+    select {columns} from {source} s
+    where not exists (
+      select 1 from main.requests m
+      where m.worker_id is s.worker_id and m.started_at = s.started_at
+        and m.method is s.method and m.url is s.url)
+    order by s.started_at, s.rowid"""
+
+
 def _merge_one(conn: sqlite3.Connection, shard: Path) -> int:
     columns = ", ".join(ROW_COLUMNS)
     stats = ", ".join(RECORDER_STATS_COLUMNS)
@@ -109,17 +122,25 @@ def _merge_one(conn: sqlite3.Connection, shard: Path) -> int:
     conn.execute("attach database ? as shard", (uri,))
     try:
         with conn:
-            before = conn.total_changes
-            conn.execute(
-                f"""insert into main.requests ({columns})
-                    select {columns} from shard.requests s
-                    where not exists (
-                      select 1 from main.requests m
-                      where m.worker_id is s.worker_id and m.started_at = s.started_at
-                        and m.method is s.method and m.url is s.url)
-                    order by s.started_at, s.id"""
-            )
-            added = conn.total_changes - before
+            added = conn.execute(
+                _NEW_ROWS.format(columns=columns, source="shard.requests")
+            ).rowcount
+            if has_table(conn, BATCHES_TABLE, schema="shard"):
+                # The shard's recorded batches, read (the shard is never changed) into a
+                # scratch table and added as its unpacked rows are.
+                conn.execute(
+                    f"create temp table if not exists merge_batch_rows as "
+                    f"select {columns} from main.requests where 0"
+                )
+                conn.execute("delete from temp.merge_batch_rows")
+                insert = (
+                    f"insert into temp.merge_batch_rows ({columns}) "
+                    f"values ({', '.join('?' * len(ROW_COLUMNS))})"
+                )
+                for _, rows in stored_batches(conn, schema="shard"):
+                    conn.executemany(insert, map(full_row, rows))
+                new = _NEW_ROWS.format(columns=columns, source="temp.merge_batch_rows")
+                added += conn.execute(new).rowcount
             # A worker records into one file only: its stats row is copied as it stands.
             conn.execute(
                 f"insert or replace into main.recorder_stats ({stats}) "

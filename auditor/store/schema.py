@@ -1,6 +1,7 @@
 """Tables, indexes, views and migrations of a traffic database.
 
-One SQLite file holds what the recorder writes (``requests``, ``recorder_stats``)
+One SQLite file holds what the recorder writes (``request_batches``, unpacked into
+``requests`` by readers; ``recorder_stats``)
 and what ``audit`` derives from it (``chains``, ``findings``, ``audit_runs``).
 The schema version lives in ``auditor_meta`` so a later release can migrate an
 existing database in place without losing rows.
@@ -17,7 +18,7 @@ from typing import Any
 
 import sqlite_utils
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # 3: request_batches, the recorder's journal
 META_TABLE = "auditor_meta"
 BUSY_TIMEOUT_MS = 5000
 
@@ -116,6 +117,17 @@ AUDIT_RUN_COLUMNS: dict[str, Any] = {
     "infos": int,
     "rows_dropped": int,  # recorder drops known at audit time
     "version": str,
+}
+
+# The recorder's journal (``store/journal.py``): rows not unpacked into requests yet.
+BATCHES_TABLE = "request_batches"
+BATCH_COLUMNS: dict[str, Any] = {
+    "id": int,
+    "worker_id": str,
+    "first_started_at": float,
+    "last_started_at": float,
+    "rows": int,
+    "data": bytes,  # pickle (protocol 5) of a list of row tuples, SHORT_ or ROW_COLUMNS
 }
 
 RECORDER_STATS_COLUMNS: dict[str, Any] = {
@@ -276,6 +288,7 @@ def _create_all(db: sqlite_utils.Database) -> None:
         "create index if not exists idx_requests_follow_up_of on requests(follow_up_of) "
         "where follow_up_of is not null"
     )
+    db.table(BATCHES_TABLE).create(BATCH_COLUMNS, pk="id", if_not_exists=True)
     db.table("recorder_stats").create(RECORDER_STATS_COLUMNS, pk="worker_id", if_not_exists=True)
     db.table("audit_runs").create(AUDIT_RUN_COLUMNS, pk="id", if_not_exists=True)
     db.table("chains").create(
@@ -310,6 +323,7 @@ def _add_missing_columns(db: sqlite_utils.Database) -> None:
         ("requests", REQUEST_COLUMNS),
         ("findings", FINDING_COLUMNS),
         ("recorder_stats", RECORDER_STATS_COLUMNS),
+        (BATCHES_TABLE, BATCH_COLUMNS),
         ("chains", CHAIN_COLUMNS),
         ("audit_runs", AUDIT_RUN_COLUMNS),
     ):
@@ -345,7 +359,7 @@ def remove_database_files(db_path: str | Path, *, main: bool = True) -> None:
 
 
 def has_table(conn: sqlite3.Connection, name: str, *, schema: str = "main") -> bool:
-    """True when ``schema`` (``main`` or ``temp``) of the connection has table ``name``."""
+    """True when ``schema`` (``main``, ``temp`` or an attached one) has table ``name``."""
     row = conn.execute(
         f"select 1 from {schema}.sqlite_master where type = 'table' and name = ?", (name,)
     ).fetchone()

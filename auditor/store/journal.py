@@ -1,0 +1,181 @@
+"""The request journal: recorded rows, one batch to a row, until a reader unpacks them.
+
+The recorder's writer builds each request's row as before (redacted, hashed: nothing the
+disk may not hold) and stores a whole batch of them as one pickled ``request_batches``
+row: one value bound per batch instead of 25 per request, which was the largest part of
+what recording cost the serving process. Everything that reads requests (audit,
+explore, export, merge, retention, the pytest plugin) first calls ``unpack``, which moves
+the batches into ``requests`` in the order they were written.
+
+Batches are read with an unpickler that refuses every class: a damaged or hostile blob
+can fail to load, never run code. A batch that fails is left where it is and logged.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import pickle
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from auditor.store.requests import ROW_COLUMNS, SHORT_COLUMNS, insert_rows
+from auditor.store.schema import BATCHES_TABLE, connect, has_table
+
+logger = logging.getLogger("redirect_auditor")
+
+_INSERT = (
+    f"insert into {BATCHES_TABLE} (worker_id, first_started_at, last_started_at, rows, data) "
+    "values (?, ?, ?, ?, ?)"
+)
+_ROW_LENGTHS = (len(SHORT_COLUMNS), len(ROW_COLUMNS))
+_STARTED = 0  # started_at is the first value of both row shapes
+BATCHES_PER_TRANSACTION = 8  # a reader holds the write lock for about this many batches
+
+
+class JournalError(Exception):
+    """A batch that cannot be read back."""
+
+
+class _ValuesOnly(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"a journal batch names {module}.{name}")
+
+
+def append(conn: sqlite3.Connection, worker_id: str, rows: list[tuple[Any, ...]]) -> None:
+    """Store ``rows`` (``RowBuilder.build_row``'s) as one batch, in the caller's transaction."""
+    if not rows:
+        return
+    conn.execute(
+        _INSERT,
+        (
+            worker_id,
+            rows[0][_STARTED],
+            rows[-1][_STARTED],
+            len(rows),
+            pickle.dumps(rows, protocol=5),
+        ),
+    )
+
+
+def batch_rows(data: bytes) -> list[tuple[Any, ...]]:
+    """The rows of one batch; JournalError for anything that is not a list of rows."""
+    try:
+        rows = _ValuesOnly(io.BytesIO(data)).load()
+    except Exception as exc:  # unpickling damaged bytes raises many kinds
+        raise JournalError(f"damaged batch ({type(exc).__name__}: {exc})") from None
+    if type(rows) is not list or not all(
+        type(row) is tuple and len(row) in _ROW_LENGTHS for row in rows
+    ):
+        raise JournalError("a batch that is not a list of request rows")
+    return rows
+
+
+def pending_rows(conn: sqlite3.Connection, *, schema: str = "main") -> int:
+    """Rows recorded into batches and not unpacked yet (0 without a journal table)."""
+    try:
+        row = conn.execute(
+            f"select coalesce(sum(rows), 0) from {schema}.{BATCHES_TABLE}"
+        ).fetchone()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return 0
+        raise
+    return int(row[0])
+
+
+def recorded_rows(conn: sqlite3.Connection) -> int:
+    """Requests recorded: those in ``requests`` and those still in batches."""
+    return int(conn.execute("select count(*) from requests").fetchone()[0]) + pending_rows(conn)
+
+
+def stored_batches(
+    conn: sqlite3.Connection, *, schema: str = "main"
+) -> Iterator[tuple[int, list[tuple[Any, ...]]]]:
+    """(id, rows) of every readable batch, oldest first, without changing anything
+    (``merge`` reads a shard's this way). Damaged batches are logged and skipped."""
+    after = 0
+    while True:
+        found = conn.execute(
+            f"select id, data from {schema}.{BATCHES_TABLE} where id > ? order by id limit ?",
+            (after, BATCHES_PER_TRANSACTION),
+        ).fetchall()
+        if not found:
+            return
+        for batch_id, data in found:
+            after = batch_id
+            try:
+                yield batch_id, batch_rows(data)
+            except JournalError as exc:
+                logger.warning("redirect-auditor: batch %d left unread: %s", batch_id, exc)
+
+
+def unpack(conn: sqlite3.Connection) -> int:
+    """Move every batch into ``requests``, oldest first; returns the rows moved.
+
+    Each few batches are one ``begin immediate`` transaction, so recorders writing to
+    the file meanwhile wait one short move at most, and an interrupted unpack loses
+    nothing. A damaged batch stays in the table (logged), never half moved.
+    """
+    if pending_rows(conn) == 0:
+        return 0
+    moved = 0
+    after = 0
+    while True:
+        conn.execute("begin immediate")
+        try:
+            found = conn.execute(
+                f"select id, data from {BATCHES_TABLE} where id > ? order by id limit ?",
+                (after, BATCHES_PER_TRANSACTION),
+            ).fetchall()
+            done: list[int] = []
+            for batch_id, data in found:
+                after = batch_id
+                try:
+                    rows = batch_rows(data)
+                except JournalError as exc:
+                    logger.warning("redirect-auditor: batch %d left unread: %s", batch_id, exc)
+                    continue
+                insert_rows(conn, rows)
+                moved += len(rows)
+                done.append(batch_id)
+            conn.executemany(f"delete from {BATCHES_TABLE} where id = ?", [(i,) for i in done])
+            conn.execute("commit")
+        except BaseException:
+            conn.execute("rollback")
+            raise
+        if len(found) < BATCHES_PER_TRANSACTION:
+            return moved
+
+
+def unpack_file(db_path: str | Path) -> int:
+    """``unpack`` on a traffic database file; 0 when it has no journal (an older
+    schema, a merged or fleet database). The file must be one ``check_traffic_db``
+    accepted: this writes to it."""
+    conn = connect(db_path)
+    try:
+        if not has_table(conn, BATCHES_TABLE):
+            return 0
+        return unpack(conn)
+    finally:
+        conn.close()
+
+
+def follow(db_paths: list[Path], *, every: float = 2.0) -> threading.Event:
+    """Unpack ``db_paths`` every ``every`` seconds from a daemon thread, so a live
+    recording shows up while it is explored; set the returned event to stop."""
+    stop = threading.Event()
+
+    def run() -> None:
+        while not stop.wait(every):
+            for path in db_paths:
+                try:
+                    unpack_file(path)
+                except (sqlite3.Error, OSError) as exc:  # locked for long, gone: try again
+                    logger.debug("redirect-auditor: unpacking %s: %s", path, exc)
+
+    threading.Thread(target=run, name="redirect-auditor-unpack", daemon=True).start()
+    return stop
