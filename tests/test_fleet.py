@@ -18,6 +18,7 @@ import pytest
 
 from auditor.record.writer import SECRET_ENV
 from auditor.sources.export import safe_host
+from auditor.store.journal import recorded_rows
 from tests.servers import ROOT, cli_command, free_port, serve_processes, wait_for
 
 duckdb = pytest.importorskip("duckdb")
@@ -30,7 +31,7 @@ def count_rows(db: Path) -> int:
     if not db.exists():
         return 0
     with closing(sqlite3.connect(db)) as conn:
-        return int(conn.execute("select count(*) from requests").fetchone()[0])
+        return recorded_rows(conn)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from starlette.routing import Route
 
 from auditor import RedirectRecorder
 from auditor.analysis.graph import edges_from_rows, redirect_edges, static_chains, static_loops
-from auditor.store.journal import recorded_rows
+from auditor.store.journal import recorded_rows, unpack_file
 from tests.servers import serve_in_thread, wait_for
 
 MakeRecorder = Callable[..., RedirectRecorder]
@@ -57,6 +57,7 @@ def record(make_recorder: MakeRecorder, requests: list[tuple[str, str]]) -> sqli
             return recorded_rows(conn) >= len(requests)
 
     wait_for(all_written, what="every request to be recorded")
+    unpack_file(recorder.writer.db_path)
     return sqlite3.connect(recorder.writer.db_path)
 
 

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from auditor import RedirectRecorder
 from auditor.record.registry import writer_for
 from auditor.sources.har import HarError, import_har
+from auditor.store.journal import unpack_file
 
 
 async def redirecting_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -76,6 +77,7 @@ def test_malformed_scope_is_recorded_and_the_response_untouched(tmp_path: Path, 
     assert sent[0]["status"] == 302
     recorder.writer.flush()
     assert recorder.writer.dropped == dict.fromkeys(recorder.writer.dropped, 0)
+    unpack_file(db)
     with sqlite3.connect(db) as conn:
         status, location = conn.execute("select status, location from requests").fetchone()
     assert (status, location) == (302, "/x")

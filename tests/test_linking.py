@@ -26,7 +26,7 @@ from starlette.routing import Route
 
 from auditor import RedirectRecorder
 from auditor.analysis.linking import build_chains, link_and_build_chains, link_requests
-from auditor.store.journal import recorded_rows
+from auditor.store.journal import recorded_rows, unpack_file
 from tests.servers import serve_in_thread, wait_for
 
 AGENT = "walker/1.0"  # every client below shares it (and 127.0.0.1)
@@ -137,6 +137,7 @@ class Traffic:
                 return recorded_rows(conn) >= self.sent
 
         wait_for(all_written, what="every request to be recorded")
+        unpack_file(path)  # the recorder's batches into requests, before linking reads it
         conn = sqlite3.connect(path)
         conn.row_factory = sqlite3.Row
         with conn:  # a write transaction: the recorder's writer may commit meanwhile

@@ -25,7 +25,7 @@ from starlette.routing import Route
 
 from auditor import RedirectRecorder, audit
 from auditor.analysis.linking import link_and_build_chains, link_requests
-from auditor.store.journal import recorded_rows
+from auditor.store.journal import recorded_rows, unpack_file
 from tests.servers import serve_in_thread, wait_for
 
 THREADS = 16
@@ -123,6 +123,7 @@ def record(path: Path, *, forwarded: bool, direct: bool) -> Path:
             wait_for(all_written, timeout=30, what="every request to be recorded")
     finally:
         recorder.writer.close()
+    unpack_file(path)  # the recorder's batches into requests, for the tests that read it
     return path
 
 

@@ -25,6 +25,7 @@ from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from auditor import RedirectRecorder, audit
+from auditor.store.journal import unpack_file
 from tests.servers import (
     ROOT,
     cli_command,
@@ -282,6 +283,7 @@ def test_sqlite_reads_what_redaction_wrote(tmp_path: Path) -> None:
             recorder.writer.flush()
     finally:
         recorder.writer.close()
+    unpack_file(db)  # the recorder's batches, into requests
     with sqlite3.connect(db) as conn:
         (count,) = conn.execute(
             "select count(*) from requests where path like '/users/(redacted:%)/feed.ics'"

@@ -18,6 +18,7 @@ from starlette.types import Receive, Scope, Send
 from websockets.sync.client import connect as ws_connect
 
 from auditor import RedirectRecorder
+from auditor.store.schema import BATCHES_TABLE
 from tests.apps import site
 from tests.servers import fetch_rows, raw_request, serve_in_thread, wait_for
 
@@ -167,6 +168,7 @@ def test_lifespan_events_reach_the_app_and_shutdown_flushes_rows(make_recorder: 
         for _ in range(3):
             assert httpx.get(url).status_code == 200
         assert fetch_rows(recorder.writer.db_path, "select * from requests") == []
+        assert fetch_rows(recorder.writer.db_path, f"select * from {BATCHES_TABLE}") == []
     assert events == ["startup", "shutdown"]
     assert len(fetch_rows(recorder.writer.db_path, "select * from requests")) == 3
 

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from auditor import RedirectRecorder
 from auditor.store.schema import (
+    BATCHES_TABLE,
     META_TABLE,
     SCHEMA_VERSION,
     connect,
@@ -92,6 +93,7 @@ def test_newer_schema_version_is_refused_and_counted(
     record(recorder, "/landing/a", "/landing/b")
     assert recorder.writer.dropped["other"] == 2
     assert fetch_rows(db, "select * from requests") == []
+    assert fetch_rows(db, f"select * from {BATCHES_TABLE}") == []
     warnings = [r.getMessage() for r in caplog.records if r.name == "redirect_auditor"]
     assert len(warnings) == 1
     assert "newer than this release supports" in warnings[0]

@@ -10,6 +10,9 @@ from typing import Any
 from auditor.record.options import RecorderOptions
 from auditor.record.rows import Capture
 from auditor.record.writer import Writer
+from auditor.store import journal
+from auditor.store.requests import ROW_COLUMNS, full_row
+from auditor.store.schema import BATCHES_TABLE
 
 BAD_AT = 550  # after the first 512-row statement of a 600-row batch
 
@@ -49,7 +52,16 @@ def _paths(count: int, bad_at: int = BAD_AT) -> list[str]:
     return ["/bad-\ud800" if i == bad_at else f"/p{i}" for i in range(count)]
 
 
+def _batches(db: Path) -> list[tuple[int, list[tuple[Any, ...]]]]:
+    """(rows, the rows themselves) of each journal batch the writer stored, oldest first."""
+    with closing(sqlite3.connect(db)) as conn:
+        found = conn.execute(f"select rows, data from {BATCHES_TABLE} order by id").fetchall()
+    return [(count, journal.batch_rows(data)) for count, data in found]
+
+
 def _stored(db: Path) -> list[Any]:
+    """The paths in ``requests``, once the writer's batches are unpacked into it."""
+    journal.unpack_file(db)
     with closing(sqlite3.connect(db)) as conn:
         return conn.execute("select path from requests order by id").fetchall()
 
@@ -60,6 +72,12 @@ def test_an_unencodable_string_late_in_a_batch_is_escaped_not_duplicated(tmp_pat
         for path in _paths(600):
             writer.submit(_capture(path))
         writer.flush()
+        # The writer stores the batch as it was built, the lone surrogate included ...
+        ((count, batch),) = _batches(tmp_path / "t.db")
+        assert count == len(batch) == 600
+        paths = [full_row(row)[ROW_COLUMNS.index("path")] for row in batch]
+        assert paths == _paths(600)
+        # ... and unpacking inserts it escaped, each row once.
         stored = _stored(tmp_path / "t.db")
         # Before: the retry re-inserted the first 512 rows as well (1,112 rows).
         assert len(stored) == 600 == writer.rows_written
@@ -73,7 +91,7 @@ def test_short_and_full_rows_store_every_column_in_batch_order(tmp_path: Path) -
     """Ordinary rows are inserted naming only the columns they set, redirects and
     proxied rows with all of them: every value is the built row's, ids in batch order."""
     from auditor.record.rows import RowBuilder, to_portable
-    from auditor.store.requests import ROW_COLUMNS, SHORT_COLUMNS, insert_rows
+    from auditor.store.requests import SHORT_COLUMNS, insert_rows
     from auditor.store.schema import connect, ensure_schema
     from auditor.urls import TrustedProxies
 
