@@ -17,6 +17,7 @@ from auditor import RedirectRecorder
 from auditor.analysis.audit import recorded_framework
 from auditor.analysis.rules.base import AuditContext, AuditOptions, Finding
 from auditor.record.registry import flush_all
+from auditor.store.journal import unpack_file
 from tests.servers import serve_in_thread
 
 Endpoint = Callable[[Request], Any]
@@ -61,6 +62,7 @@ def run_rule(
 ) -> list[Finding]:
     """Every finding of one rule over the recorded database."""
     flush_all()
+    unpack_file(db_path)  # the recorder's batches into requests, where the rules read
     conn = sqlite3.connect(db_path)
     conn.row_factory = sqlite3.Row
     try:

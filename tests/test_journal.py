@@ -27,7 +27,7 @@ from auditor.store.requests import ROW_COLUMNS
 from auditor.store.retention import prune
 from auditor.store.schema import BATCHES_TABLE, META_TABLE, SCHEMA_VERSION, connect, ensure_schema
 from auditor.urls import TrustedProxies
-from tests.servers import serve_in_thread
+from tests.servers import serve_in_thread, wait_for
 
 
 async def hello(request: Request) -> Response:
@@ -252,3 +252,24 @@ def test_unpacking_while_recording_loses_and_repeats_nothing(tmp_path: Path) -> 
     journal.unpack_file(db)
     assert sum(moved) > 0  # the reader did move rows while requests were served
     assert queries(db) == [f"n={i}" for i in range(300)]
+
+
+def test_the_explore_follower_moves_a_live_recording(tmp_path: Path) -> None:
+    db = tmp_path / "t.db"
+    record(db, 1)  # the file exists, as explore requires
+    stop = journal.follow([db], every=0.02)
+    try:
+        recorder = RedirectRecorder(APP, db_path=db)
+        try:
+            with serve_in_thread(recorder) as base, httpx.Client(base_url=base) as client:
+                for i in range(1, 6):
+                    assert client.get(f"/hello?n={i}").status_code == 200
+                recorder.writer.flush()
+        finally:
+            recorder.writer.close()
+        # Nobody else unpacks: only the follower can bring them into requests.
+        wait_for(lambda: len(queries(db)) == 6, what="the follower to unpack")
+    finally:
+        stop.set()
+    assert queries(db) == [f"n={i}" for i in range(6)]
+    assert batch_count(db) == 0

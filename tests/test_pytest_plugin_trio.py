@@ -27,6 +27,7 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from auditor import RedirectRecorder
+from auditor.store.journal import unpack_file
 
 events = []
 
@@ -72,6 +73,7 @@ def test_the_apps_own_recorder_flushes_at_shutdown(anyio_backend, writer, tmp_pa
     app = make_app(db_path=db, writer=writer, flush_interval=3600)
     with TestClient(app, backend=anyio_backend) as client:
         assert client.get("/old").text == "new"
+    unpack_file(db)  # the recorder's batches into requests
     conn = sqlite3.connect(db)
     try:
         rows = conn.execute("select path, status from requests order by id").fetchall()

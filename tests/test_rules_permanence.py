@@ -31,6 +31,7 @@ from auditor.analysis.rules.permanence import (
     temporary_looks_permanent,
     temporary_with_long_cache,
 )
+from auditor.store.journal import unpack_file
 from tests.rule_apps import by_source, curl, raw, recording, run_rule
 
 DAY = 86400
@@ -93,6 +94,7 @@ APP = Starlette(
 
 def shift_first_request(db: Path, path: str, days: float) -> None:
     """Pretend the first request to ``path`` happened ``days`` earlier."""
+    unpack_file(db)  # the recorder's batches into requests, where the update looks
     with sqlite3.connect(db) as conn:
         conn.execute(
             "update requests set started_at = started_at - ? "
