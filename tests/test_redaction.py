@@ -450,6 +450,19 @@ def test_templates_learned_from_recorded_routes_apply_to_later_locations() -> No
     assert "x2" not in row["location"] and "x2" not in row["location_url"]
 
 
+def test_a_location_resolved_before_a_route_is_learned_is_redacted_after() -> None:
+    # Resolved Locations are cached per (request URL, Location): learning a token
+    # route must not leave the earlier, unredacted resolution in use.
+    b = builder()
+    before = dict(zip(ROW_COLUMNS, b.build(capture("/s", 302, "/share/x2")), strict=True))
+    assert before["location_url"] == f"{ORIGIN}/share/x2"  # short and plain: no secret yet
+    again = dict(zip(ROW_COLUMNS, b.build(capture("/s", 302, "/share/x2")), strict=True))
+    assert again["location_url"] == before["location_url"]
+    b.build(capture("/share/x1", route=_Route("/share/{share_key}")))
+    after = dict(zip(ROW_COLUMNS, b.build(capture("/s", 302, "/share/x2")), strict=True))
+    assert "x2" not in after["location"] and "x2" not in after["location_url"]
+
+
 class _Route:
     def __init__(self, path: str, routes: list[Any] | None = None) -> None:
         self.path = path
