@@ -20,7 +20,7 @@ from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from auditor import RedirectRecorder, audit
-from auditor.record.rows import Capture, RowBuilder
+from auditor.record.rows import Capture, RowBuilder, to_portable
 from auditor.store import journal
 from auditor.store.merge import merge
 from auditor.store.requests import ROW_COLUMNS
@@ -75,17 +75,9 @@ def built_rows(starts: list[float]) -> list[tuple[Any, ...]]:
         "headers": [(b"host", b"shop.example")],
     }
     return [
-        builder.build_row(builder_item)
-        for builder_item in (
-            _portable(Capture(scope, start, start + 0.001, 200, None, 2, True)) for start in starts
-        )
+        builder.build_row(to_portable(Capture(scope, start, start + 0.001, 200, None, 2, True)))
+        for start in starts
     ]
-
-
-def _portable(capture: Capture) -> tuple[Any, ...]:
-    from auditor.record.rows import to_portable
-
-    return to_portable(capture)
 
 
 def test_recorded_rows_wait_in_batches_until_a_reader_unpacks_them(tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ from urllib.parse import unquote, urlsplit
 from auditor.record.rows import RowBuilder
 from auditor.record.writer import load_secret
 from auditor.redaction import redacted_path
+from auditor.store.journal import unpack
 from auditor.store.requests import INSERT_SQL, ROW_COLUMNS
 from auditor.store.schema import (
     SchemaError,
@@ -402,6 +403,7 @@ def import_har(
     conn = connect(db_path)
     try:
         ensure_schema(conn)
+        unpack(conn)  # a live recording's batches first: ids stay in recording order
         with conn:
             conn.execute("begin immediate")
             already = conn.execute(

@@ -31,6 +31,7 @@ import httpx
 from auditor.record.rows import Capture, RowBuilder
 from auditor.record.writer import load_secret
 from auditor.redirects import FOLLOWED_STATUSES, is_redirect, next_hop
+from auditor.store.journal import unpack
 from auditor.store.requests import INSERT_SQL
 from auditor.store.schema import (
     SchemaError,
@@ -308,6 +309,7 @@ class HopRecorder:
         conn = connect(self.db_path)
         try:
             ensure_schema(conn)
+            unpack(conn)  # a live recording's batches first: ids stay in recording order
             with conn:
                 conn.executemany(INSERT_SQL, self.rows)
         finally:
