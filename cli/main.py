@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from . import audit, demo, explore, export, har, merge, probe, prune, run
+from . import audit, demo, explore, export, har, merge, probe, prune, run, unpack
 from .common import EXIT_BAD_INPUT, error_line
 
 DISTRIBUTION = "redirect-auditor"
@@ -120,6 +120,7 @@ for name, function in (
     ("prune", prune.prune_command),
     ("merge", merge.merge_command),
     ("export", export.export_command),
+    ("unpack", unpack.unpack_command),
 ):
     app.command(name, cls=Command)(function)
 

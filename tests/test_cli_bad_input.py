@@ -100,6 +100,16 @@ def test_audit_refuses_a_corrupt_database(corrupt: Path) -> None:
     assert files(corrupt.parent) == before
 
 
+def test_unpack_refuses_a_corrupt_or_missing_database(corrupt: Path) -> None:
+    before = files(corrupt.parent)
+    code, out, err = invoke("unpack", str(corrupt))
+    assert_refused(code, err, "corrupt.db", "damaged")
+    code, out, err = invoke("unpack", str(corrupt.parent / "missing.db"))
+    assert_refused(code, err, "missing.db", "no such file")
+    assert out == ""
+    assert files(corrupt.parent) == before
+
+
 def test_audit_combined_refuses_a_corrupt_database(corrupt: Path) -> None:
     good = traffic_db(corrupt.parent / "good.db")
     before = files(corrupt.parent)

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from redirect_auditor_cli.main import app
 
-COMMANDS = ("run", "audit", "explore", "demo", "import-har", "probe", "prune", "merge")
+COMMANDS = ("run", "audit", "explore", "demo", "import-har", "probe", "prune", "merge", "unpack")
 
 
 def invoke(*args: str) -> tuple[int, str, str]:

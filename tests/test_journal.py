@@ -18,6 +18,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
+from typer.testing import CliRunner
 
 from auditor import RedirectRecorder, audit
 from auditor.record.rows import Capture, RowBuilder, to_portable
@@ -27,6 +28,7 @@ from auditor.store.requests import ROW_COLUMNS
 from auditor.store.retention import prune
 from auditor.store.schema import BATCHES_TABLE, META_TABLE, SCHEMA_VERSION, connect, ensure_schema
 from auditor.urls import TrustedProxies
+from redirect_auditor_cli.main import app as cli_app
 from tests.servers import serve_in_thread, wait_for
 
 
@@ -265,3 +267,14 @@ def test_the_explore_follower_moves_a_live_recording(tmp_path: Path) -> None:
         stop.set()
     assert queries(db) == [f"n={i}" for i in range(6)]
     assert batch_count(db) == 0
+
+
+def test_the_unpack_command_moves_a_recording_for_other_tools(tmp_path: Path) -> None:
+    db = tmp_path / "t.db"
+    record(db, 4)
+    result = CliRunner().invoke(cli_app, ["unpack", str(db)])
+    assert result.exit_code == 0, result.output
+    assert f"Moved 4 recorded request(s) into requests in {db}." in result.stdout
+    assert queries(db) == [f"n={i}" for i in range(4)]
+    again = CliRunner().invoke(cli_app, ["unpack", str(db)])
+    assert "Moved 0 recorded request(s)" in again.stdout

@@ -319,7 +319,18 @@ def _answers(url: str) -> bool:
 
 def test_the_readme_has_commands_for_every_part() -> None:
     lines = [command.line for command in readme_commands()]
-    parts = ("run", "audit", "explore", "demo", "probe", "import-har", "merge", "prune", "export")
+    parts = (
+        "run",
+        "audit",
+        "explore",
+        "demo",
+        "probe",
+        "import-har",
+        "merge",
+        "prune",
+        "export",
+        "unpack",
+    )
     for part in parts:
         assert any(f"redirect-auditor {part} " in line for line in lines), part
     assert any(line.startswith("pytest --redirect-audit") for line in lines)
