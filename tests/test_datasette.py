@@ -338,3 +338,25 @@ def test_durations_have_units(audited_db: Path) -> None:
     page = fetch([audited_db], f"/{DB}/requests?_size=1")
     assert '<td class="col-duration_ms type-Quantity">' in page
     assert "duration_ms" in fetch([audited_db], f"/{DB}/requests.json")["units"]
+
+
+def test_error_pages_print_no_traceback_of_locals(
+    audited_db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Datasette 0.65 prints every error with rich when rich is installed (it is, with
+    # us): a traceback with every local variable (SQL, parameters, rows) on the console
+    # for a mistyped URL, or a failed page where rich finds no exception to print.
+    async def statuses() -> list[tuple[int, str]]:
+        client = build_datasette([audited_db]).client
+        missing_table = await client.get("/shop-2026/no_such_table")
+        missing_finding = await client.get("/-/redirect-report/shop-2026/999999")
+        return [
+            (missing_table.status_code, missing_table.text),
+            (missing_finding.status_code, missing_finding.text),
+        ]
+
+    for status, page in asyncio.run(statuses()):
+        assert status == 404
+        assert "Error 404" in page
+    printed = capsys.readouterr()
+    assert "Traceback" not in printed.out + printed.err

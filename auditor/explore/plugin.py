@@ -8,6 +8,7 @@ traffic database, whatever its file is called, and readable cells and pictures.
 - ``extra_template_vars`` + ``templates/``: the database page opens with the report; the
   findings table shows the columns a person reads first.
 - ``render_cell``: hop paths, chain pictures, severity badges, evidence, UTC times.
+- ``handle_exception``: lets Datasette's own error pages render (see there).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import copy
 import importlib.resources
 import json
 import re
+import sys
 import weakref
 from datetime import UTC, datetime
 from functools import cache
@@ -30,6 +32,23 @@ from auditor.explore import cells, pages, queries
 from auditor.explore.pictures import chain_dot, parse_hops
 
 TEMPLATES = Path(__file__).with_name("templates")
+
+
+@hookimpl
+def handle_exception(datasette: Any, request: Any, exception: Exception) -> None:
+    """Let Datasette's own error page through (this returns none of its own).
+
+    Datasette 0.65's default handler prints every error, a 404 too, with rich when rich
+    is installed (it is: our CLI uses it): a traceback with every local variable (SQL,
+    parameters, rows) on the console, and a failed page where rich finds no exception
+    to print. The default reads its module's ``rich`` when its page is made, after
+    every plugin's hook has run: set to None here, it prints nothing for a 4xx.
+    """
+    module = sys.modules.get("datasette.handle_exception")
+    if module is not None and getattr(module, "rich", None) is not None:
+        vars(module)["rich"] = None
+
+
 TIMESTAMP_COLUMNS = {
     "requests": {"started_at"},
     "chains": {"started_at"},
