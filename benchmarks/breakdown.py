@@ -289,7 +289,7 @@ def writer_parts(rows_n: int, profile: bool) -> dict[str, float]:
     insert("insert, without the url index", drop_url_index)
     insert("insert, without any secondary index", drop_indexes)
     insert("insert, 5000/txn", lambda c: None, 5000)
-    bind_none_directly()  # as the writer does (process-wide: these two lines come last)
+    bind_none_directly()  # as unpack does (process-wide: these two lines come last)
     normal = "pragma synchronous = normal"
     insert(
         "writer's insert_rows (short/full shapes), NORMAL",

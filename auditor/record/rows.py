@@ -288,7 +288,7 @@ class RowBuilder:
 
     def build_row(self, item: tuple[Any, ...]) -> tuple[Any, ...]:
         """``build_portable``'s row, or, when its ``SHORT_OMITS`` columns are all NULL,
-        only its ``SHORT_COLUMNS`` values (told apart by length): what the writer inserts.
+        only its ``SHORT_COLUMNS`` values (told apart by length): what the writer stores.
 
         Runs for every request (in the writer thread, beside the event loop), so the
         common case avoids dicts, urllib and repeated decoding.

@@ -27,7 +27,6 @@ from auditor.record.ledger import Ledger
 from auditor.record.options import RecorderOptions
 from auditor.record.rows import CapturedExchange, RowBuilder, to_portable
 from auditor.store import journal
-from auditor.store.requests import bind_none_directly
 from auditor.store.retention import prune
 from auditor.store.schema import (
     DROP_REASONS,
@@ -303,7 +302,6 @@ class Writer:
             # into an unlinked inode and lose every row without an error.
             self._reset()
         if self._conn is None or self._builder is None:
-            bind_none_directly()
             create_private_file(self.db_path)
             conn = connect(self.db_path, timeout_ms=int(self.options.busy_timeout * 1000))
             try:

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from auditor.store.requests import ROW_COLUMNS, SHORT_COLUMNS, insert_rows
+from auditor.store.requests import ROW_COLUMNS, SHORT_COLUMNS, bind_none_directly, insert_rows
 from auditor.store.schema import BATCHES_TABLE, connect, has_table
 
 logger = logging.getLogger("redirect_auditor")
@@ -76,20 +76,34 @@ def batch_rows(data: bytes) -> list[tuple[Any, ...]]:
 
 def pending_rows(conn: sqlite3.Connection, *, schema: str = "main") -> int:
     """Rows recorded into batches and not unpacked yet (0 without a journal table)."""
-    try:
-        row = conn.execute(
-            f"select coalesce(sum(rows), 0) from {schema}.{BATCHES_TABLE}"
-        ).fetchone()
-    except sqlite3.OperationalError as exc:
-        if "no such table" in str(exc):
-            return 0
-        raise
-    return int(row[0])
+    if not has_table(conn, BATCHES_TABLE, schema=schema):
+        return 0
+    sql = f"select coalesce(sum(rows), 0) from {schema}.{BATCHES_TABLE}"
+    return int(conn.execute(sql).fetchone()[0])
 
 
 def recorded_rows(conn: sqlite3.Connection) -> int:
     """Requests recorded: those in ``requests`` and those still in batches."""
     return int(conn.execute("select count(*) from requests").fetchone()[0]) + pending_rows(conn)
+
+
+def _page(
+    conn: sqlite3.Connection, after: int, schema: str = "main"
+) -> list[tuple[int, list[tuple[Any, ...]] | None]]:
+    """The next few batches after id ``after``, oldest first: (id, rows), rows None for a
+    batch that cannot be read (logged)."""
+    found = conn.execute(
+        f"select id, data from {schema}.{BATCHES_TABLE} where id > ? order by id limit ?",
+        (after, BATCHES_PER_TRANSACTION),
+    ).fetchall()
+    page: list[tuple[int, list[tuple[Any, ...]] | None]] = []
+    for batch_id, data in found:
+        try:
+            page.append((batch_id, batch_rows(data)))
+        except JournalError as exc:
+            logger.warning("redirect-auditor: batch %d left unread: %s", batch_id, exc)
+            page.append((batch_id, None))
+    return page
 
 
 def stored_batches(
@@ -98,19 +112,11 @@ def stored_batches(
     """(id, rows) of every readable batch, oldest first, without changing anything
     (``merge`` reads a shard's this way). Damaged batches are logged and skipped."""
     after = 0
-    while True:
-        found = conn.execute(
-            f"select id, data from {schema}.{BATCHES_TABLE} where id > ? order by id limit ?",
-            (after, BATCHES_PER_TRANSACTION),
-        ).fetchall()
-        if not found:
-            return
-        for batch_id, data in found:
-            after = batch_id
-            try:
-                yield batch_id, batch_rows(data)
-            except JournalError as exc:
-                logger.warning("redirect-auditor: batch %d left unread: %s", batch_id, exc)
+    while page := _page(conn, after, schema):
+        after = page[-1][0]
+        for batch_id, rows in page:
+            if rows is not None:
+                yield batch_id, rows
 
 
 def unpack(conn: sqlite3.Connection) -> int:
@@ -122,33 +128,27 @@ def unpack(conn: sqlite3.Connection) -> int:
     """
     if pending_rows(conn) == 0:
         return 0
+    bind_none_directly()  # the inserts below bind a NULL for many columns of each row
     moved = 0
     after = 0
     while True:
         conn.execute("begin immediate")
         try:
-            found = conn.execute(
-                f"select id, data from {BATCHES_TABLE} where id > ? order by id limit ?",
-                (after, BATCHES_PER_TRANSACTION),
-            ).fetchall()
-            done: list[int] = []
-            for batch_id, data in found:
-                after = batch_id
-                try:
-                    rows = batch_rows(data)
-                except JournalError as exc:
-                    logger.warning("redirect-auditor: batch %d left unread: %s", batch_id, exc)
-                    continue
-                insert_rows(conn, rows)
-                moved += len(rows)
-                done.append(batch_id)
-            conn.executemany(f"delete from {BATCHES_TABLE} where id = ?", [(i,) for i in done])
+            page = _page(conn, after)
+            done: list[tuple[int]] = []
+            for batch_id, rows in page:
+                if rows is not None:
+                    insert_rows(conn, rows)
+                    moved += len(rows)
+                    done.append((batch_id,))
+            conn.executemany(f"delete from {BATCHES_TABLE} where id = ?", done)
             conn.execute("commit")
         except BaseException:
             conn.execute("rollback")
             raise
-        if len(found) < BATCHES_PER_TRANSACTION:
+        if len(page) < BATCHES_PER_TRANSACTION:
             return moved
+        after = page[-1][0]
 
 
 def unpack_file(db_path: str | Path) -> int:
@@ -157,8 +157,6 @@ def unpack_file(db_path: str | Path) -> int:
     accepted: this writes to it."""
     conn = connect(db_path)
     try:
-        if not has_table(conn, BATCHES_TABLE):
-            return 0
         return unpack(conn)
     finally:
         conn.close()

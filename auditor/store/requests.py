@@ -14,7 +14,7 @@ from typing import Any, cast
 
 from auditor.store.schema import REQUEST_COLUMNS
 
-# Columns the writer inserts: every requests column but the rowid and linking's.
+# Columns a recorded row holds: every requests column but the rowid and linking's.
 LINKING_COLUMNS = ("follow_up_of", "link_confidence")
 ROW_COLUMNS = tuple(c for c in REQUEST_COLUMNS if c != "id" and c not in LINKING_COLUMNS)
 INSERT_SQL = (
