@@ -66,6 +66,7 @@ class _QueueOnly(Writer):
         self.dropped_unreadable = 0
         self.rows_skipped = 0
         self._wake = threading.Event()  # set at WAKE_AT captures, as the writer's is
+        self._builder = None  # as before the thread opened the database: nothing is built
 
 
 def _app(variant: str) -> Any:

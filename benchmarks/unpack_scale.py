@@ -31,7 +31,7 @@ def to_batches(db: Path, batch: int) -> int:
     with conn:
         conn.execute("delete from requests")
         for start in range(0, len(rows), batch):
-            journal.append(conn, "bench:1", rows[start : start + batch])
+            journal.append(conn, "bench:1", [journal.encode(rows[start : start + batch])])
     conn.execute("vacuum")
     conn.close()
     return len(rows)

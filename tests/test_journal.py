@@ -120,13 +120,13 @@ def test_a_damaged_batch_stays_and_the_others_move(
     conn = connect(db)
     ensure_schema(conn)
     with conn:
-        journal.append(conn, "w", built_rows([1.0, 2.0]))
+        journal.append(conn, "w", [journal.encode(built_rows([1.0, 2.0]))])
         conn.execute(
             f"insert into {BATCHES_TABLE} (worker_id, first_started_at, last_started_at, rows, "
             "data) values ('w', 3, 3, 1, ?)",
             (b"\x80\x05not a pickle",),
         )
-        journal.append(conn, "w", built_rows([4.0]))
+        journal.append(conn, "w", [journal.encode(built_rows([4.0]))])
     with caplog.at_level(logging.WARNING, logger="redirect_auditor"):
         assert journal.unpack(conn) == 3
     assert "left unread" in caplog.text
@@ -195,7 +195,7 @@ def test_retention_counts_and_drops_whole_batches(tmp_path: Path) -> None:
     ensure_schema(conn)
     with conn:
         for first in (100.0, 200.0, 300.0):
-            journal.append(conn, "w", built_rows([first + i for i in range(10)]))
+            journal.append(conn, "w", [journal.encode(built_rows([first + i for i in range(10)]))])
     # The newest 15 rows span the two newest batches: the oldest goes whole.
     assert prune(conn, max_rows=15) == 10
     assert journal.pending_rows(conn) == 20

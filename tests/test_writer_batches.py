@@ -17,17 +17,18 @@ from auditor.store.schema import BATCHES_TABLE
 BAD_AT = 550  # after the first 512-row statement of a 600-row batch
 
 
-def _options() -> RecorderOptions:
-    return RecorderOptions.build(
-        record="all",
-        sample_rate=0.0,
-        trusted_proxies=(),
-        store_client_ip=False,
-        queue_size=10_000,
-        flush_interval=3600,
-        follow_up_delay=2.0,
-        follow_up_window=30.0,
-    )
+def _options(**changes: Any) -> RecorderOptions:
+    arguments: dict[str, Any] = {
+        "record": "all",
+        "sample_rate": 0.0,
+        "trusted_proxies": (),
+        "store_client_ip": False,
+        "queue_size": 10_000,
+        "flush_interval": 3600,
+        "follow_up_delay": 2.0,
+        "follow_up_window": 30.0,
+    }
+    return RecorderOptions.build(**{**arguments, **changes})
 
 
 def _capture(path: str) -> Capture:
@@ -72,9 +73,11 @@ def test_an_unencodable_string_late_in_a_batch_is_escaped_not_duplicated(tmp_pat
         for path in _paths(600):
             writer.submit(_capture(path))
         writer.flush()
-        # The writer stores the batch as it was built, the lone surrogate included ...
-        ((count, batch),) = _batches(tmp_path / "t.db")
-        assert count == len(batch) == 600
+        # The writer stores the rows as they were built, the lone surrogate included ...
+        batches = _batches(tmp_path / "t.db")
+        assert all(count == len(rows) for count, rows in batches)
+        batch = [row for _, rows in batches for row in rows]
+        assert len(batch) == 600
         paths = [full_row(row)[ROW_COLUMNS.index("path")] for row in batch]
         assert paths == _paths(600)
         # ... and unpacking inserts it escaped, each row once.
@@ -151,5 +154,102 @@ def test_a_full_batch_wakes_the_writer_before_the_flush_interval(tmp_path: Path)
             time.sleep(0.01)
         assert writer.rows_written == WAKE_AT
         assert len(_stored(tmp_path / "t.db")) == WAKE_AT
+    finally:
+        writer.close()
+
+
+def _stats(db: Path) -> tuple[int, int, int, str | None]:
+    with closing(sqlite3.connect(db)) as conn:
+        return conn.execute(
+            "select rows_written, dropped_queue_full, dropped_other, last_error from recorder_stats"
+        ).fetchone()
+
+
+def _opened_writer(db: Path, **changes: Any) -> Writer:
+    """A writer whose thread has opened the database (and made its row builder)."""
+    writer = Writer(db, _options(**changes), worker_id="test:1")
+    writer.submit(_capture("/first"))
+    writer.flush()
+    return writer
+
+
+def test_the_request_that_fills_a_batch_encodes_it_while_the_thread_is_busy(
+    tmp_path: Path,
+) -> None:
+    """The WAKE_AT-th capture is built and pickled by the submitting thread (the event
+    loop), in order, while the writer thread is busy storing (holds its lock)."""
+    from auditor.record.writer import WAKE_AT
+
+    writer = _opened_writer(tmp_path / "t.db")
+    try:
+        with writer._lock:
+            for path in _paths(WAKE_AT, bad_at=-1):
+                writer.submit(_capture(path))
+            assert not writer._queue
+            assert [batch.rows for batch in writer._batches] == [WAKE_AT]
+        writer.flush()
+        assert writer.rows_written == WAKE_AT + 1
+        assert _stored(tmp_path / "t.db") == [("/first",)] + [(p,) for p in _paths(WAKE_AT, -1)]
+    finally:
+        writer.close()
+
+
+def test_submit_never_waits_for_the_thread_building(tmp_path: Path) -> None:
+    """While the thread builds (holds the build lock), a full batch stays queued: submit
+    returns at once (a wait here would hang the test) and the thread stores it later."""
+    from auditor.record.writer import WAKE_AT
+
+    writer = _opened_writer(tmp_path / "t.db")
+    try:
+        with writer._build_lock:
+            for path in _paths(WAKE_AT * 2, bad_at=-1):
+                writer.submit(_capture(path))
+            assert len(writer._queue) == WAKE_AT * 2 and not writer._batches
+        writer.flush()
+        assert writer.rows_written == WAKE_AT * 2 + 1
+        assert len(_stored(tmp_path / "t.db")) == WAKE_AT * 2 + 1
+    finally:
+        writer.close()
+
+
+def test_a_capture_that_cannot_be_built_on_the_loop_is_counted_not_lost(tmp_path: Path) -> None:
+    from auditor.record.writer import WAKE_AT
+
+    writer = _opened_writer(tmp_path / "t.db")
+    try:
+        for i, path in enumerate(_paths(WAKE_AT, bad_at=-1)):
+            capture = _capture(path)
+            if i == 7:  # a server that put something other than header pairs there
+                capture.scope = {**capture.scope, "headers": 5}
+            writer.submit(capture)
+        writer.flush()
+        written, queue_full, other, last_error = _stats(tmp_path / "t.db")
+        assert (written, queue_full, other) == (WAKE_AT, 0, 1)  # /first and WAKE_AT - 1
+        assert last_error is not None and "other" in last_error
+        assert len(_stored(tmp_path / "t.db")) == WAKE_AT
+    finally:
+        writer.close()
+
+
+def test_batches_waiting_for_a_busy_database_are_bounded_then_drops_counted(
+    tmp_path: Path,
+) -> None:
+    """While the thread cannot store (busy), batches stop at about queue_size rows, the
+    captures behind them fill the queue, and what comes after is counted as queue_full:
+    every request is written or counted once the database is free again."""
+    from auditor.record.writer import WAKE_AT
+
+    writer = _opened_writer(tmp_path / "t.db", queue_size=600)
+    try:
+        with writer._lock:
+            for path in _paths(3000, bad_at=-1):
+                writer.submit(_capture(path))
+            assert writer._batched_rows <= 600 + WAKE_AT
+            assert len(writer._queue) <= 600
+        writer.flush()
+        assert writer.dropped_queue_full > 0
+        assert writer.rows_written + writer.dropped_queue_full == 3001
+        written, queue_full, other, _ = _stats(tmp_path / "t.db")
+        assert (written, queue_full, other) == (writer.rows_written, writer.dropped_queue_full, 0)
     finally:
         writer.close()

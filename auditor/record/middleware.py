@@ -1,11 +1,12 @@
 """RedirectRecorder: the pure ASGI middleware. The hot path, and nothing else.
 
-On the event loop it only captures references (the scope's values, status, response
+Per request it only captures references (the scope's values, status, response
 headers, byte counts, two timestamps) and appends them, as one flat tuple, to the
 writer's bounded queue (the scope itself is let go with the request). Decoding, URL
-resolution, hashing, redaction and SQLite happen in the writer's thread
-(``writer.py``). With ``record="redirects"`` it also decides here what can never be
-needed (``targets.py``), as early and as cheaply as it can: a request that is not
+resolution, hashing and redaction happen once per ``WAKE_AT`` requests, for all of
+them at once, and SQLite in the writer's thread (``writer.py``). With
+``record="redirects"`` it also decides here what can never be needed
+(``targets.py``), as early and as cheaply as it can: a request that is not
 sampled and not an expected follow-up (decided before the app runs, with no lookup
 at all while no redirect was noted within the window) is only watched for a 3xx
 status; unless one comes, it is counted as skipped, never captured or queued.
@@ -214,8 +215,8 @@ class RedirectRecorder:
     into the app: rows it cannot write (``busy_timeout`` seconds of another
     process's lock, a read-only or vanished file) are counted in ``recorder_stats``.
     ``max_rows`` / ``max_age`` (seconds) keep the file small: the writer
-    deletes the oldest requests beyond them once a minute. Rows are built and
-    written by one thread of this process; ``writer`` (``"thread"``, or
+    deletes the oldest requests beyond them once a minute. Rows are built in
+    batches and written by one thread of this process; ``writer`` (``"thread"``, or
     ``"process"`` for the retired writer process) is accepted and changes nothing.
     Secrets in URLs are redacted (``auditor/redaction.py``); beyond the defaults,
     ``redact_params`` names more parameters whose values are secrets,

@@ -1,4 +1,4 @@
-"""Turn a captured exchange into a ``requests`` row. Runs in the writer thread.
+"""Turn a captured exchange into a ``requests`` row, a batch of them at a time (``writer.py``).
 
 Everything slow the hot path skipped happens here: header decoding, effective
 scheme/host behind trusted proxies, Location resolution, redaction, keyed
@@ -290,7 +290,7 @@ class RowBuilder:
         """``build_portable``'s row, or, when its ``SHORT_OMITS`` columns are all NULL,
         only its ``SHORT_COLUMNS`` values (told apart by length): what the writer stores.
 
-        Runs for every request (in the writer thread, beside the event loop), so the
+        Runs for every request (on the event loop or the writer thread), so the
         common case avoids dicts, urllib and repeated decoding.
         """
         (

@@ -20,7 +20,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from auditor.store.requests import ROW_COLUMNS, SHORT_COLUMNS, bind_none_directly, insert_rows
 from auditor.store.schema import BATCHES_TABLE, connect, has_table
@@ -45,20 +45,23 @@ class _ValuesOnly(pickle.Unpickler):
         raise pickle.UnpicklingError(f"a journal batch names {module}.{name}")
 
 
-def append(conn: sqlite3.Connection, worker_id: str, rows: list[tuple[Any, ...]]) -> None:
-    """Store ``rows`` (``RowBuilder.build_row``'s) as one batch, in the caller's transaction."""
-    if not rows:
-        return
-    conn.execute(
-        _INSERT,
-        (
-            worker_id,
-            rows[0][_STARTED],
-            rows[-1][_STARTED],
-            len(rows),
-            pickle.dumps(rows, protocol=5),
-        ),
-    )
+class Batch(NamedTuple):
+    """Rows pickled for one ``request_batches`` row (``encode``), waiting to be stored."""
+
+    first_started_at: float
+    last_started_at: float
+    rows: int
+    data: bytes
+
+
+def encode(rows: list[tuple[Any, ...]]) -> Batch:
+    """``rows`` (``RowBuilder.build_row``'s, at least one) as one batch."""
+    return Batch(rows[0][_STARTED], rows[-1][_STARTED], len(rows), pickle.dumps(rows, protocol=5))
+
+
+def append(conn: sqlite3.Connection, worker_id: str, batches: list[Batch]) -> None:
+    """Store ``batches`` in the caller's transaction, one row each, in order."""
+    conn.executemany(_INSERT, [(worker_id, *batch) for batch in batches])
 
 
 def batch_rows(data: bytes) -> list[tuple[Any, ...]]:
