@@ -137,10 +137,12 @@ def test_short_and_full_rows_store_every_column_in_batch_order(tmp_path: Path) -
 
 
 def test_a_full_batch_wakes_the_writer_before_the_flush_interval(tmp_path: Path) -> None:
-    """WAKE_AT captures are written without waiting for flush_interval (an hour here)."""
+    """WAKE_AT captures are written without waiting for flush_interval (an hour here)
+    while the thread has not opened the database; after that, the loop's batches wake
+    it once STORE_AT rows wait."""
     import time
 
-    from auditor.record.writer import WAKE_AT
+    from auditor.record.writer import STORE_AT, WAKE_AT
 
     writer = Writer(tmp_path / "t.db", _options(), worker_id="test:1")
     try:
@@ -154,6 +156,16 @@ def test_a_full_batch_wakes_the_writer_before_the_flush_interval(tmp_path: Path)
             time.sleep(0.01)
         assert writer.rows_written == WAKE_AT
         assert len(_stored(tmp_path / "t.db")) == WAKE_AT
+
+        for path in _paths(STORE_AT - WAKE_AT, bad_at=-1):
+            writer.submit(_capture(path))
+        assert writer.rows_written == WAKE_AT  # encoded on the loop, waiting
+        assert sum(batch.rows for batch in writer._batches) == STORE_AT - WAKE_AT
+        for path in _paths(WAKE_AT, bad_at=-1):
+            writer.submit(_capture(path))
+        while writer.rows_written < STORE_AT + WAKE_AT and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert writer.rows_written == STORE_AT + WAKE_AT
     finally:
         writer.close()
 
