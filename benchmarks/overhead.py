@@ -6,7 +6,8 @@ ten goes to a redirect route. Rounds rotate the order. For each run the CPU time
 the server's whole process tree (server, its threads, any process it starts) is read from
 /proc before the run and again once the tree is idle, so work drained later is charged.
 Reported per variant, medians over rounds: req/s and its ratio to bare in the same
-round, CPU us per request and what it adds over bare, p50/p99 latency; and after the
+round, CPU us per request and what it adds over bare (and how much of that the event
+loop's own thread spends: the rest is the writer thread's), p50/p99 latency; and after the
 servers stopped (lifespan shutdown flushes), rows written against requests served
 (``record="redirects"``: rows + rows skipped against requests served, rows against
 redirects served). On these VMs throughput follows CPU, so CPU per request is the figure.
@@ -175,6 +176,14 @@ def tree_cpu(pid: int) -> float:
     return total
 
 
+def loop_thread_cpu(pid: int) -> float:
+    """CPU seconds of the server's main thread (uvicorn's event loop) alone."""
+    with contextlib.suppress(OSError):
+        fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return 0.0
+
+
 def wait_idle(pid: int, window: float = 0.3, timeout: float = 30.0) -> None:
     """Until the tree used at most two clock ticks in ``window`` seconds."""
     deadline = time.monotonic() + timeout
@@ -237,6 +246,7 @@ class Run:
     rps: float
     requests: int
     cpu_us: float
+    loop_us: float  # of cpu_us, the event loop's thread
     p50_ms: float
     p99_ms: float
     errors: str
@@ -327,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
             for v in variants[r % len(variants) :] + variants[: r % len(variants)]:
                 port, pid = servers[v]
                 wait_idle(pid)
-                before = tree_cpu(pid)
+                before, loop_before = tree_cpu(pid), loop_thread_cpu(pid)
                 w = run_wrk(
                     wrk,
                     f"http://127.0.0.1:{port}/",
@@ -339,10 +349,14 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 wait_idle(pid)
                 cpu_us = 1e6 * (tree_cpu(pid) - before) / w.requests
+                loop_us = 1e6 * (loop_thread_cpu(pid) - loop_before) / w.requests
                 served[v] += w.requests
-                runs.append(Run(v, r, w.rps, w.requests, cpu_us, w.p50_ms, w.p99_ms, w.errors))
+                runs.append(
+                    Run(v, r, w.rps, w.requests, cpu_us, loop_us, w.p50_ms, w.p99_ms, w.errors)
+                )
                 print(f"round {r + 1} {v:<28} {w.rps:8.0f} req/s {cpu_us:6.1f} us/req "
-                      f"p99 {w.p99_ms:6.2f} ms {w.errors}", flush=True)  # fmt: skip
+                      f"(loop {loop_us:5.1f}) p99 {w.p99_ms:6.2f} ms {w.errors}",
+                      flush=True)  # fmt: skip
     for i, v in enumerate(variants):
         slack = args.connections * (args.rounds + 1)
         checks[v] = check_rows(v, tmp / f"{i}.db", served[v], slack)
@@ -366,6 +380,9 @@ def summarize(runs: list[Run], variants: list[str], checks: dict[str, str]) -> l
             "x_bare": statistics.median(r.rps / bare[r.round].rps for r in mine),
             "cpu_us": statistics.median(r.cpu_us for r in mine),
             "over_bare_us": statistics.median(r.cpu_us - bare[r.round].cpu_us for r in mine),
+            "loop_over_bare_us": statistics.median(
+                r.loop_us - bare[r.round].loop_us for r in mine
+            ),
             "p50_ms": statistics.median(r.p50_ms for r in mine),
             "p99_ms": statistics.median(r.p99_ms for r in mine),
             "rows": checks[v],
@@ -378,12 +395,16 @@ def print_table(table: list[dict[str, Any]], args: argparse.Namespace) -> None:
           f"{args.wrk_cpu}, {args.rounds} rounds x {args.duration} s, 1 request in "
           f"{REDIRECT_EVERY} a redirect{', browser headers' if args.browser_headers else ''}; "
           "medians")  # fmt: skip
-    print("| stack | req/s | x bare | CPU us/req | over bare | p50 ms | p99 ms | rows |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| stack | req/s | x bare | CPU us/req | over bare | of it, loop thread | p50 ms | "
+          "p99 ms | rows |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
     for t in table:
-        over = "—" if t["variant"] == "bare" else f"{t['over_bare_us']:+.1f}"
+        bare = t["variant"] == "bare"
+        over = "—" if bare else f"{t['over_bare_us']:+.1f}"
+        loop = "—" if bare else f"{t['loop_over_bare_us']:+.1f}"
         print(f"| {t['variant']} | {t['rps']:.0f} | {t['x_bare']:.2f} | {t['cpu_us']:.1f} | "
-              f"{over} | {t['p50_ms']:.2f} | {t['p99_ms']:.2f} | {t['rows']} |")  # fmt: skip
+              f"{over} | {loop} | {t['p50_ms']:.2f} | {t['p99_ms']:.2f} | "
+              f"{t['rows']} |")  # fmt: skip
 
 
 if __name__ == "__main__":
