@@ -147,6 +147,7 @@ _APPLICATIONS = {
 # without settling it: the application object may still be above us (add_middleware).
 _FRAMEWORK_PACKAGES = ("fastapi", "starlette", "django", "litestar", "quart", "datasette")
 _MAX_WRAPPERS = 32
+MAX_TARGET_PATHS = 4096
 
 
 def application_framework(obj: Any) -> str | None:
@@ -269,6 +270,9 @@ class RedirectRecorder:
         )
         self.writer: TrafficWriter = writer_for(db_path, options)
         self.targets: RecentTargets | None = None
+        # record="redirects": (Location, request path) -> the path a client follows it
+        # to, as the shared table keys it (b"": no path).
+        self._target_paths: dict[tuple[bytes, str], bytes] = {}
         if options.record == "redirects":
             path = self.writer.db_path
             self.targets = RecentTargets(path, load_secret(path), options.follow_up_window)
@@ -333,10 +337,19 @@ class RedirectRecorder:
         """record="redirects": a redirect is being sent (event loop): note its target."""
         for name, value in headers:
             if name.lower() == b"location":
-                target = location_path(value, exchange.scope.get("path") or "/")
-                if target is not None and self.targets is not None:
+                if type(value) is not bytes:  # a bytearray is allowed, and unhashable
+                    value = bytes(value)
+                key = (value, exchange.scope.get("path") or "/")
+                target = self._target_paths.get(key)
+                if target is None:  # a redirect route answers the same Location
+                    path = location_path(*key)
+                    target = b"" if path is None else path.encode("utf-8", "surrogatepass")
+                    if len(self._target_paths) >= MAX_TARGET_PATHS:
+                        self._target_paths.clear()
+                    self._target_paths[key] = target
+                if target and self.targets is not None:
                     address = effective_client(exchange.scope, self._trusted)
-                    self.targets.note(address, target.encode("utf-8", "surrogatepass"), time())
+                    self.targets.note(address, target, time())
                 return
 
     def _settle_framework(self, scope: Scope) -> None:
