@@ -137,3 +137,40 @@ def test_a_location_on_a_response_that_is_no_redirect_is_still_recorded(
         {"path": "/created", "status": 201, "location": "/items/7"},
         {"path": "/plain", "status": 201, "location": None},
     ]
+
+
+def test_redirects_mode_follows_a_location_sent_as_bytearray_twice(make_recorder: Recorder) -> None:
+    """The shared table notes where a redirect leads (cached per Location and request
+    path): a Location an app sends as a bytearray, which no dict can key, still works,
+    the second time from the cache, and its follow-up is kept."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["path"] == "/old":
+            headers = [(b"location", bytearray(b"/new"))]
+            await send({"type": "http.response.start", "status": 302, "headers": headers})
+        else:
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b""}
+
+    statuses: list[int] = []
+
+    async def send(message: Any) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    recorder = make_recorder(app, record="redirects")
+    for path in ("/old", "/old", "/new", "/elsewhere"):
+        scope = {"type": "http", "method": "GET", "path": path, "raw_path": path.encode(),
+                 "query_string": b"", "headers": [], "client": ("198.51.100.1", 1)}  # fmt: skip
+        asyncio.run(recorder(scope, receive, send))
+    assert statuses == [302, 302, 200, 200]
+    recorder.writer.flush()
+    rows = fetch_rows(recorder.writer.db_path, "select path, status, location from requests")
+    assert rows == [
+        {"path": "/old", "status": 302, "location": "/new"},
+        {"path": "/old", "status": 302, "location": "/new"},
+        {"path": "/new", "status": 200, "location": None},
+    ]
