@@ -156,6 +156,14 @@ def run_wrk(
     )
 
 
+def stat_cpu(stat: Path) -> float:
+    """CPU seconds (user + system) a ``/proc`` stat file reports (0 once it is gone)."""
+    with contextlib.suppress(OSError):
+        fields = stat.read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return 0.0
+
+
 def tree_cpu(pid: int) -> float:
     """CPU seconds (user + system) of a process and all its descendants."""
     children: dict[int, list[int]] = {}
@@ -170,18 +178,13 @@ def tree_cpu(pid: int) -> float:
     while todo:
         p = todo.pop()
         todo.extend(children.get(p, ()))
-        with contextlib.suppress(OSError):
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+        total += stat_cpu(Path(f"/proc/{p}/stat"))
     return total
 
 
 def loop_thread_cpu(pid: int) -> float:
     """CPU seconds of the server's main thread (uvicorn's event loop) alone."""
-    with contextlib.suppress(OSError):
-        fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
-    return 0.0
+    return stat_cpu(Path(f"/proc/{pid}/task/{pid}/stat"))
 
 
 def wait_idle(pid: int, window: float = 0.3, timeout: float = 30.0) -> None:
