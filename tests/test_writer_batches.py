@@ -256,7 +256,7 @@ def test_batches_waiting_for_a_busy_database_are_bounded_then_drops_counted(
         with writer._lock:
             for path in _paths(3000, bad_at=-1):
                 writer.submit(_capture(path))
-            assert writer._batched_rows <= 600 + WAKE_AT
+            assert writer._rows_batched() <= 600 + WAKE_AT
             assert len(writer._queue) <= 600
         writer.flush()
         assert writer.dropped_queue_full > 0

@@ -153,8 +153,7 @@ class Writer:
         # it into _batches, which only the thread stores.
         self._builder: RowBuilder | None = None
         self._build_lock = threading.Lock()
-        self._batches: list[journal.Batch] = []
-        self._batched_rows = 0  # rows in _batches: at most queue_size (then captures wait)
+        self._batches: list[journal.Batch] = []  # at most ~queue_size rows (then captures wait)
         self._unbuilt = 0  # captures build_row raised on since the thread last looked
         self._unbuilt_error: BaseException | None = None
         self._warned: set[str] = set()
@@ -210,7 +209,7 @@ class Writer:
                 self._unbuilt_error = exc
             finally:
                 self._build_lock.release()
-            if self._batched_rows < STORE_AT:
+            if self._rows_batched() < STORE_AT:
                 return  # stored at the flush interval's end, with the batches after it
         self._wake.set()
 
@@ -222,7 +221,8 @@ class Writer:
             return
         build = builder.build_row
         queue = self._queue
-        while queue and self._batched_rows < self._limit:
+        batched = self._rows_batched()
+        while queue and batched < self._limit:
             rows = []
             for _ in range(min(len(queue), MAX_BATCH)):
                 item = queue.popleft()
@@ -239,7 +239,11 @@ class Writer:
                     self._unbuilt_error = exc
                     continue
                 self._batches.append(batch)
-                self._batched_rows += len(rows)
+                batched += len(rows)
+
+    def _rows_batched(self) -> int:
+        """Rows encoded and waiting to be stored."""
+        return sum(batch.rows for batch in self._batches)
 
     def flush(self) -> None:
         """Write everything pending now."""
@@ -370,7 +374,7 @@ class Writer:
         with self._build_lock:
             if encode:
                 self._encode()
-            batches, self._batches, self._batched_rows = self._batches, [], 0
+            batches, self._batches = self._batches, []
             unbuilt, self._unbuilt = self._unbuilt, 0
             error, self._unbuilt_error = self._unbuilt_error, None
         if error is not None:
@@ -381,9 +385,9 @@ class Writer:
         """Count every queued capture and waiting batch as dropped (the database cannot
         be opened), and let them go."""
         with self._build_lock:
-            count = len(self._queue) + self._batched_rows
+            count = len(self._queue) + self._rows_batched()
             self._queue.clear()
-            self._batches, self._batched_rows = [], 0
+            self._batches = []
         self._count_drop(reason, count, exc)
 
     def _open(self) -> sqlite3.Connection:
@@ -413,7 +417,7 @@ class Writer:
             self._file_id = _file_id(self.db_path)
         return self._conn
 
-    def _write(self, encode: bool = True) -> None:
+    def _write(self, encode: bool) -> None:
         if not (self._queue or self._batches or self.unsaved_counts()):
             return  # idle: leave the database alone (not even opened)
         try:
