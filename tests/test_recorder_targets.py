@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import stat
+import time
 from pathlib import Path
 
 import pytest
 
-from auditor.record.targets import SIZE, SLOTS, RecentTargets, location_path, targets_path
+from auditor.record.targets import (
+    PATHS,
+    SIZE,
+    SLOTS,
+    RecentTargets,
+    location_path,
+    targets_path,
+)
 
 SECRET = b"k" * 32
 
@@ -62,14 +70,37 @@ def test_the_newest_redirect_any_process_noted_tells_when_no_lookup_is_needed(
     assert worker_b.newest[0] == 1000
 
 
-def test_a_table_of_the_previous_size_grows_and_keeps_its_targets(tmp_path: Path) -> None:
+@pytest.mark.parametrize("old_size", [8 * SLOTS, PATHS])
+def test_a_table_of_an_older_size_grows_and_keeps_its_targets(
+    tmp_path: Path, old_size: int
+) -> None:
+    # Older releases noted targets without path marks (and before them, without the
+    # newest-redirect word): their targets are still found for a window after the growth.
     db = tmp_path / "traffic.db"
-    RecentTargets(db, SECRET, window=30).note("198.51.100.1", b"/landing/thanks", 1000.0)
+    now = time.time()
+    RecentTargets(db, SECRET, window=30).note("198.51.100.1", b"/landing/thanks", now)
     with targets_path(db).open("r+b") as table:
-        table.truncate(8 * SLOTS)  # as the release before the newest-redirect word made it
+        table.truncate(old_size)
     worker = RecentTargets(db, SECRET, window=30)
     assert targets_path(db).stat().st_size == SIZE
-    assert worker.expected("198.51.100.1", b"/landing/thanks", 1001.0)
+    assert worker.expected("198.51.100.1", b"/landing/thanks", now + 1)
+    assert not worker.expected("198.51.100.1", b"/landing/other", now + 1)
+
+
+@pytest.mark.parametrize("window", [1, 30, 600, 5000])
+def test_a_target_is_found_throughout_its_window_whatever_the_clock_reads(
+    tmp_path: Path, window: int
+) -> None:
+    # The path marks count 16-second steps modulo 255: at no start time, window or
+    # moment within the window may they hide a target the slots hold.
+    worker = RecentTargets(tmp_path / "traffic.db", SECRET, window=window)
+    for start in (1000.0, 1015.9, 1016.0, 4079.5, 4080.0, 1_796_000_000.25):
+        worker.note("198.51.100.1", b"/next", start)
+        for late in (x for x in (0.0, 0.5, 15.99, 16.0, window / 2, window) if x <= window):
+            assert worker.expected("198.51.100.1", b"/next", start + late), (start, late)
+            scope = {"client": ("198.51.100.1", 1), "raw_path": b"/next"}
+            assert worker.follows(scope, None, start + late), (start, late)
+        assert not worker.expected("198.51.100.1", b"/next", start + window + 17)
 
 
 def test_follows_reads_the_client_and_path_from_the_scope(tmp_path: Path) -> None:
@@ -80,3 +111,17 @@ def test_follows_reads_the_client_and_path_from_the_scope(tmp_path: Path) -> Non
     assert not worker.follows({**scope, "client": ("198.51.100.2", 5000)}, None, 1001.0)
     worker.note("198.51.100.1", b"/plain", 1000.0)
     assert worker.follows({"client": ("198.51.100.1", 1), "raw_path": b"/plain"}, None, 1001.0)
+
+
+def test_a_path_no_redirect_led_to_is_answered_without_the_client(tmp_path: Path) -> None:
+    # The per-request cost while redirects are being answered: one path mark read.
+    class Unread:
+        def __getitem__(self, index: int) -> str:
+            raise AssertionError("the client was read for a path that is no target")
+
+    worker = RecentTargets(tmp_path / "traffic.db", SECRET, window=30)
+    now = time.time()
+    worker.note("198.51.100.1", b"/next", now)
+    assert not worker.follows({"client": Unread(), "raw_path": b"/other"}, None, now + 1)
+    assert not worker.follows({"client": Unread(), "raw_path": b"/next"}, None, now + 90)
+    assert worker.follows({"client": ("198.51.100.1", 1), "raw_path": b"/next"}, None, now + 1)
