@@ -1,13 +1,13 @@
 """record="redirects": which requests may follow a redirect, decided in the serving process.
 
 Every process recording into one database shares a small table in a file beside it
-(``traffic.db.targets``, mode 0600, 512 KiB): for each redirect it answers, the
+(``traffic.db.targets``, mode 0600, 576 KiB): for each redirect it answers, the
 process notes (client, target path) there before the response reaches the client.
 A request whose (client, path) is in the table, noted within ``follow_up_window``
 seconds, may be that redirect's follow-up and is recorded; every other non-3xx
 request (but the ``sample_rate`` fraction) is only counted as skipped. So a
 redirect answered by worker A and its follow-up served by worker B are both kept,
-and the 9 in 10 requests that can never be needed cost a hash and a lookup.
+and the 9 in 10 requests that can never be needed cost a hash and a byte's read.
 
 A slot is one 64-bit word, ``crc32 << 32 | seconds``, written and read whole; a
 bucket is two slots (the older one is replaced). One more word after the slots holds
@@ -16,8 +16,8 @@ window, no request can be a follow-up and none is looked up (the serving process
 then pays one read for it). After it, one byte per path bucket (65,536) marks when a
 redirect to a path of that bucket was last noted, in 16-second steps: a request whose
 path was not a target within the window (most, while redirects are being answered) is
-told apart by reading one byte, without the client's key or the slots (that lookup
-cost about 6 us a request in a uvicorn server).
+told apart by its path's hash and that byte, without the client's key or the slots
+(which cost about 6 us a request more in a uvicorn server).
 Keys are crc32s of the client address and the percent-decoded path, seeded from the
 database's key: no path, secret or address is written. A collision keeps a request
 that was not needed (linking at audit time decides); only more than two live targets
