@@ -147,8 +147,7 @@ class RecentTargets:
         raw = scope.get("raw_path")
         # ``_PERCENT not in``: an int needle; a bytes one (b"%") costs ~10x as much.
         path = raw if raw and _PERCENT not in raw and raw.isascii() else request_path_key(scope)
-        mark = self._paths[crc32(path, self._seed) & _PATH_MASK]
-        if not mark or (path_mark(at) - mark) % 255 > self._mark_steps:
+        if not self._path_marked(path, at):
             return False  # not a redirect target lately: the client's key is not needed
         if trusted is None:
             client = scope.get("client")
@@ -159,10 +158,13 @@ class RecentTargets:
 
     def expected(self, client: str, path: bytes, at: float) -> bool:
         """Whether a redirect sent ``client`` to ``path`` within the window before ``at``."""
+        return self._path_marked(path, at) and self._holds(self._key(client, path), at)
+
+    def _path_marked(self, path: bytes, at: float) -> bool:
+        """Whether a redirect to a path of ``path``'s bucket was noted within the window
+        before ``at`` (one byte's read: what most requests cost)."""
         mark = self._paths[crc32(path, self._seed) & _PATH_MASK]
-        if not mark or (path_mark(at) - mark) % 255 > self._mark_steps:
-            return False
-        return self._holds(self._key(client, path), at)
+        return mark != 0 and (path_mark(at) - mark) % 255 <= self._mark_steps
 
     def _holds(self, key: int, at: float) -> bool:
         """Whether the bucket of ``key`` holds it, noted within the window before ``at``."""
