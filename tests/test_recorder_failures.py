@@ -122,6 +122,26 @@ def test_deleted_directory_drops_rows_counted_then_recovers(
     assert len(drop_warnings(caplog, "other")) == 1
 
 
+def test_redirects_mode_without_its_targets_table_records_every_request(
+    make_recorder: Recorder, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # No directory yet: neither the key, the table of recent targets nor the database
+    # can be made. The app still starts and answers; the process records everything.
+    data = tmp_path / "data"
+    db = data / "traffic.db"
+    recorder = make_recorder(db_path=db, record="redirects")
+    assert recorder.targets is None
+    assert any("no table of recent redirect targets" in r.getMessage() for r in caplog.records)
+    with serve_in_thread(recorder) as url, httpx.Client(base_url=url) as client:
+        assert client.get("/landing/nowhere").status_code == 200
+        recorder.writer.flush()
+        assert recorder.writer.dropped["other"] == 1
+        data.mkdir()
+        assert client.get("/landing/back").status_code == 200  # no redirect led here
+    recorder.writer.flush()
+    assert [r["path"] for r in fetch_rows(db, "select path from requests")] == ["/landing/back"]
+
+
 def test_non_utf8_bytes_in_path_query_and_headers_are_stored(make_recorder: Recorder) -> None:
     recorder = make_recorder(site.app)
     raw_target = b"GET /caf\xe9?q=\xff HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"

@@ -14,6 +14,7 @@ status; unless one comes, it is counted as skipped, never captured or queued.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Iterable
 from pathlib import Path
 from random import random
@@ -28,6 +29,8 @@ from auditor.record.targets import RecentTargets, effective_client, location_pat
 from auditor.record.writer import load_secret
 from auditor.redaction import app_token_routes
 from auditor.urls import TrustedProxies
+
+logger = logging.getLogger("redirect_auditor")
 
 
 class Exchange:
@@ -275,7 +278,15 @@ class RedirectRecorder:
         self._target_paths: dict[tuple[bytes, str], bytes] = {}
         if options.record == "redirects":
             path = self.writer.db_path
-            self.targets = RecentTargets(path, load_secret(path), options.follow_up_window)
+            try:
+                self.targets = RecentTargets(path, load_secret(path), options.follow_up_window)
+            except OSError as exc:  # no directory yet, read-only, full: never stop the app
+                logger.warning(
+                    "redirect-auditor: no table of recent redirect targets beside %s (%s); "
+                    "this process records every request instead of redirects only",
+                    path,
+                    exc,
+                )
         self._sample_rate = options.sample_rate
         self._trusted = TrustedProxies(options.trusted_proxies) if options.trusted_proxies else None
         self.framework, settled = detect_framework(app)
