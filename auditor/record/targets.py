@@ -88,7 +88,7 @@ class RecentTargets:
     def __init__(self, db_path: Path, secret: bytes, window: float) -> None:
         self._map = _open_table(targets_path(db_path))
         self._slots = memoryview(self._map)[:PATHS].cast("Q")
-        self._paths = memoryview(self._map)[PATHS:]  # a byte per path bucket (set: noted)
+        self._paths = memoryview(self._map)[PATHS:]  # a byte per path bucket: its mark
         self._seed = crc32(secret)
         self._clients: dict[str, int] = {}  # client -> its crc32 seeded with the key
         self.window = int(window) + 1  # whole seconds; one more for the truncation
@@ -144,8 +144,7 @@ class RecentTargets:
     def follows(self, scope: Any, trusted: TrustedProxies | None, at: float) -> bool:
         """``expected`` for the request in ``scope`` (its ``effective_client`` and
         ``request_path_key``), in one call: the serving process asks it per request."""
-        raw = scope.get("raw_path")
-        # ``_PERCENT not in``: an int needle; a bytes one (b"%") costs ~10x as much.
+        raw = scope.get("raw_path")  # request_path_key's common case, without its call
         path = raw if raw and _PERCENT not in raw and raw.isascii() else request_path_key(scope)
         if not self._path_marked(path, at):
             return False  # not a redirect target lately: the client's key is not needed
@@ -181,6 +180,7 @@ def request_path_key(scope: Any) -> bytes:
     """The request's path as the table keys it: the bytes sent when they need no
     decoding (most requests), else the percent-decoded path in UTF-8."""
     raw = scope.get("raw_path")
+    # ``_PERCENT not in``: an int needle; a bytes one (b"%") costs ~10x as much.
     if raw and _PERCENT not in raw and raw.isascii():
         return bytes(raw)
     path: str = scope.get("path") or "/"
