@@ -68,3 +68,9 @@ python3 -m venv .venv
 .venv/bin/ruff format --check .
 .venv/bin/mypy
 .venv/bin/python -m pytest "$@"
+# The recorder again with its C fast paths turned off: what runs where no compiler was.
+if [ $# -eq 0 ]; then
+  REDIRECT_AUDITOR_PURE_PYTHON=1 .venv/bin/python -m pytest -q \
+    tests/test_recorder_*.py tests/test_writer_batches.py tests/test_journal.py \
+    tests/test_privacy.py tests/test_hostile_input.py tests/test_native.py tests/test_linking.py
+fi

@@ -15,14 +15,15 @@ status; unless one comes, it is counted as skipped, never captured or queued.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from random import random
 from time import time
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from auditor.record import native
 from auditor.record.options import RecorderOptions
 from auditor.record.registry import TrafficWriter, writer_for
 from auditor.record.targets import RecentTargets, effective_client, location_path
@@ -34,7 +35,10 @@ logger = logging.getLogger("redirect_auditor")
 
 
 class Exchange:
-    """Per-request capture; its bound ``send`` wraps the server's send."""
+    """Per-request capture; its bound ``send`` wraps the server's send. With a
+    ``recorder`` (record="redirects") its redirects are noted in the table of recent
+    targets every process on the database shares. ``_capture_c.Exchange`` is the same
+    in C, used where it was built (``native.py``)."""
 
     __slots__ = (
         "_send",
@@ -43,14 +47,19 @@ class Exchange:
         "ended_at",
         "error",
         "headers",
+        "recorder",
         "scope",
         "started_at",
         "status",
     )
 
-    recorder: RedirectRecorder | None = None  # record="redirects" (RedirectsExchange)
-
-    def __init__(self, scope: Scope, send: Send, started_at: float) -> None:
+    def __init__(
+        self,
+        scope: Scope,
+        send: Send,
+        started_at: float,
+        recorder: RedirectRecorder | None = None,
+    ) -> None:
         self.scope = scope
         self.started_at = started_at
         self.ended_at = 0.0
@@ -59,6 +68,7 @@ class Exchange:
         self.body_size = 0
         self.complete = False
         self.error: BaseException | None = None
+        self.recorder = recorder
         self._send = send
 
     def send(self, message: Message) -> Awaitable[None]:
@@ -91,17 +101,8 @@ class Exchange:
         return self._send(message)
 
 
-class RedirectsExchange(Exchange):
-    """record="redirects": a capture whose redirects are noted in the table of recent
-    targets every process on the database shares."""
-
-    __slots__ = ("recorder",)
-
-    def __init__(
-        self, scope: Scope, send: Send, started_at: float, recorder: RedirectRecorder
-    ) -> None:
-        Exchange.__init__(self, scope, send, started_at)
-        self.recorder = recorder
+# Exchange or _capture_c.Exchange: (scope, send, started_at, recorder=None).
+MakeExchange = Callable[[Scope, Send, float, "RedirectRecorder | None"], Exchange]
 
 
 class Watch:
@@ -118,15 +119,16 @@ class Watch:
         self._send = send
         self.started_at = started_at
         self.recorder = recorder
-        self.exchange: RedirectsExchange | None = None
+        self.exchange: Exchange | None = None
 
     def send(self, message: Message) -> Awaitable[None]:
         exchange = self.exchange
         if exchange is not None:
             return exchange.send(message)
         if message["type"] == "http.response.start" and 300 <= message["status"] < 400:
-            exchange = self.exchange = RedirectsExchange(
-                self.scope, self._send, self.started_at, self.recorder
+            recorder = self.recorder
+            exchange = self.exchange = recorder.make_exchange(
+                self.scope, self._send, self.started_at, recorder
             )
             return exchange.send(message)
         return self._send(message)
@@ -272,6 +274,10 @@ class RedirectRecorder:
             token_routes=app_token_routes(app),  # once, here: never per request
         )
         self.writer: TrafficWriter = writer_for(db_path, options)
+        capture_c = native.capture_c()
+        self.make_exchange: MakeExchange = (
+            Exchange if capture_c is None else cast(MakeExchange, capture_c.Exchange)
+        )
         self.targets: RecentTargets | None = None
         # record="redirects": (Location, request path) -> the path a client follows it
         # to, as the shared table keys it (b"": no path).
@@ -303,7 +309,7 @@ class RedirectRecorder:
             self._settle_framework(scope)
         targets = self.targets
         if targets is None:
-            exchange: Exchange = Exchange(scope, send, time())
+            exchange = self.make_exchange(scope, send, time(), None)
         else:
             started_at = time()
             if (
@@ -324,7 +330,7 @@ class RedirectRecorder:
                     else:
                         self._submit(watch.exchange)
                 return
-            exchange = RedirectsExchange(scope, send, started_at, self)
+            exchange = self.make_exchange(scope, send, started_at, self)
         try:
             await self.app(scope, receive, exchange.send)
         except BaseException as exc:

@@ -8,6 +8,7 @@ client hashes and the route template.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from hashlib import blake2b
 from typing import Any, Protocol
@@ -15,6 +16,7 @@ from urllib.parse import quote, unquote
 
 from starlette.routing import Mount
 
+from auditor.record import native
 from auditor.redaction import DEFAULT as DEFAULT_REDACTOR
 from auditor.redaction import MARKER_FORMAT, RedactionRules, Redactor, redacted_path
 from auditor.store.requests import full_row
@@ -167,8 +169,9 @@ SCOPE_KEYS = (
 _NO_SCOPE_VALUES = dict.fromkeys(SCOPE_KEYS)
 
 
-def to_portable(exchange: CapturedExchange) -> tuple[Any, ...]:
-    """The capture as the flat tuple rows are built from (``Writer.submit`` queues it).
+def to_portable_python(exchange: CapturedExchange) -> tuple[Any, ...]:
+    """The capture as the flat tuple rows are built from (``Writer.submit`` queues it);
+    ``to_portable`` is this, or its C fast path (``_capture_c.c``) in front of it.
 
     Every capture goes through it, so ``RowBuilder`` has one input (probe hops, HAR
     import and tests build from it too). The route template is read here, where the
@@ -202,7 +205,7 @@ def to_portable(exchange: CapturedExchange) -> tuple[Any, ...]:
         )
     except KeyError:  # a server that leaves optional keys out: they read as None
         filled = {**_NO_SCOPE_VALUES, **scope}
-        return to_portable(
+        return to_portable_python(
             Capture(
                 filled,
                 exchange.started_at,
@@ -214,6 +217,14 @@ def to_portable(exchange: CapturedExchange) -> tuple[Any, ...]:
                 error,
             )
         )
+
+
+_capture_c = native.capture_c()
+if _capture_c is not None:
+    _capture_c.configure(to_portable_python, route_reference)
+to_portable: Callable[[CapturedExchange], tuple[Any, ...]] = (
+    to_portable_python if _capture_c is None else _capture_c.to_portable
+)
 
 
 class RowBuilder:
@@ -242,6 +253,25 @@ class RowBuilder:
         self._locations: dict[tuple[str, str], tuple[str, str | None]] = {}
         # Secrets in URLs become markers keyed like the client hash (auditor.redaction).
         self.redactor = Redactor(self.redaction_marker, redaction)
+        # ``build_row``: the C fast path where it was built, over these same caches; it
+        # hands whatever is not a plain cache hit (and everything behind trusted proxies)
+        # to ``build_row_python``, so the rows are the same either way.
+        self.fast_rows: Any = None  # _rows_c.FastRows
+        self.build_row: Callable[[tuple[Any, ...]], tuple[Any, ...]] = self.build_row_python
+        rows_c = native.rows_c()
+        if rows_c is not None and not (trusted.any or trusted.networks):
+            self.fast_rows = rows_c.FastRows(
+                _REQUEST_HEADER_INDEX,
+                self._urls,
+                self._locations,
+                self._connections,
+                self._servers,
+                self._keys,
+                worker_id,
+                store_client_ip,
+                self.build_row_python,
+            )
+            self.build_row = self.fast_rows.build
 
     def keyed_hash(self, value: str) -> str:
         """A short keyed hash: stable for one secret, irreversible without it."""
@@ -304,9 +334,11 @@ class RowBuilder:
         """One row, values in ``ROW_COLUMNS`` order, from ``to_portable``'s tuple."""
         return full_row(self.build_row(item))
 
-    def build_row(self, item: tuple[Any, ...]) -> tuple[Any, ...]:
+    def build_row_python(self, item: tuple[Any, ...]) -> tuple[Any, ...]:
         """``build_portable``'s row, or, when its ``SHORT_OMITS`` columns are all NULL,
         only its ``SHORT_COLUMNS`` values (told apart by length): what the writer stores.
+        ``build_row`` is this, or the C fast path in front of it (``_rows_c.c``), which
+        must stay in step with it.
 
         Runs for every request (on the event loop or the writer thread), so the
         common case avoids dicts, urllib and repeated decoding.
