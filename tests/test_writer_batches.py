@@ -265,3 +265,23 @@ def test_batches_waiting_for_a_busy_database_are_bounded_then_drops_counted(
         assert (written, queue_full, other) == (writer.rows_written, writer.dropped_queue_full, 0)
     finally:
         writer.close()
+
+
+def test_a_capture_that_cannot_be_read_is_counted_and_submit_after_close_is_harmless(
+    tmp_path: Path,
+) -> None:
+    """submit never raises into the app: a capture to_portable cannot read is counted as
+    "other", and a request still in flight when the writer closes is let go."""
+    writer = _opened_writer(tmp_path / "t.db")
+    try:
+        broken = _capture("/broken")
+        broken.scope = None  # not a scope at all
+        writer.submit(broken)
+        assert writer.dropped_unreadable == 1
+        writer.flush()
+        written, queue_full, other, last_error = _stats(tmp_path / "t.db")
+        assert (written, queue_full, other) == (1, 0, 1)
+        assert last_error is not None and "could not be read" in last_error
+    finally:
+        writer.close()
+    writer.submit(_capture("/late"))  # the ledger's page is closed: nothing raises

@@ -421,6 +421,152 @@ to_portable(PyObject *module, PyObject *exchange)
     return item;
 }
 
+/* Writer.submit in C: the queue's bound check, to_portable, the ledger's counter, the
+ * append, and the writer's batch call every ``wake_at`` captures. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *queue;    /* the writer's deque */
+    PyObject *append;   /* its append */
+    PyObject *on_batch; /* Writer._encode_now */
+    Py_buffer counter;  /* the ledger's QUEUED word, while has_counter */
+    int has_counter;
+    Py_ssize_t limit;
+    Py_ssize_t wake_at;
+    Py_ssize_t dropped_queue_full;
+    Py_ssize_t dropped_unreadable;
+} Submitter;
+
+static PyObject *to_portable(PyObject *module, PyObject *exchange);
+
+static PyObject *
+Submitter_submit(Submitter *self, PyObject *exchange)
+{
+    Py_ssize_t waiting = PyObject_Size(self->queue);
+    if (waiting < 0) return NULL;
+    if (waiting >= self->limit) {
+        self->dropped_queue_full++;
+        Py_RETURN_NONE;
+    }
+    PyObject *item = to_portable(NULL, exchange);
+    if (item == NULL) { /* never into the app: counted ("other") with the next batch */
+        PyErr_Clear();
+        self->dropped_unreadable++;
+        Py_RETURN_NONE;
+    }
+    if (self->has_counter) /* before the append: a kill in between over-counts */
+        ((unsigned long long *)self->counter.buf)[0] += 1;
+    PyObject *r = PyObject_CallOneArg(self->append, item);
+    Py_DECREF(item);
+    if (r == NULL) return NULL;
+    Py_DECREF(r);
+    if (waiting % self->wake_at == self->wake_at - 1) return PyObject_CallNoArgs(self->on_batch);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Submitter_release(Submitter *self, PyObject *unused)
+{
+    if (self->has_counter) {
+        self->has_counter = 0;
+        PyBuffer_Release(&self->counter);
+    }
+    Py_RETURN_NONE;
+}
+
+static int
+Submitter_init(Submitter *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"queue", "limit", "counter", "wake_at", "on_batch", NULL};
+    PyObject *queue, *counter, *on_batch;
+    Py_ssize_t limit, wake_at;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OnOnO:Submitter", kwlist, &queue, &limit,
+                                     &counter, &wake_at, &on_batch))
+        return -1;
+    if (wake_at < 1) {
+        PyErr_SetString(PyExc_ValueError, "wake_at must be at least 1");
+        return -1;
+    }
+    PyObject *append = PyObject_GetAttrString(queue, "append");
+    if (append == NULL) return -1;
+    Submitter_release(self, NULL);
+    if (counter != Py_None) {
+        if (PyObject_GetBuffer(counter, &self->counter, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) {
+            Py_DECREF(append);
+            return -1;
+        }
+        if (self->counter.len < (Py_ssize_t)sizeof(unsigned long long)) {
+            PyBuffer_Release(&self->counter);
+            Py_DECREF(append);
+            PyErr_SetString(PyExc_ValueError, "the counter holds no 8-byte word");
+            return -1;
+        }
+        self->has_counter = 1;
+    }
+    Py_INCREF(queue);
+    Py_XSETREF(self->queue, queue);
+    Py_XSETREF(self->append, append);
+    Py_INCREF(on_batch);
+    Py_XSETREF(self->on_batch, on_batch);
+    self->limit = limit;
+    self->wake_at = wake_at;
+    return 0;
+}
+
+static int
+Submitter_traverse(Submitter *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->queue);
+    Py_VISIT(self->append);
+    Py_VISIT(self->on_batch);
+    if (self->has_counter) Py_VISIT(self->counter.obj);
+    return 0;
+}
+
+static int
+Submitter_clear(Submitter *self)
+{
+    Submitter_release(self, NULL);
+    Py_CLEAR(self->queue);
+    Py_CLEAR(self->append);
+    Py_CLEAR(self->on_batch);
+    return 0;
+}
+
+static void
+Submitter_dealloc(Submitter *self)
+{
+    PyObject_GC_UnTrack(self);
+    Submitter_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef Submitter_methods[] = {
+    {"submit", (PyCFunction)Submitter_submit, METH_O,
+     "Writer.submit: queue the capture's portable tuple, or count the drop."},
+    {"release", (PyCFunction)Submitter_release, METH_NOARGS,
+     "Let go of the ledger's counter (before the ledger closes); later captures go uncounted."},
+    {NULL}};
+
+static PyMemberDef Submitter_members[] = {
+    {"dropped_queue_full", T_PYSSIZET, offsetof(Submitter, dropped_queue_full), READONLY, NULL},
+    {"dropped_unreadable", T_PYSSIZET, offsetof(Submitter, dropped_unreadable), READONLY, NULL},
+    {NULL}};
+
+static PyTypeObject SubmitterType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "auditor.record._capture_c.Submitter",
+    .tp_doc = "Writer.submit in C, over the writer's deque and the ledger's counter.",
+    .tp_basicsize = sizeof(Submitter),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Submitter_init,
+    .tp_dealloc = (destructor)Submitter_dealloc,
+    .tp_traverse = (traverseproc)Submitter_traverse,
+    .tp_clear = (inquiry)Submitter_clear,
+    .tp_methods = Submitter_methods,
+    .tp_members = Submitter_members,
+};
+
 static PyObject *
 configure(PyObject *module, PyObject *args)
 {
@@ -476,12 +622,18 @@ PyInit__capture_c(void)
     if ((B_LOCATION = PyBytes_FromString("location")) == NULL) return NULL;
     if ((EMPTY_TUPLE = PyTuple_New(0)) == NULL) return NULL;
     if ((ZERO = PyLong_FromLong(0)) == NULL) return NULL;
-    if (PyType_Ready(&ExchangeType) < 0) return NULL;
+    if (PyType_Ready(&ExchangeType) < 0 || PyType_Ready(&SubmitterType) < 0) return NULL;
     PyObject *module = PyModule_Create(&capture_c_module);
     if (module == NULL) return NULL;
     Py_INCREF(&ExchangeType);
     if (PyModule_AddObject(module, "Exchange", (PyObject *)&ExchangeType) < 0) {
         Py_DECREF(&ExchangeType);
+        Py_DECREF(module);
+        return NULL;
+    }
+    Py_INCREF(&SubmitterType);
+    if (PyModule_AddObject(module, "Submitter", (PyObject *)&SubmitterType) < 0) {
+        Py_DECREF(&SubmitterType);
         Py_DECREF(module);
         return NULL;
     }

@@ -20,3 +20,17 @@ def configure(
     to_portable_python: Callable[[Any], tuple[Any, ...]],
     route_reference: Callable[[Any], Any],
 ) -> None: ...
+
+class Submitter:
+    dropped_queue_full: int
+    dropped_unreadable: int
+    def __init__(
+        self,
+        queue: Any,
+        limit: int,
+        counter: memoryview | None,
+        wake_at: int,
+        on_batch: Callable[[], None],
+    ) -> None: ...
+    def submit(self, exchange: Any) -> None: ...
+    def release(self) -> None: ...

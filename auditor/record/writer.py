@@ -32,6 +32,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+from auditor.record import native
 from auditor.record.ledger import Ledger
 from auditor.record.options import RecorderOptions
 from auditor.record.rows import CapturedExchange, RowBuilder, to_portable
@@ -137,11 +138,12 @@ class Writer:
         self._saved_totals: tuple[int, ...] = (0,) * (2 + len(DROP_REASONS))
         self._saved_framework: str | None = None
         self._counts_due = 0.0  # monotonic time the thread may next save counts alone
-        # Written only by the event loop (submit); the writer folds in what is new since
-        # it last looked, so no increment is lost between a read and a reset.
-        self.dropped_queue_full = 0
+        # Written only by the event loop (submit, or the Submitter's own counts); the
+        # writer folds in what is new since it last looked, so no increment is lost
+        # between a read and a reset.
+        self._queue_full = 0
         self._queue_full_folded = 0
-        self.dropped_unreadable = 0  # captures to_portable could not read (a bug): "other"
+        self._unreadable = 0  # captures to_portable could not read (a bug): "other"
         self._unreadable_folded = 0
         self.last_error: str | None = None
         self._queue: deque[tuple[Any, ...]] = deque()  # to_portable's tuples
@@ -164,6 +166,14 @@ class Writer:
             logger.warning("redirect-auditor: no counter page beside %s (%s)", self.db_path, exc)
             self._ledger = None
         self._queued = self._ledger.queued if self._ledger is not None else None
+        # submit in C, where it was built (native.py): the same steps on the same queue.
+        capture_c = native.capture_c()
+        self._submitter: Any = None
+        if capture_c is not None:
+            self._submitter = capture_c.Submitter(
+                self._queue, self._limit, self._queued, WAKE_AT, self._encode_now
+            )
+            self.submit = self._submitter.submit  # type: ignore[method-assign]
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._wake = threading.Event()  # set by submit at WAKE_AT captures, and by close
@@ -187,7 +197,7 @@ class Writer:
             try:
                 item = to_portable(exchange)
             except Exception:  # never into the app: counted (as "other") with the next batch
-                self.dropped_unreadable += 1
+                self._unreadable += 1
                 return
             queued = self._queued
             if queued is not None:
@@ -196,7 +206,19 @@ class Writer:
             if waiting % WAKE_AT == WAKE_AT - 1:
                 self._encode_now()
         else:
-            self.dropped_queue_full += 1
+            self._queue_full += 1
+
+    @property
+    def dropped_queue_full(self) -> int:
+        """Captures turned away because ``queue_size`` of them waited."""
+        submitter = self._submitter
+        return self._queue_full + (submitter.dropped_queue_full if submitter else 0)
+
+    @property
+    def dropped_unreadable(self) -> int:
+        """Captures ``to_portable`` could not read (a bug), counted as "other"."""
+        submitter = self._submitter
+        return self._unreadable + (submitter.dropped_unreadable if submitter else 0)
 
     def _encode_now(self) -> None:
         """``submit`` at WAKE_AT captures: encode them here, unless the thread is at it
@@ -273,14 +295,11 @@ class Writer:
         """Rows written or dropped (queue-full drops included) that
         ``recorder_stats`` does not show yet; or a framework noted after one was saved."""
         return (
-            self._queue_full_seen() != self._queue_full_folded
+            self.dropped_queue_full != self._queue_full_folded
             or self.dropped_unreadable != self._unreadable_folded
             or self._stats_totals(0) != self._saved_totals
             or (self._saved_framework is not None and self.framework != self._saved_framework)
         )
-
-    def _queue_full_seen(self) -> int:
-        return self.dropped_queue_full
 
     def release(self) -> None:
         """Close the database connection (the next write opens it again): once a
@@ -307,6 +326,11 @@ class Writer:
         self.flush()
         self._reset()
         if self._ledger is not None:
+            # A capture submitted from now on (a request still in flight) goes uncounted
+            # in the page; the counter must not be written once its map is closed.
+            self._queued = None
+            if self._submitter is not None:
+                self._submitter.release()
             self._ledger.close(clean=not self.unsaved)
 
     def _run(self) -> None:
@@ -430,7 +454,7 @@ class Writer:
             return
         batches = self._take_batches(encode)
         written = sum(batch.rows for batch in batches)
-        seen = self._queue_full_seen()
+        seen = self.dropped_queue_full
         queue_full, self._queue_full_folded = seen - self._queue_full_folded, seen
         if queue_full:
             self._count_drop("queue_full", queue_full, OverflowError(f"{self._limit} rows queued"))
