@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 import shutil
 import sysconfig
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -399,3 +401,73 @@ def test_an_error_and_the_send_after_return_are_kept() -> None:
     exchange.ended_at = 2.5
     item = to_portable(exchange)
     assert item[16] == "TimeoutError" and item[11] == 2.5 and item[12] == 0
+
+
+# -- record="redirects": _capture_c.Watch and TargetMarks against the Python ones ---
+
+
+@needs_capture
+@pytest.mark.parametrize("case", range(len(_captures())))
+def test_every_watched_request_agrees(case: int) -> None:
+    """A watched request passes the same messages on and, at a 3xx, makes the same
+    capture through the recorder's ``make_exchange``."""
+    from auditor.record.middleware import Exchange, Watch
+
+    capture_c = native.capture_c()
+    assert capture_c is not None
+
+    class Recorder(_Recorder):
+        make_exchange = staticmethod(Exchange)
+
+    def run(make: Any) -> Any:
+        scope, messages = _captures()[case]
+        sent: list[Any] = []
+        watch = make(scope, sent.append, 5.0, Recorder())
+        try:
+            for message in messages:
+                watch.send(message)
+        except Exception as exc:
+            return type(exc)
+        exchange = watch.exchange
+        fields = None if exchange is None else (exchange.status, exchange.headers)
+        # a message passed on as it came: the same iterator object, each run its own
+        passed = [{k: type(v) if k == "headers" else v for k, v in m.items()} for m in sent]
+        return passed, fields, watch.started_at
+
+    assert run(capture_c.Watch) == run(Watch)
+
+
+@needs_capture
+def test_the_cheap_skip_agrees_with_the_table(tmp_path: Path) -> None:
+    from auditor.record.targets import RecentTargets
+
+    targets = RecentTargets(tmp_path / "t.db", b"secret", 30.0)
+    python = RecentTargets.skips.__get__(targets)
+    now = time.time()
+    scopes = [
+        {"raw_path": b"/new"},
+        {"raw_path": b"/other"},
+        {"raw_path": b"/caf%C3%A9"},
+        {"raw_path": "/caf\xe9".encode("latin-1")},
+        {"raw_path": b""},
+        {"raw_path": None, "path": "/new"},
+        {"path": "/new"},
+        {"raw_path": bytearray(b"/new")},
+    ]
+    times = [now - 100, now - 31, now, now + 20, now + 40, now + 4000, now + 70000]
+
+    def agree() -> None:
+        for scope in scopes:
+            for at in times:
+                assert targets.skips(scope, at) == python(scope, at), (scope, at)
+
+    agree()  # nothing noted: every request skipped
+    assert targets.skips({"raw_path": b"/new"}, now)
+    targets.note("10.0.0.1", b"/new", now)
+    agree()
+    assert not targets.skips({"raw_path": b"/new"}, now + 1)
+    for i in range(2000):  # many path buckets marked at several times
+        targets.note("10.0.0.2", f"/p{i}".encode(), now - (i % 90))
+    scopes += [{"raw_path": f"/p{i}".encode()} for i in range(0, 2000, 37)]
+    agree()
+    targets.close()

@@ -567,6 +567,251 @@ static PyTypeObject SubmitterType = {
     .tp_members = Submitter_members,
 };
 
+/* record="redirects": Watch is middleware.Watch -- a request not known to be needed,
+ * whose send passes the server's messages through and reads only the status; a 3xx
+ * makes it a capture (recorder.make_exchange) from the response start on. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *scope;
+    PyObject *send;
+    PyObject *recorder;
+    PyObject *exchange; /* None until a 3xx */
+    double started_at;
+} Watch;
+
+static PyObject *S_MAKE_EXCHANGE, *S_SEND;
+
+static PyObject *
+Watch_send(Watch *self, PyObject *message)
+{
+    if (self->exchange != Py_None) {
+        if (Py_TYPE(self->exchange) == &ExchangeType)
+            return Exchange_send((Exchange *)self->exchange, message);
+        return PyObject_CallMethodOneArg(self->exchange, S_SEND, message);
+    }
+    PyObject *kind = item_of(message, S_TYPE);
+    if (kind == NULL) return NULL;
+    int is_start = PyObject_RichCompareBool(kind, S_START, Py_EQ);
+    Py_DECREF(kind);
+    if (is_start < 0) return NULL;
+    if (is_start) {
+        PyObject *status = item_of(message, S_STATUS);
+        if (status == NULL) return NULL;
+        int redirect = is_redirect(status);
+        Py_DECREF(status);
+        if (redirect < 0) return NULL;
+        if (redirect) {
+            PyObject *started = PyFloat_FromDouble(self->started_at);
+            if (started == NULL) return NULL;
+            PyObject *exchange = PyObject_CallMethodObjArgs(
+                self->recorder, S_MAKE_EXCHANGE, self->scope, self->send, started,
+                self->recorder, NULL);
+            Py_DECREF(started);
+            if (exchange == NULL) return NULL;
+            Py_XSETREF(self->exchange, exchange);
+            return Watch_send(self, message);
+        }
+    }
+    return PyObject_CallOneArg(self->send, message);
+}
+
+static PyObject *
+Watch_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"scope", "send", "started_at", "recorder", NULL};
+    PyObject *scope, *send, *recorder;
+    double started_at;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOdO:Watch", kwlist, &scope, &send,
+                                     &started_at, &recorder))
+        return NULL;
+    Watch *self = (Watch *)type->tp_alloc(type, 0);
+    if (self == NULL) return NULL;
+    Py_INCREF(scope);
+    self->scope = scope;
+    Py_INCREF(send);
+    self->send = send;
+    Py_INCREF(recorder);
+    self->recorder = recorder;
+    Py_INCREF(Py_None);
+    self->exchange = Py_None;
+    self->started_at = started_at;
+    return (PyObject *)self;
+}
+
+static int
+Watch_traverse(Watch *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->scope);
+    Py_VISIT(self->send);
+    Py_VISIT(self->recorder);
+    Py_VISIT(self->exchange);
+    return 0;
+}
+
+static int
+Watch_clear(Watch *self)
+{
+    Py_CLEAR(self->scope);
+    Py_CLEAR(self->send);
+    Py_CLEAR(self->recorder);
+    Py_CLEAR(self->exchange);
+    return 0;
+}
+
+static void
+Watch_dealloc(Watch *self)
+{
+    PyObject_GC_UnTrack(self);
+    Watch_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef Watch_methods[] = {
+    {"send", (PyCFunction)Watch_send, METH_O,
+     "The server's send, watched for a 3xx status."},
+    {NULL}};
+
+static PyMemberDef Watch_members[] = {
+    {"scope", T_OBJECT_EX, offsetof(Watch, scope), READONLY, NULL},
+    {"exchange", T_OBJECT, offsetof(Watch, exchange), READONLY, NULL},
+    {"started_at", T_DOUBLE, offsetof(Watch, started_at), READONLY, NULL},
+    {NULL}};
+
+static PyTypeObject WatchType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "auditor.record._capture_c.Watch",
+    .tp_doc = "record=\"redirects\": a request watched for a 3xx (middleware.Watch).",
+    .tp_basicsize = sizeof(Watch),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = Watch_new,
+    .tp_dealloc = (destructor)Watch_dealloc,
+    .tp_traverse = (traverseproc)Watch_traverse,
+    .tp_clear = (inquiry)Watch_clear,
+    .tp_methods = Watch_methods,
+    .tp_members = Watch_members,
+};
+
+/* targets.RecentTargets.skips over the shared table's map: whether a request cannot be
+ * a follow-up by the cheap checks (no redirect noted within the window, or none to a
+ * path of its path's bucket). A path that needs decoding is left to the Python path. */
+#define TARGETS_NEWEST_WORD (2 * (1 << 15))
+#define TARGETS_PATHS (8 * (TARGETS_NEWEST_WORD + 1))
+#define TARGETS_PATH_MASK ((1 << 16) - 1)
+
+typedef struct {
+    PyObject_HEAD
+    Py_buffer map;
+    int has_map;
+    unsigned long seed;
+    double span;
+    long mark_steps;
+} TargetMarks;
+
+static unsigned long crc_table[256];
+
+static void
+crc_init(void)
+{
+    for (unsigned long n = 0; n < 256; n++) {
+        unsigned long c = n;
+        for (int k = 0; k < 8; k++) c = c & 1 ? 0xEDB88320UL ^ (c >> 1) : c >> 1;
+        crc_table[n] = c;
+    }
+}
+
+/* zlib.crc32(data, seed) */
+static unsigned long
+crc32_of(const unsigned char *data, Py_ssize_t n, unsigned long seed)
+{
+    unsigned long c = seed ^ 0xFFFFFFFFUL;
+    for (Py_ssize_t i = 0; i < n; i++) c = crc_table[(c ^ data[i]) & 0xFF] ^ (c >> 8);
+    return (c ^ 0xFFFFFFFFUL) & 0xFFFFFFFFUL;
+}
+
+static PyObject *
+TargetMarks_skip(TargetMarks *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "skip(scope, at)");
+        return NULL;
+    }
+    double at = PyFloat_AsDouble(args[1]);
+    if (at == -1.0 && PyErr_Occurred()) return NULL;
+    if (!self->has_map) Py_RETURN_FALSE;
+    const unsigned char *buf = (const unsigned char *)self->map.buf;
+    unsigned long long newest = ((const unsigned long long *)buf)[TARGETS_NEWEST_WORD];
+    if ((double)newest < at - self->span) Py_RETURN_TRUE;
+    PyObject *scope = args[0];
+    if (!PyDict_CheckExact(scope)) Py_RETURN_FALSE;
+    PyObject *raw = PyDict_GetItemWithError(scope, SCOPE_KEYS[5]); /* raw_path */
+    if (raw == NULL) {
+        if (PyErr_Occurred()) return NULL;
+        Py_RETURN_FALSE;
+    }
+    if (!PyBytes_CheckExact(raw) || PyBytes_GET_SIZE(raw) == 0) Py_RETURN_FALSE;
+    const unsigned char *path = (const unsigned char *)PyBytes_AS_STRING(raw);
+    Py_ssize_t n = PyBytes_GET_SIZE(raw);
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (path[i] == '%' || path[i] >= 0x80) Py_RETURN_FALSE; /* decoded: Python's */
+    unsigned char mark = buf[TARGETS_PATHS + (crc32_of(path, n, self->seed) & TARGETS_PATH_MASK)];
+    if (mark == 0) Py_RETURN_TRUE;
+    long now_mark = (((long)at) >> 4) % 255 + 1;
+    long age = ((now_mark - (long)mark) % 255 + 255) % 255;
+    return PyBool_FromLong(age > self->mark_steps);
+}
+
+static int
+TargetMarks_init(TargetMarks *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"table", "seed", "span", "mark_steps", NULL};
+    PyObject *table;
+    unsigned long seed;
+    double span;
+    long mark_steps;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "Okdl:TargetMarks", kwlist, &table, &seed,
+                                     &span, &mark_steps))
+        return -1;
+    if (self->has_map) {
+        PyBuffer_Release(&self->map);
+        self->has_map = 0;
+    }
+    if (PyObject_GetBuffer(table, &self->map, PyBUF_SIMPLE) < 0) return -1;
+    if (self->map.len < TARGETS_PATHS + TARGETS_PATH_MASK + 1) {
+        PyBuffer_Release(&self->map);
+        PyErr_SetString(PyExc_ValueError, "the table of targets is too small");
+        return -1;
+    }
+    self->has_map = 1;
+    self->seed = seed & 0xFFFFFFFFUL;
+    self->span = span;
+    self->mark_steps = mark_steps;
+    return 0;
+}
+
+static void
+TargetMarks_dealloc(TargetMarks *self)
+{
+    if (self->has_map) PyBuffer_Release(&self->map);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef TargetMarks_methods[] = {
+    {"skip", (PyCFunction)(void (*)(void))TargetMarks_skip, METH_FASTCALL,
+     "skip(scope, at): whether the request cannot be a follow-up, by the cheap checks."},
+    {NULL}};
+
+static PyTypeObject TargetMarksType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "auditor.record._capture_c.TargetMarks",
+    .tp_doc = "RecentTargets.skips over the table's map (targets.py).",
+    .tp_basicsize = sizeof(TargetMarks),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)TargetMarks_init,
+    .tp_dealloc = (destructor)TargetMarks_dealloc,
+    .tp_methods = TargetMarks_methods,
+};
+
 static PyObject *
 configure(PyObject *module, PyObject *args)
 {
@@ -622,7 +867,12 @@ PyInit__capture_c(void)
     if ((B_LOCATION = PyBytes_FromString("location")) == NULL) return NULL;
     if ((EMPTY_TUPLE = PyTuple_New(0)) == NULL) return NULL;
     if ((ZERO = PyLong_FromLong(0)) == NULL) return NULL;
-    if (PyType_Ready(&ExchangeType) < 0 || PyType_Ready(&SubmitterType) < 0) return NULL;
+    INTERN(S_MAKE_EXCHANGE, "make_exchange");
+    INTERN(S_SEND, "send");
+    crc_init();
+    if (PyType_Ready(&ExchangeType) < 0 || PyType_Ready(&SubmitterType) < 0 ||
+        PyType_Ready(&WatchType) < 0 || PyType_Ready(&TargetMarksType) < 0)
+        return NULL;
     PyObject *module = PyModule_Create(&capture_c_module);
     if (module == NULL) return NULL;
     Py_INCREF(&ExchangeType);
@@ -631,11 +881,15 @@ PyInit__capture_c(void)
         Py_DECREF(module);
         return NULL;
     }
-    Py_INCREF(&SubmitterType);
-    if (PyModule_AddObject(module, "Submitter", (PyObject *)&SubmitterType) < 0) {
-        Py_DECREF(&SubmitterType);
-        Py_DECREF(module);
-        return NULL;
+    PyTypeObject *types[] = {&SubmitterType, &WatchType, &TargetMarksType};
+    const char *names[] = {"Submitter", "Watch", "TargetMarks"};
+    for (int i = 0; i < 3; i++) {
+        Py_INCREF(types[i]);
+        if (PyModule_AddObject(module, names[i], (PyObject *)types[i]) < 0) {
+            Py_DECREF(types[i]);
+            Py_DECREF(module);
+            return NULL;
+        }
     }
     return module;
 }

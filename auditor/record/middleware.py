@@ -108,7 +108,8 @@ MakeExchange = Callable[[Scope, Send, float, "RedirectRecorder | None"], Exchang
 class Watch:
     """record="redirects": a request not known to be needed. Its ``send`` passes the
     server's messages through and reads only the response status; a 3xx makes it a
-    capture (``exchange``) from the response start on, before the client can follow."""
+    capture (``exchange``) from the response start on, before the client can follow.
+    ``_capture_c.Watch`` is the same in C."""
 
     __slots__ = ("_send", "exchange", "recorder", "scope", "started_at")
 
@@ -278,6 +279,9 @@ class RedirectRecorder:
         self.make_exchange: MakeExchange = (
             Exchange if capture_c is None else cast(MakeExchange, capture_c.Exchange)
         )
+        self.make_watch: Callable[[Scope, Send, float, RedirectRecorder], Watch] = (
+            Watch if capture_c is None else capture_c.Watch
+        )
         self.targets: RecentTargets | None = None
         # record="redirects": (Location, request path) -> the path a client follows it
         # to, as the shared table keys it (b"": no path).
@@ -313,11 +317,11 @@ class RedirectRecorder:
         else:
             started_at = time()
             if (
-                targets.newest[0] < started_at - targets.span  # nothing noted in the window
+                targets.skips(scope, started_at)
                 or not targets.follows(scope, self._trusted, started_at)
             ) and not (self._sample_rate and random() < self._sample_rate):
                 # Not known to be needed: watched for a 3xx status, else only counted.
-                watch = Watch(scope, send, started_at, self)
+                watch = self.make_watch(scope, send, started_at, self)
                 try:
                     await self.app(scope, receive, watch.send)
                 except BaseException as exc:

@@ -36,6 +36,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 from zlib import crc32
 
+from auditor.record import native
 from auditor.urls import TrustedProxies, first_value, parse_forwarded
 
 BUCKETS = 1 << 15
@@ -99,6 +100,10 @@ class RecentTargets:
         # How many 16-second steps old a path mark may be and still be in the window
         # (with a step more for a note a moment late); at 255 and more, never too old.
         self._mark_steps = (self.span >> _MARK_SHIFT) + 2
+        capture_c = native.capture_c()
+        if capture_c is not None:  # the same checks in C, over the same map
+            marks = capture_c.TargetMarks(self._map, self._seed, self.span, self._mark_steps)
+            self.skips = marks.skip  # type: ignore[method-assign]
 
     def close(self) -> None:
         self.newest.release()
@@ -140,6 +145,18 @@ class RecentTargets:
         """Whether any process noted a redirect within the window before ``at``: if
         not, no request at ``at`` can be expected (the middleware reads ``newest``)."""
         return self.newest[0] >= at - self.span
+
+    def skips(self, scope: Any, at: float) -> bool:
+        """Whether the request in ``scope`` cannot be a follow-up, by the cheap checks:
+        no redirect noted within the window before ``at``, or none to a path of its
+        path's bucket. False leaves it to ``follows`` (a path that needs decoding
+        included). The serving process asks it of every request."""
+        if self.newest[0] < at - self.span:
+            return True
+        raw = scope.get("raw_path")
+        if not (raw and type(raw) is bytes and _PERCENT not in raw and raw.isascii()):
+            return False
+        return not self._path_marked(raw, at)
 
     def follows(self, scope: Any, trusted: TrustedProxies | None, at: float) -> bool:
         """``expected`` for the request in ``scope`` (its ``effective_client`` and
