@@ -375,46 +375,45 @@ to_portable(PyObject *module, PyObject *exchange)
     PyObject *scope = self->scope;
     if (!PyDict_CheckExact(scope) || (self->headers != Py_None && !PyList_CheckExact(self->headers)))
         return PyObject_CallOneArg(portable_fallback, exchange);
-    PyObject *values[9];
-    for (int i = 0; i < 9; i++) {
-        values[i] = PyDict_GetItemWithError(scope, SCOPE_KEYS[i]);
-        if (values[i] == NULL) {
-            if (PyErr_Occurred()) return NULL;
-            return PyObject_CallOneArg(portable_fallback, exchange); /* keys left out */
-        }
-    }
+    /* Everything that may run Python code first; the scope's values are then taken
+     * with references of their own. */
+    PyObject *item = NULL, *error_name = NULL, *started = NULL, *ended = NULL, *body_size = NULL;
     PyObject *route = route_reference(scope);
     if (route == NULL) return NULL;
-    PyObject *error_name = Py_None;
     if (self->error != Py_None) {
         error_name = PyObject_GetAttr((PyObject *)Py_TYPE(self->error), S_NAME);
-        if (error_name == NULL) {
-            Py_DECREF(route);
-            return NULL;
-        }
+        if (error_name == NULL) goto done;
     }
-    else Py_INCREF(Py_None);
-    PyObject *started = PyFloat_FromDouble(self->started_at);
-    PyObject *ended = PyFloat_FromDouble(self->ended_at);
-    PyObject *body_size = PyLong_FromSsize_t(self->body_size);
-    PyObject *item = NULL;
-    if (started != NULL && ended != NULL && body_size != NULL) {
-        item = PyTuple_New(17);
-        if (item != NULL) {
-            for (int i = 0; i < 9; i++) {
-                Py_INCREF(values[i]);
-                PyTuple_SET_ITEM(item, i, values[i]);
-            }
-            PyObject *rest[] = {route, started, ended, self->status, self->headers, body_size,
-                                self->complete ? Py_True : Py_False, error_name};
-            for (int i = 0; i < 8; i++) {
-                Py_INCREF(rest[i]);
-                PyTuple_SET_ITEM(item, 9 + i, rest[i]);
-            }
-        }
+    else {
+        Py_INCREF(Py_None);
+        error_name = Py_None;
     }
+    started = PyFloat_FromDouble(self->started_at);
+    ended = PyFloat_FromDouble(self->ended_at);
+    body_size = PyLong_FromSsize_t(self->body_size);
+    if (started == NULL || ended == NULL || body_size == NULL) goto done;
+    item = PyTuple_New(17);
+    if (item == NULL) goto done;
+    for (int i = 0; i < 9; i++) {
+        PyObject *value = PyDict_GetItemWithError(scope, SCOPE_KEYS[i]);
+        if (value == NULL) {
+            Py_CLEAR(item);
+            if (!PyErr_Occurred()) /* a server that leaves keys out: the Python path */
+                item = PyObject_CallOneArg(portable_fallback, exchange);
+            goto done;
+        }
+        Py_INCREF(value);
+        PyTuple_SET_ITEM(item, i, value);
+    }
+    PyObject *rest[] = {route, started, ended, self->status, self->headers, body_size,
+                        self->complete ? Py_True : Py_False, error_name};
+    for (int i = 0; i < 8; i++) {
+        Py_INCREF(rest[i]);
+        PyTuple_SET_ITEM(item, 9 + i, rest[i]);
+    }
+done:
     Py_DECREF(route);
-    Py_DECREF(error_name);
+    Py_XDECREF(error_name);
     Py_XDECREF(started);
     Py_XDECREF(ended);
     Py_XDECREF(body_size);

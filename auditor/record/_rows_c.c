@@ -108,6 +108,11 @@ FastRows_build(FastRows *self, PyObject *item)
     PyObject *location = Py_None, *location_url = Py_None;
     PyObject *connection_key = Py_None, *client_hash = Py_None, *client_ip = Py_None;
     int has_authorization = 0, has_cookie = 0, chunked = 0;
+    /* What the cache dicts hold, with references of our own: building the row
+     * allocates, and a collection run then may let another thread clear a cache. */
+    PyObject *held[5];
+    int n_held = 0;
+#define HOLD(x) (Py_INCREF(x), held[n_held++] = (x))
 
     if (!PyTuple_CheckExact(item) || PyTuple_GET_SIZE(item) != ITEM_SIZE) HAND_ON;
     PyObject *method = PyTuple_GET_ITEM(item, 0);
@@ -219,12 +224,14 @@ FastRows_build(FastRows *self, PyObject *item)
             connection_key = Py_None;
             if (client_ip != Py_None && PyUnicode_GET_LENGTH(client_ip)) HAND_ON;
         }
+        HOLD(connection_key);
         if (client_ip != Py_None && PyUnicode_GET_LENGTH(client_ip)) {
             client_hash = PyDict_GetItemWithError(self->keys, client_ip);
             if (client_hash == NULL) {
                 if (PyErr_Occurred()) goto error;
                 HAND_ON;
             }
+            HOLD(client_hash);
         }
     }
     if (!PyTuple_CheckExact(server)) HAND_ON;
@@ -233,6 +240,7 @@ FastRows_build(FastRows *self, PyObject *item)
         if (PyErr_Occurred()) { PyErr_Clear(); HAND_ON; }
         HAND_ON;
     }
+    HOLD(server_addr);
 
     if (server_scheme == Py_None || (PyUnicode_CheckExact(server_scheme) &&
                                      PyUnicode_GET_LENGTH(server_scheme) == 0))
@@ -254,6 +262,7 @@ FastRows_build(FastRows *self, PyObject *item)
         HAND_ON;
     }
     if (!PyTuple_CheckExact(derived) || PyTuple_GET_SIZE(derived) != 4) HAND_ON;
+    HOLD(derived);
     PyObject *sent_url = PyTuple_GET_ITEM(derived, 2);
 
     if (location_bytes != NULL) {
@@ -269,6 +278,7 @@ FastRows_build(FastRows *self, PyObject *item)
             HAND_ON;
         }
         if (!PyTuple_CheckExact(found) || PyTuple_GET_SIZE(found) != 2) HAND_ON;
+        HOLD(found);
         location = PyTuple_GET_ITEM(found, 0);
         location_url = PyTuple_GET_ITEM(found, 1);
     }
@@ -364,6 +374,8 @@ hand_on:
 error:
     row = NULL;
 done:
+    for (int i = 0; i < n_held; i++) Py_DECREF(held[i]);
+#undef HOLD
     for (int i = 0; i < N_REQUEST_FIELDS; i++) Py_XDECREF(decoded[i]);
     Py_XDECREF(scheme);
     Py_XDECREF(host);
