@@ -403,7 +403,7 @@ def test_an_error_and_the_send_after_return_are_kept() -> None:
     assert item[16] == "TimeoutError" and item[11] == 2.5 and item[12] == 0
 
 
-# -- record="redirects": _capture_c.Watch and TargetMarks against the Python ones ---
+# -- record="redirects": _capture_c.Watch and TargetTable against the Python ones ---
 
 
 @needs_capture
@@ -471,3 +471,28 @@ def test_the_cheap_skip_agrees_with_the_table(tmp_path: Path) -> None:
     scopes += [{"raw_path": f"/p{i}".encode()} for i in range(0, 2000, 37)]
     agree()
     targets.close()
+
+
+@needs_capture
+def test_a_note_writes_the_same_table(tmp_path: Path) -> None:
+    """Notes made in C and in Python, the same ones in the same order, leave the same
+    bytes in the shared table (slots, the newest second, the path marks)."""
+    from auditor.record.targets import RecentTargets, targets_path
+
+    (tmp_path / "c").mkdir()
+    (tmp_path / "py").mkdir()
+    c = RecentTargets(tmp_path / "c" / "t.db", b"secret", 30.0)
+    py = RecentTargets(tmp_path / "py" / "t.db", b"secret", 30.0)
+    python_note = RecentTargets.note.__get__(py)
+    now = 1_796_000_000.75
+    for i in range(3000):
+        client = ["10.0.0.1", "::1", "caf\xe9.local", "", "\udcff"][i % 5]
+        path = [b"/new", f"/p{i % 700}".encode(), "/café".encode(), b""][i % 4]
+        at = now + (i % 97) * 3.5
+        c.note(client, path, at)
+        python_note(client, path, at)
+    c.close()
+    py.close()
+    assert targets_path(tmp_path / "c" / "t.db").read_bytes() == (
+        targets_path(tmp_path / "py" / "t.db").read_bytes()
+    )

@@ -690,9 +690,10 @@ static PyTypeObject WatchType = {
     .tp_members = Watch_members,
 };
 
-/* targets.RecentTargets.skips over the shared table's map: whether a request cannot be
- * a follow-up by the cheap checks (no redirect noted within the window, or none to a
- * path of its path's bucket). A path that needs decoding is left to the Python path. */
+/* targets.RecentTargets.skips and .note over the shared table's map. skip: whether a
+ * request cannot be a follow-up by the cheap checks (no redirect noted within the
+ * window, or none to a path of its path's bucket); a path that needs decoding is left
+ * to the Python path. note: a redirect to ``path`` answered ``client`` at ``now``. */
 #define TARGETS_NEWEST_WORD (2 * (1 << 15))
 #define TARGETS_PATHS (8 * (TARGETS_NEWEST_WORD + 1))
 #define TARGETS_PATH_MASK ((1 << 16) - 1)
@@ -704,7 +705,7 @@ typedef struct {
     unsigned long seed;
     double span;
     long mark_steps;
-} TargetMarks;
+} TargetTable;
 
 static unsigned long crc_table[256];
 
@@ -728,7 +729,7 @@ crc32_of(const unsigned char *data, Py_ssize_t n, unsigned long seed)
 }
 
 static PyObject *
-TargetMarks_skip(TargetMarks *self, PyObject *const *args, Py_ssize_t nargs)
+TargetTable_skip(TargetTable *self, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 2) {
         PyErr_SetString(PyExc_TypeError, "skip(scope, at)");
@@ -759,22 +760,55 @@ TargetMarks_skip(TargetMarks *self, PyObject *const *args, Py_ssize_t nargs)
     return PyBool_FromLong(age > self->mark_steps);
 }
 
+static PyObject *
+TargetTable_note(TargetTable *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || !PyUnicode_Check(args[0]) || !PyBytes_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "note(client: str, path: bytes, now: float)");
+        return NULL;
+    }
+    double now = PyFloat_AsDouble(args[2]);
+    if (now == -1.0 && PyErr_Occurred()) return NULL;
+    if (!self->has_map) Py_RETURN_NONE;
+    PyObject *client = PyUnicode_AsEncodedString(args[0], "utf-8", "surrogatepass");
+    if (client == NULL) return NULL;
+    unsigned long client_seed = crc32_of((const unsigned char *)PyBytes_AS_STRING(client),
+                                         PyBytes_GET_SIZE(client), self->seed);
+    Py_DECREF(client);
+    const unsigned char *path = (const unsigned char *)PyBytes_AS_STRING(args[1]);
+    Py_ssize_t n = PyBytes_GET_SIZE(args[1]);
+    unsigned long long key = crc32_of(path, n, client_seed);
+    unsigned long long *slots = (unsigned long long *)self->map.buf;
+    unsigned long long second_now = (unsigned long long)(long long)now & 0xFFFFFFFFULL;
+    unsigned long long entry = key << 32 | second_now;
+    size_t i = (size_t)(key & ((1 << 15) - 1)) << 1;
+    unsigned long long first = slots[i], second = slots[i + 1];
+    int older_first = (first & 0xFFFFFFFFULL) <= (second & 0xFFFFFFFFULL);
+    if (first >> 32 == key || (second >> 32 != key && older_first)) slots[i] = entry;
+    else slots[i + 1] = entry;
+    if (slots[TARGETS_NEWEST_WORD] < second_now) slots[TARGETS_NEWEST_WORD] = second_now;
+    unsigned char *marks = (unsigned char *)self->map.buf + TARGETS_PATHS;
+    marks[crc32_of(path, n, self->seed) & TARGETS_PATH_MASK] =
+        (unsigned char)((((long)now) >> 4) % 255 + 1);
+    Py_RETURN_NONE;
+}
+
 static int
-TargetMarks_init(TargetMarks *self, PyObject *args, PyObject *kwds)
+TargetTable_init(TargetTable *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"table", "seed", "span", "mark_steps", NULL};
     PyObject *table;
     unsigned long seed;
     double span;
     long mark_steps;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "Okdl:TargetMarks", kwlist, &table, &seed,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "Okdl:TargetTable", kwlist, &table, &seed,
                                      &span, &mark_steps))
         return -1;
     if (self->has_map) {
         PyBuffer_Release(&self->map);
         self->has_map = 0;
     }
-    if (PyObject_GetBuffer(table, &self->map, PyBUF_SIMPLE) < 0) return -1;
+    if (PyObject_GetBuffer(table, &self->map, PyBUF_WRITABLE) < 0) return -1;
     if (self->map.len < TARGETS_PATHS + TARGETS_PATH_MASK + 1) {
         PyBuffer_Release(&self->map);
         PyErr_SetString(PyExc_ValueError, "the table of targets is too small");
@@ -788,27 +822,29 @@ TargetMarks_init(TargetMarks *self, PyObject *args, PyObject *kwds)
 }
 
 static void
-TargetMarks_dealloc(TargetMarks *self)
+TargetTable_dealloc(TargetTable *self)
 {
     if (self->has_map) PyBuffer_Release(&self->map);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-static PyMethodDef TargetMarks_methods[] = {
-    {"skip", (PyCFunction)(void (*)(void))TargetMarks_skip, METH_FASTCALL,
+static PyMethodDef TargetTable_methods[] = {
+    {"skip", (PyCFunction)(void (*)(void))TargetTable_skip, METH_FASTCALL,
      "skip(scope, at): whether the request cannot be a follow-up, by the cheap checks."},
+    {"note", (PyCFunction)(void (*)(void))TargetTable_note, METH_FASTCALL,
+     "note(client, path, now): a redirect to path answered client at now."},
     {NULL}};
 
-static PyTypeObject TargetMarksType = {
+static PyTypeObject TargetTableType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "auditor.record._capture_c.TargetMarks",
-    .tp_doc = "RecentTargets.skips over the table's map (targets.py).",
-    .tp_basicsize = sizeof(TargetMarks),
+    .tp_name = "auditor.record._capture_c.TargetTable",
+    .tp_doc = "RecentTargets.skips and .note over the table's map (targets.py).",
+    .tp_basicsize = sizeof(TargetTable),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_new = PyType_GenericNew,
-    .tp_init = (initproc)TargetMarks_init,
-    .tp_dealloc = (destructor)TargetMarks_dealloc,
-    .tp_methods = TargetMarks_methods,
+    .tp_init = (initproc)TargetTable_init,
+    .tp_dealloc = (destructor)TargetTable_dealloc,
+    .tp_methods = TargetTable_methods,
 };
 
 static PyObject *
@@ -870,7 +906,7 @@ PyInit__capture_c(void)
     INTERN(S_SEND, "send");
     crc_init();
     if (PyType_Ready(&ExchangeType) < 0 || PyType_Ready(&SubmitterType) < 0 ||
-        PyType_Ready(&WatchType) < 0 || PyType_Ready(&TargetMarksType) < 0)
+        PyType_Ready(&WatchType) < 0 || PyType_Ready(&TargetTableType) < 0)
         return NULL;
     PyObject *module = PyModule_Create(&capture_c_module);
     if (module == NULL) return NULL;
@@ -880,8 +916,8 @@ PyInit__capture_c(void)
         Py_DECREF(module);
         return NULL;
     }
-    PyTypeObject *types[] = {&SubmitterType, &WatchType, &TargetMarksType};
-    const char *names[] = {"Submitter", "Watch", "TargetMarks"};
+    PyTypeObject *types[] = {&SubmitterType, &WatchType, &TargetTableType};
+    const char *names[] = {"Submitter", "Watch", "TargetTable"};
     for (int i = 0; i < 3; i++) {
         Py_INCREF(types[i]);
         if (PyModule_AddObject(module, names[i], (PyObject *)types[i]) < 0) {

@@ -101,9 +101,10 @@ class RecentTargets:
         # (with a step more for a note a moment late); at 255 and more, never too old.
         self._mark_steps = (self.span >> _MARK_SHIFT) + 2
         capture_c = native.capture_c()
-        if capture_c is not None:  # the same checks in C, over the same map
-            marks = capture_c.TargetMarks(self._map, self._seed, self.span, self._mark_steps)
-            self.skips = marks.skip  # type: ignore[method-assign]
+        if capture_c is not None:  # skips and note in C, over the same map
+            table = capture_c.TargetTable(self._map, self._seed, self.span, self._mark_steps)
+            self.skips = table.skip  # type: ignore[method-assign]
+            self.note = table.note  # type: ignore[method-assign]
 
     def close(self) -> None:
         self.newest.release()
