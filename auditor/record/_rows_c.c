@@ -95,6 +95,19 @@ duration_ms(double started, double ended)
     return r / 1000.0;
 }
 
+/* A new tuple holding ``values`` (new references). */
+static PyObject *
+tuple_of(PyObject **values, Py_ssize_t n)
+{
+    PyObject *row = PyTuple_New(n);
+    if (row == NULL) return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_INCREF(values[i]);
+        PyTuple_SET_ITEM(row, i, values[i]);
+    }
+    return row;
+}
+
 #define HAND_ON goto hand_on
 
 static PyObject *
@@ -333,13 +346,8 @@ FastRows_build(FastRows *self, PyObject *item)
             client_hash, connection_key, V(decoded[USER_AGENT]), version, self->worker_id,
             has_authorization ? ONE : ZERO, has_cookie ? ONE : ZERO,
         };
-        Py_ssize_t n = sizeof(values) / sizeof(values[0]);
-        row = PyTuple_New(n);
+        row = tuple_of(values, sizeof(values) / sizeof(values[0]));
         if (row == NULL) goto error;
-        for (Py_ssize_t i = 0; i < n; i++) {
-            Py_INCREF(values[i]);
-            PyTuple_SET_ITEM(row, i, values[i]);
-        }
     }
     else {
         /* the full row, in ROW_COLUMNS order */
@@ -355,13 +363,8 @@ FastRows_build(FastRows *self, PyObject *item)
             V(decoded[REQUEST_ID]), version, error, self->worker_id,
             has_authorization ? ONE : ZERO, has_cookie ? ONE : ZERO, Py_None,
         };
-        Py_ssize_t n = sizeof(values) / sizeof(values[0]);
-        row = PyTuple_New(n);
+        row = tuple_of(values, sizeof(values) / sizeof(values[0]));
         if (row == NULL) goto error;
-        for (Py_ssize_t i = 0; i < n; i++) {
-            Py_INCREF(values[i]);
-            PyTuple_SET_ITEM(row, i, values[i]);
-        }
     }
 #undef V
     self->built++;
@@ -404,30 +407,15 @@ FastRows_init(FastRows *self, PyObject *args, PyObject *kwds)
                                      &PyDict_Type, &servers, &PyDict_Type, &keys, &worker_id,
                                      &store_client_ip, &fallback))
         return -1;
-    Py_INCREF(header_index);
-    Py_XDECREF(self->header_index);
-    self->header_index = header_index;
-    Py_INCREF(urls);
-    Py_XDECREF(self->urls);
-    self->urls = urls;
-    Py_INCREF(locations);
-    Py_XDECREF(self->locations);
-    self->locations = locations;
-    Py_INCREF(connections);
-    Py_XDECREF(self->connections);
-    self->connections = connections;
-    Py_INCREF(servers);
-    Py_XDECREF(self->servers);
-    self->servers = servers;
-    Py_INCREF(keys);
-    Py_XDECREF(self->keys);
-    self->keys = keys;
-    Py_INCREF(worker_id);
-    Py_XDECREF(self->worker_id);
-    self->worker_id = worker_id;
-    Py_INCREF(fallback);
-    Py_XDECREF(self->fallback);
-    self->fallback = fallback;
+    PyObject **fields[] = {&self->header_index, &self->urls, &self->locations,
+                           &self->connections, &self->servers, &self->keys,
+                           &self->worker_id, &self->fallback};
+    PyObject *given[] = {header_index, urls, locations, connections, servers, keys,
+                         worker_id, fallback};
+    for (int i = 0; i < 8; i++) {
+        Py_INCREF(given[i]);
+        Py_XSETREF(*fields[i], given[i]);
+    }
     self->store_client_ip = store_client_ip;
     return 0;
 }
