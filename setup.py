@@ -10,5 +10,6 @@ setup(
     ext_modules=[
         Extension("auditor.record._capture_c", ["auditor/record/_capture_c.c"], optional=True),
         Extension("auditor.record._rows_c", ["auditor/record/_rows_c.c"], optional=True),
+        Extension("auditor.record._targets_c", ["auditor/record/_targets_c.c"], optional=True),
     ]
 )

@@ -29,7 +29,7 @@ HAVE_COMPILER = bool(shutil.which("cc") or shutil.which("gcc")) and os.path.exis
 def test_fast_paths_are_built_where_a_compiler_is() -> None:
     if not native.built() and not HAVE_COMPILER:
         pytest.skip("no C compiler or Python headers: the recorder runs in Python only")
-    assert native.built(), "setup.py did not build auditor.record._capture_c and _rows_c"
+    assert native.built(), "setup.py did not build auditor.record's _capture_c, _rows_c, _targets_c"
 
 
 needs_fast = pytest.mark.skipif(native.rows_c() is None, reason="no C fast path in use")
@@ -403,7 +403,9 @@ def test_an_error_and_the_send_after_return_are_kept() -> None:
     assert item[16] == "TimeoutError" and item[11] == 2.5 and item[12] == 0
 
 
-# -- record="redirects": _capture_c.Watch and TargetTable against the Python ones ---
+# -- record="redirects": _capture_c.Watch and _targets_c against the Python ones ----
+
+needs_targets = pytest.mark.skipif(native.targets_c() is None, reason="no C targets in use")
 
 
 @needs_capture
@@ -437,7 +439,7 @@ def test_every_watched_request_agrees(case: int) -> None:
     assert run(capture_c.Watch) == run(Watch)
 
 
-@needs_capture
+@needs_targets
 def test_the_cheap_skip_agrees_with_the_table(tmp_path: Path) -> None:
     from auditor.record.targets import RecentTargets
 
@@ -473,7 +475,7 @@ def test_the_cheap_skip_agrees_with_the_table(tmp_path: Path) -> None:
     targets.close()
 
 
-@needs_capture
+@needs_targets
 def test_a_note_writes_the_same_table(tmp_path: Path) -> None:
     """Notes made in C and in Python, the same ones in the same order, leave the same
     bytes in the shared table (slots, the newest second, the path marks)."""

@@ -1,7 +1,9 @@
 """The recorder's optional C fast paths, where ``setup.py`` built them (a C compiler was
-there at install): ``_capture_c`` (the per-request capture) and ``_rows_c`` (row
-building). Each does what its Python counterpart does, for the common case, and hands
-anything else to it; ``REDIRECT_AUDITOR_PURE_PYTHON`` (set to anything) turns both off.
+there at install): ``_capture_c`` (the per-request capture: ``middleware.Exchange`` and
+``Watch``, ``rows.to_portable``, ``Writer.submit``), ``_targets_c``
+(``targets.RecentTargets``' checks and notes) and ``_rows_c`` (``RowBuilder.build_row``).
+Each does what its Python counterpart does, for the common case, and hands anything
+else to it; ``REDIRECT_AUDITOR_PURE_PYTHON`` (set to anything) turns them all off.
 """
 
 from __future__ import annotations
@@ -19,6 +21,10 @@ try:
     from auditor.record import _rows_c as _rows
 except ImportError:
     _rows = None  # type: ignore[assignment]
+try:
+    from auditor.record import _targets_c as _targets
+except ImportError:
+    _targets = None  # type: ignore[assignment]
 
 
 def wanted() -> bool:
@@ -36,6 +42,11 @@ def rows_c() -> ModuleType | None:
     return _rows if wanted() else None
 
 
+def targets_c() -> ModuleType | None:
+    """``_targets_c``, unless it was not built or Python only is asked for."""
+    return _targets if wanted() else None
+
+
 def built() -> bool:
-    """Both fast paths were built (whether or not they are turned off)."""
-    return _capture is not None and _rows is not None
+    """Every fast path was built (whether or not they are turned off)."""
+    return _capture is not None and _rows is not None and _targets is not None

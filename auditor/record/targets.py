@@ -100,9 +100,9 @@ class RecentTargets:
         # How many 16-second steps old a path mark may be and still be in the window
         # (with a step more for a note a moment late); at 255 and more, never too old.
         self._mark_steps = (self.span >> _MARK_SHIFT) + 2
-        capture_c = native.capture_c()
-        if capture_c is not None:  # skips and note in C, over the same map
-            table = capture_c.TargetTable(self._map, self._seed, self.span, self._mark_steps)
+        targets_c = native.targets_c()
+        if targets_c is not None:  # skips and note in C, over the same map
+            table = targets_c.TargetTable(self._map, self._seed, self.span, self._mark_steps)
             self.skips = table.skip  # type: ignore[method-assign]
             self.note = table.note  # type: ignore[method-assign]
 
