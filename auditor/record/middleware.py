@@ -10,6 +10,8 @@ them at once, and SQLite in the writer's thread (``writer.py``). With
 sampled and not an expected follow-up (decided before the app runs, with no lookup
 at all while no redirect was noted within the window) is only watched for a 3xx
 status; unless one comes, it is counted as skipped, never captured or queued.
+Where ``setup.py`` built them, the captures, the watches and the checks are the C ones
+(``native.py``): per request, work here costs the server many times its own time.
 """
 
 from __future__ import annotations
