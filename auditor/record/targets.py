@@ -144,7 +144,7 @@ class RecentTargets:
 
     def active(self, at: float) -> bool:
         """Whether any process noted a redirect within the window before ``at``: if
-        not, no request at ``at`` can be expected (the middleware reads ``newest``)."""
+        not, no request at ``at`` can be expected (``skips``' first check)."""
         return self.newest[0] >= at - self.span
 
     def skips(self, scope: Any, at: float) -> bool:
@@ -152,7 +152,7 @@ class RecentTargets:
         no redirect noted within the window before ``at``, or none to a path of its
         path's bucket. False leaves it to ``follows`` (a path that needs decoding
         included). The serving process asks it of every request."""
-        if self.newest[0] < at - self.span:
+        if not self.active(at):
             return True
         raw = scope.get("raw_path")
         if not (raw and type(raw) is bytes and _PERCENT not in raw and raw.isascii()):
@@ -161,16 +161,12 @@ class RecentTargets:
 
     def follows(self, scope: Any, trusted: TrustedProxies | None, at: float) -> bool:
         """``expected`` for the request in ``scope`` (its ``effective_client`` and
-        ``request_path_key``), in one call: the serving process asks it per request."""
-        raw = scope.get("raw_path")  # request_path_key's common case, without its call
-        path = raw if raw and _PERCENT not in raw and raw.isascii() else request_path_key(scope)
+        ``request_path_key``), in one call: the serving process asks it of the requests
+        ``skips`` leaves (a path marked lately, or one that needs decoding)."""
+        path = request_path_key(scope)
         if not self._path_marked(path, at):
             return False  # not a redirect target lately: the client's key is not needed
-        if trusted is None:
-            client = scope.get("client")
-            address = client[0] if client else ""
-        else:
-            address = effective_client(scope, trusted)
+        address = effective_client(scope, trusted)
         return self._holds(crc32(path, self._client_seed(address)), at)
 
     def expected(self, client: str, path: bytes, at: float) -> bool:
